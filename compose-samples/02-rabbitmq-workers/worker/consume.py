@@ -1,0 +1,1 @@
+# consume: placeholder worker script

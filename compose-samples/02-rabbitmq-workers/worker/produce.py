@@ -1,0 +1,1 @@
+# produce: placeholder worker script

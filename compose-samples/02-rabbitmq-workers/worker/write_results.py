@@ -1,0 +1,1 @@
+# write_results: placeholder worker script

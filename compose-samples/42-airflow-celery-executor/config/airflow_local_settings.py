@@ -1,0 +1,1 @@
+# cluster policies go here

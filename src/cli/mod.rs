@@ -1,0 +1,238 @@
+//! The command line: global options like `docker compose`, one file per verb. Parses arguments,
+//! calls into the library, prints. `anyhow` lives here and nowhere below.
+
+mod config;
+mod version;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::spec::{LoadError, LoadOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    about = "Run multi-container projects from a compose file, with berth's own container runtime",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// The options every verb shares (they go before the verb, as with `docker compose`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct Global {
+    /// Project file(s); later files merge over earlier ones [default: berth.yaml, compose.yaml, ...]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Project name [default: the `name:` in the file, or the directory's name]
+    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Directory relative paths start from [default: the first file's directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project_directory: Option<PathBuf>,
+    /// Variables for interpolation, instead of the project directory's `.env`
+    #[arg(long = "env-file", global = true, value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Enable services of this profile (also COMPOSE_PROFILES; `*` enables all)
+    #[arg(long = "profile", global = true, value_name = "NAME")]
+    pub profiles: Vec<String>,
+}
+
+impl Global {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            files: self.files.clone(),
+            project_name: self.project_name.clone(),
+            project_directory: self.project_directory.clone(),
+            env_files: self.env_files.clone(),
+            profiles: self.profiles.clone(),
+            ..LoadOptions::from_process()
+        }
+    }
+}
+
+/// Arguments of a verb that is not implemented yet (accepted so the message can be clear).
+#[derive(Debug, Args, Clone)]
+pub struct Later {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Print the resolved, normalized project (like `docker compose config`)
+    Config(config::ConfigArgs),
+    /// Show berth's version
+    Version(version::VersionArgs),
+    /// Create and start the project's containers
+    Up(Later),
+    /// Stop and remove what `up` created
+    Down(Later),
+    /// List the project's containers
+    Ps(Later),
+    /// Show container output
+    Logs(Later),
+    /// Run a command in a running container
+    Exec(Later),
+    /// Run a one-off command in a new container of a service
+    Run(Later),
+    /// Create containers without starting them
+    Create(Later),
+    /// Start existing containers
+    Start(Later),
+    /// Stop running containers
+    Stop(Later),
+    /// Restart containers
+    Restart(Later),
+    /// Send a signal to containers
+    Kill(Later),
+    /// Remove stopped containers
+    Rm(Later),
+    /// Pause containers (cgroup freezer)
+    Pause(Later),
+    /// Resume paused containers
+    Unpause(Later),
+    /// Show the processes of containers
+    Top(Later),
+    /// Show the host port of a published port
+    Port(Later),
+    /// Live resource use of containers
+    Stats(Later),
+    /// Wait for containers to stop
+    Wait(Later),
+    /// Stream container events
+    Events(Later),
+    /// Copy files between a container and the host
+    Cp(Later),
+    /// List running projects
+    Ls(Later),
+    /// Pull service images
+    Pull(Later),
+    /// Build service images
+    Build(Later),
+    /// Rebuild and sync on file changes (develop.watch)
+    Watch(Later),
+    /// List images
+    Images(Later),
+    /// Image management (import, inspect, prune...)
+    Image(Later),
+    /// Remove images
+    Rmi(Later),
+    /// Save images to a tarball
+    Save(Later),
+    /// Log in to a registry
+    Login(Later),
+    /// Log out of a registry
+    Logout(Later),
+    /// Private and shared disks (ls, rm, update...)
+    Disk(Later),
+    /// Bring the project up at boot (systemd unit)
+    Enable(Later),
+    /// Remove the boot-time unit
+    Disable(Later),
+    /// Write the project, its images and disks to one archive
+    Export(Later),
+    /// Restore a project from an archive
+    Import(Later),
+}
+
+impl Verb {
+    /// For verbs not built yet: the part of berth that will bring them.
+    fn later(&self) -> Option<(&'static str, &'static str)> {
+        let name = match self {
+            Verb::Config(_) | Verb::Version(_) => return None,
+            Verb::Up(_) => "up",
+            Verb::Down(_) => "down",
+            Verb::Ps(_) => "ps",
+            Verb::Logs(_) => "logs",
+            Verb::Exec(_) => "exec",
+            Verb::Run(_) => "run",
+            Verb::Create(_) => "create",
+            Verb::Start(_) => "start",
+            Verb::Stop(_) => "stop",
+            Verb::Restart(_) => "restart",
+            Verb::Kill(_) => "kill",
+            Verb::Rm(_) => "rm",
+            Verb::Pause(_) => "pause",
+            Verb::Unpause(_) => "unpause",
+            Verb::Top(_) => "top",
+            Verb::Port(_) => "port",
+            Verb::Stats(_) => "stats",
+            Verb::Wait(_) => "wait",
+            Verb::Events(_) => "events",
+            Verb::Cp(_) => "cp",
+            Verb::Ls(_) => "ls",
+            Verb::Pull(_) => "pull",
+            Verb::Build(_) => "build",
+            Verb::Watch(_) => "watch",
+            Verb::Images(_) => "images",
+            Verb::Image(_) => "image",
+            Verb::Rmi(_) => "rmi",
+            Verb::Save(_) => "save",
+            Verb::Login(_) => "login",
+            Verb::Logout(_) => "logout",
+            Verb::Disk(_) => "disk",
+            Verb::Enable(_) => "enable",
+            Verb::Disable(_) => "disable",
+            Verb::Export(_) => "export",
+            Verb::Import(_) => "import",
+        };
+        let part = match name {
+            "pull" | "images" | "rmi" | "save" | "login" | "logout" => {
+                "registry pulls and image management"
+            }
+            "build" | "watch" => "image builds and develop.watch",
+            "disk" => "disks and volumes",
+            "export" | "import" => "project export and import",
+            "image" => "the image store",
+            _ => "the runtime and the reconciler",
+        };
+        Some((name, part))
+    }
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Some((name, part)) = cli.verb.later() {
+        eprintln!(
+            "berth {name}: not implemented yet; it arrives with {part}. `berth config` and `berth version` work today."
+        );
+        return 2;
+    }
+    let result = match &cli.verb {
+        Verb::Config(a) => config::run(&cli.global, a),
+        Verb::Version(a) => version::run(a),
+        _ => Ok(0),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            1
+        }
+    }
+}
+
+fn report(e: &anyhow::Error) {
+    match e.downcast_ref::<LoadError>() {
+        Some(LoadError::Invalid(d)) => {
+            for line in &d.0 {
+                eprintln!("{line}");
+            }
+            let n = d.len();
+            eprintln!(
+                "berth: {n} error{} in the project file; nothing was changed",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        _ => {
+            eprintln!("berth: {e:#}");
+        }
+    }
+}

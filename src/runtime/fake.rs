@@ -1,0 +1,256 @@
+//! An in-memory `Runtime` for the reconciler's tests: containers are entries in a map, every
+//! call is recorded, and failures can be injected per container and step.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{ContainerSpec, Runtime, RuntimeError};
+use crate::plan::{Observed, ObservedContainer, State};
+
+#[derive(Debug, Default)]
+struct Inner {
+    containers: BTreeMap<String, (String, ObservedContainer)>,
+    calls: Vec<String>,
+    fail: Vec<(String, &'static str)>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    inner: Mutex<Inner>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `step` ("create", "start", "stop", "remove") fail for `container`.
+    pub fn fail(&self, container: &str, step: &'static str) {
+        self.lock().fail.push((container.to_string(), step));
+    }
+
+    /// Every call so far, as `step name`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Sets a container's state, as if its process had exited.
+    pub fn set_state(&self, name: &str, state: State) {
+        if let Some((_, c)) = self.lock().containers.get_mut(name) {
+            c.state = state;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic in another test thread must not hide this test's result.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn step(
+        &self,
+        name: &str,
+        step: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, Inner>, RuntimeError> {
+        let mut g = self.lock();
+        g.calls.push(format!("{step} {name}"));
+        if g.fail.iter().any(|(c, s)| c == name && *s == step) {
+            return Err(RuntimeError::Step {
+                container: name.to_string(),
+                step,
+                message: "injected failure".into(),
+            });
+        }
+        Ok(g)
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn observe(&self, project: &str) -> Result<Observed, RuntimeError> {
+        let g = self.lock();
+        Ok(Observed {
+            containers: g
+                .containers
+                .values()
+                .filter(|(p, _)| p == project)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        })
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let mut g = self.step(&spec.name, "create")?;
+        if g.containers.contains_key(&spec.name) {
+            return Err(RuntimeError::Exists(spec.name.clone()));
+        }
+        g.containers.insert(
+            spec.name.clone(),
+            (
+                spec.project.clone(),
+                ObservedContainer {
+                    name: spec.name.clone(),
+                    service: spec.service.clone(),
+                    index: spec.index,
+                    config_hash: spec.config_hash.clone(),
+                    state: State::Created,
+                },
+            ),
+        );
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut g = self.step(name, "start")?;
+        let c = g
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        c.1.state = State::Running;
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut g = self.step(name, "stop")?;
+        let c = g
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        if c.1.state == State::Running {
+            c.1.state = State::Exited(143);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut g = self.step(name, "remove")?;
+        g.containers
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use crate::plan::{Action, container_name, diff};
+    use crate::spec::model::{Project, Service};
+    use std::future::Future;
+    use std::path::Path;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// The fake's futures never wait, so one poll finishes them.
+    fn now<F: Future>(f: F) -> F::Output {
+        let mut f = pin!(f);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("the fake runtime never waits"),
+        }
+    }
+
+    /// A minimal sequential executor of a plan (the real one, parallel and ordered by the
+    /// graph, is the reconciler's).
+    fn apply(rt: &FakeRuntime, p: &Project, plan: &crate::plan::Plan) -> Result<(), RuntimeError> {
+        for a in &plan.actions {
+            match a {
+                Action::Create {
+                    service,
+                    index,
+                    config_hash,
+                    ..
+                } => {
+                    let svc = &p.services[service];
+                    let name = container_name(&p.name, service, svc, *index);
+                    now(rt.create(&ContainerSpec {
+                        project: p.name.clone(),
+                        service: service.clone(),
+                        index: *index,
+                        name: name.clone(),
+                        config_hash: config_hash.clone(),
+                        definition: svc.clone(),
+                    }))?;
+                    now(rt.start(&name))?;
+                }
+                Action::Recreate {
+                    service,
+                    index,
+                    name,
+                    config_hash,
+                } => {
+                    now(rt.stop(name, Duration::from_secs(1)))?;
+                    now(rt.remove(name))?;
+                    let svc = &p.services[service];
+                    now(rt.create(&ContainerSpec {
+                        project: p.name.clone(),
+                        service: service.clone(),
+                        index: *index,
+                        name: name.clone(),
+                        config_hash: config_hash.clone(),
+                        definition: svc.clone(),
+                    }))?;
+                    now(rt.start(name))?;
+                }
+                Action::Start { name, .. } | Action::Restart { name, .. } => now(rt.start(name))?,
+                Action::Stop { name, .. } => now(rt.stop(name, Duration::from_secs(1)))?,
+                Action::Remove { name, .. } => {
+                    now(rt.stop(name, Duration::from_secs(1)))?;
+                    now(rt.remove(name))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn project() -> Project {
+        let mut p = Project {
+            name: "demo".into(),
+            ..Project::default()
+        };
+        for n in ["web", "db"] {
+            p.services.insert(
+                n.into(),
+                Service {
+                    image: Some("host".into()),
+                    ..Service::default()
+                },
+            );
+        }
+        p
+    }
+
+    #[test]
+    fn plan_apply_observe_converges() {
+        let rt = FakeRuntime::new();
+        let p = project();
+        let g = Graph::new(&p).unwrap();
+        let dir = Path::new("/x");
+        let first = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
+        assert_eq!(first.actions.len(), 2);
+        apply(&rt, &p, &first).unwrap();
+        let again = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
+        assert!(again.is_empty(), "{again:?}");
+        // A crashed container is started again.
+        rt.set_state("demo-web-1", State::Exited(1));
+        let fix = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
+        assert!(matches!(&fix.actions[..], [Action::Start { name, .. }] if name == "demo-web-1"));
+    }
+
+    #[test]
+    fn a_failed_step_is_repaired_by_the_next_plan() {
+        let rt = FakeRuntime::new();
+        let p = project();
+        let g = Graph::new(&p).unwrap();
+        let dir = Path::new("/x");
+        rt.fail("demo-web-1", "start");
+        let first = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
+        assert!(apply(&rt, &p, &first).is_err());
+        rt.lock().fail.clear();
+        let second = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
+        apply(&rt, &p, &second).unwrap();
+        let third = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
+        assert!(third.is_empty(), "{third:?}");
+        assert!(rt.calls().iter().any(|c| c == "start demo-web-1"));
+    }
+}

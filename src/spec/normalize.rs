@@ -1,0 +1,300 @@
+//! From the merged, schema-valid tree to the typed `Project`: short syntaxes become long forms
+//! (in the deserializers of `model`), `env_file`s are read into `environment`, defaults are
+//! filled in (the `default` network, resource names), and profiles pick the active services.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::diag::{Diagnostic, Diagnostics, Pos};
+use super::interpolate::{Vars, parse_dotenv};
+use super::load::Raw;
+use super::model::{Network, Project, Service};
+use super::node::Node;
+
+/// Services that exist in the file but are not active under the selected profiles.
+#[derive(Debug, Clone, Default)]
+pub struct Inactive {
+    pub services: BTreeMap<String, Vec<String>>,
+}
+
+/// Deserializes `value` into `T`, collecting every failing top-level field instead of stopping
+/// at the first: the failing field is reported, removed, and the rest tried again.
+fn decode<T: DeserializeOwned>(
+    mut value: Value,
+    base: &[String],
+    root: &Node,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    loop {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let mut segs: Vec<String> = base.to_vec();
+                for seg in e.path().iter() {
+                    match seg {
+                        serde_path_to_error::Segment::Map { key } => segs.push(key.clone()),
+                        serde_path_to_error::Segment::Seq { index } => segs.push(index.to_string()),
+                        _ => {}
+                    }
+                }
+                let (node, _) = root.locate(&segs);
+                let path = display_path(root, &segs);
+                let msg = e.inner().to_string();
+                // serde's own messages end with " at line X column Y" for JSON text; not here.
+                diags.push(Diagnostic::new(node.pos.clone(), path, msg));
+                let field = segs.get(base.len()).cloned();
+                let removed = match (field, value.as_object_mut()) {
+                    (Some(f), Some(obj)) => obj.remove(&f).is_some(),
+                    _ => false,
+                };
+                if !removed {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// `services.web.ports[1]` for a list of segments, lists shown with brackets.
+pub fn display_path(root: &Node, segs: &[String]) -> String {
+    let mut out = String::new();
+    let mut cur = Some(root);
+    for s in segs {
+        match cur.map(|n| &n.kind) {
+            Some(super::node::Kind::Seq(v)) => {
+                out.push_str(&format!("[{s}]"));
+                cur = s.parse::<usize>().ok().and_then(|i| v.get(i));
+            }
+            _ => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(s);
+                cur = cur.and_then(|n| n.get(s));
+            }
+        }
+    }
+    out
+}
+
+pub fn normalize(raw: &Raw, diags: &mut Diagnostics) -> (Project, Inactive) {
+    let root = &raw.root;
+    let mut project = Project {
+        name: raw.name.clone(),
+        ..Project::default()
+    };
+    let json = root.to_json();
+    let seg = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+
+    if let Some(Value::Object(services)) = json.get("services") {
+        for (name, v) in services {
+            let v = if v.is_null() {
+                Value::Object(Default::default())
+            } else {
+                v.clone()
+            };
+            if let Some(svc) = decode::<Service>(v, &seg("services", name), root, diags) {
+                project.services.insert(name.clone(), svc);
+            }
+        }
+    }
+    macro_rules! section {
+        ($key:literal, $field:ident) => {
+            if let Some(Value::Object(m)) = json.get($key) {
+                for (name, v) in m {
+                    let v = if v.is_null() {
+                        Value::Object(Default::default())
+                    } else {
+                        v.clone()
+                    };
+                    if let Some(x) = decode(v, &seg($key, name), root, diags) {
+                        project.$field.insert(name.clone(), x);
+                    }
+                }
+            }
+        };
+    }
+    section!("networks", networks);
+    section!("volumes", volumes);
+    section!("secrets", secrets);
+    section!("configs", configs);
+    section!("disks", disks);
+    if let Some(Value::Object(m)) = json.get("models") {
+        project.models = m.clone().into_iter().collect();
+    }
+    if let Value::Object(m) = &json {
+        for (k, v) in m {
+            if k.starts_with("x-") {
+                project.extra.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    for (name, svc) in project.services.iter_mut() {
+        resolve_environment(name, svc, &raw.vars, root, diags);
+        if svc.networks.is_empty() && svc.network_mode.is_none() {
+            svc.networks.insert("default".into(), None);
+        }
+    }
+
+    // The implicit `default` network, and host-side names for resources.
+    let uses_default = project
+        .services
+        .values()
+        .any(|s| s.networks.contains_key("default"));
+    if uses_default && !project.networks.contains_key("default") {
+        project
+            .networks
+            .insert("default".into(), Network::default());
+    }
+    let pname = project.name.clone();
+    for (k, n) in project.networks.iter_mut() {
+        if n.name.is_none() {
+            n.name = Some(if n.external == Some(true) {
+                k.clone()
+            } else {
+                format!("{pname}_{k}")
+            });
+        }
+    }
+    for (k, v) in project.volumes.iter_mut() {
+        if v.name.is_none() {
+            v.name = Some(if v.external == Some(true) {
+                k.clone()
+            } else {
+                format!("{pname}_{k}")
+            });
+        }
+    }
+    for (k, d) in project.disks.iter_mut() {
+        if d.name.is_none() {
+            d.name = Some(if d.external == Some(true) {
+                k.clone()
+            } else {
+                format!("{pname}_{k}")
+            });
+        }
+    }
+
+    let inactive = apply_profiles(&mut project, &raw.profiles);
+    (project, inactive)
+}
+
+/// Reads `env_file`s (first) and resolves `environment` entries given without a value from the
+/// shell and `.env` (as Compose does).
+fn resolve_environment(
+    name: &str,
+    svc: &mut Service,
+    vars: &Vars,
+    root: &Node,
+    diags: &mut Diagnostics,
+) {
+    let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let env_node_pos = |i: usize| -> Pos {
+        let segs = vec![
+            "services".to_string(),
+            name.to_string(),
+            "env_file".to_string(),
+            i.to_string(),
+        ];
+        root.locate(&segs).0.pos.clone()
+    };
+    for (i, ef) in svc.env_file.iter().enumerate() {
+        let text = match std::fs::read_to_string(Path::new(&ef.path)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ef.required => continue,
+            Err(e) => {
+                diags.push(Diagnostic::new(
+                    env_node_pos(i),
+                    format!("services.{name}.env_file"),
+                    format!("cannot read env file {}: {e}", ef.path),
+                ));
+                continue;
+            }
+        };
+        let raw = ef.format.as_deref() == Some("raw");
+        let lookup = |k: &str| vars.get(k).cloned();
+        match parse_dotenv(&text, raw, &lookup) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    env.insert(k, v);
+                }
+            }
+            Err(e) => diags.push(Diagnostic::new(
+                Pos::new(&std::sync::Arc::from(ef.path.as_str()), e.line, 1),
+                format!("services.{name}.env_file"),
+                e.message,
+            )),
+        }
+    }
+    for (k, v) in std::mem::take(&mut svc.environment) {
+        let v = match v {
+            Some(v) => Some(v),
+            None => vars.get(&k).cloned(),
+        };
+        env.insert(k, v);
+    }
+    svc.environment = env;
+
+    if let Some(Value::String(_) | Value::Array(_)) = svc.extra.get("label_file") {
+        let files: Vec<String> = match svc.extra.remove("label_file") {
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => {
+                    if let Ok(pairs) = parse_dotenv(&text, false, &|_| None) {
+                        for (k, v) in pairs {
+                            svc.labels.entry(k).or_insert_with(|| v.unwrap_or_default());
+                        }
+                    }
+                }
+                Err(e) => diags.push(Diagnostic::new(
+                    root.locate(&[
+                        "services".to_string(),
+                        name.to_string(),
+                        "label_file".to_string(),
+                    ])
+                    .0
+                    .pos
+                    .clone(),
+                    format!("services.{name}.label_file"),
+                    format!("cannot read label file {f}: {e}"),
+                )),
+            }
+        }
+    }
+}
+
+/// Keeps the services that are active: those without profiles, and those with a profile that
+/// is enabled (`*` enables all). The others are set aside with their profiles.
+fn apply_profiles(project: &mut Project, active: &[String]) -> Inactive {
+    let all = active.iter().any(|p| p == "*");
+    let active: BTreeSet<&str> = active.iter().map(String::as_str).collect();
+    let mut inactive = Inactive::default();
+    let names: Vec<String> = project.services.keys().cloned().collect();
+    for n in names {
+        let keep = match project.services.get(&n) {
+            Some(s) => {
+                s.profiles.is_empty()
+                    || all
+                    || s.profiles.iter().any(|p| active.contains(p.as_str()))
+            }
+            None => true,
+        };
+        if !keep {
+            if let Some(s) = project.services.remove(&n) {
+                inactive.services.insert(n, s.profiles);
+            }
+        }
+    }
+    inactive
+}

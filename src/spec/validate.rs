@@ -1,0 +1,470 @@
+//! Checks across the whole project that no schema can express: references to undefined
+//! services, networks, volumes, secrets, configs and disks; private disks claimed twice;
+//! duplicate container names; host ports published twice. (Dependency cycles are found by
+//! `graph`, which reports them with the positions kept here.)
+
+use std::collections::BTreeMap;
+
+use super::diag::{Diagnostic, Diagnostics, Pos};
+use super::model::{DiskKind, Project};
+use super::node::{Kind, Node};
+use super::normalize::Inactive;
+
+/// ` (did you mean `x`?)` when a known name is close to `word`, else empty.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(word, c);
+        let close = score > 0.8 || strsim::levenshtein(word, c) <= 2;
+        if close && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, c));
+        }
+    }
+    match best {
+        Some((_, c)) if c != word => format!(" (did you mean `{c}`?)"),
+        _ => String::new(),
+    }
+}
+
+/// The service a `volumes_from` entry names (`svc`, `svc:ro`, `service:svc[:ro]`), or None for
+/// `container:name`.
+pub fn volumes_from_service(entry: &str) -> Option<&str> {
+    let mut parts = entry.split(':');
+    match parts.next()? {
+        "container" => None,
+        "service" => parts.next(),
+        s => Some(s),
+    }
+}
+
+/// Finds file positions for semantic errors, in the merged tree the model came from.
+pub struct Locator<'a> {
+    pub root: &'a Node,
+}
+
+impl Locator<'_> {
+    /// The position and display path of `services.<svc>.<key>`, and inside it the entry named
+    /// `item` (a mapping key, or a list item equal to or starting with `item`).
+    pub fn find(&self, svc: &str, key: &str, item: Option<&str>) -> (Pos, String) {
+        let base = format!("services.{svc}.{key}");
+        let Some(s) = self.root.get("services").and_then(|s| s.get(svc)) else {
+            return (self.root.pos.clone(), base);
+        };
+        let Some(v) = s.get(key) else {
+            let p = s.pos.clone();
+            return (p, base);
+        };
+        let Some(item) = item else {
+            return (v.pos.clone(), base);
+        };
+        match &v.kind {
+            Kind::Map(m) => match m.iter().find(|(k, _)| k.name == item) {
+                Some((k, _)) => (k.pos.clone(), format!("{base}.{item}")),
+                None => (v.pos.clone(), base),
+            },
+            Kind::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    let hit =
+                        match &it.kind {
+                            Kind::Map(_) => ["source", "target", "service", "published"]
+                                .iter()
+                                .any(|k| {
+                                    it.get(k).and_then(Node::scalar_text).as_deref() == Some(item)
+                                }),
+                            _ => it.scalar_text().is_some_and(|t| {
+                                t == item
+                                    || t.starts_with(&format!("{item}:"))
+                                    || t.split(':').nth(1) == Some(item)
+                                    || t.split(':').any(|p| p == item)
+                            }),
+                        };
+                    if hit {
+                        return (it.pos.clone(), format!("{base}[{i}]"));
+                    }
+                }
+                (v.pos.clone(), base)
+            }
+            _ => (v.pos.clone(), base),
+        }
+    }
+
+    pub fn service(&self, svc: &str) -> Pos {
+        self.root
+            .get("services")
+            .and_then(|s| s.key_pos(svc))
+            .cloned()
+            .unwrap_or_else(|| self.root.pos.clone())
+    }
+
+    pub fn top(&self, section: &str, name: &str, key: Option<&str>) -> (Pos, String) {
+        let base = format!("{section}.{name}");
+        let Some(sec) = self.root.get(section) else {
+            return (self.root.pos.clone(), base);
+        };
+        let Some(entry) = sec.get(name) else {
+            return (sec.key_pos(name).cloned().unwrap_or(sec.pos.clone()), base);
+        };
+        match key {
+            Some(k) => match entry.get(k) {
+                Some(v) => (v.pos.clone(), format!("{base}.{k}")),
+                None => (
+                    sec.key_pos(name).cloned().unwrap_or(entry.pos.clone()),
+                    base,
+                ),
+            },
+            None => (
+                sec.key_pos(name).cloned().unwrap_or(entry.pos.clone()),
+                base,
+            ),
+        }
+    }
+}
+
+fn undefined(kind: &str, name: &str, known: Vec<&str>) -> String {
+    let hint = did_you_mean(name, known.iter().copied());
+    if known.is_empty() {
+        format!("{kind} `{name}` is not defined (the project defines none)")
+    } else {
+        format!(
+            "{kind} `{name}` is not defined{hint}; defined: {}",
+            known.join(", ")
+        )
+    }
+}
+
+pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut Diagnostics) {
+    let loc = Locator { root };
+    let services: Vec<&str> = project.services.keys().map(String::as_str).collect();
+    let mut push =
+        |(pos, path): (Pos, String), msg: String| diags.push(Diagnostic::new(pos, path, msg));
+
+    let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut private_disks: BTreeMap<&str, &str> = BTreeMap::new();
+
+    for (name, svc) in &project.services {
+        if svc.image.is_none() && svc.build.is_none() {
+            push(
+                (loc.service(name), format!("services.{name}")),
+                "a service needs `image:` (an image name, or `host`) or `build:`".into(),
+            );
+        }
+        if let (Some(s), Some(r)) = (svc.scale, svc.deploy.as_ref().and_then(|d| d.replicas)) {
+            if s != r {
+                push(
+                    loc.find(name, "scale", None),
+                    format!("`scale: {s}` and `deploy.replicas: {r}` disagree; keep one"),
+                );
+            }
+        }
+        for (dep, d) in &svc.depends_on {
+            if project.services.contains_key(dep) {
+                if d.condition == super::model::Condition::ServiceHealthy {
+                    let target = &project.services[dep];
+                    let explicit_off = target.healthcheck.as_ref().is_some_and(|h| !h.enabled());
+                    let never = explicit_off
+                        || (target.healthcheck.is_none()
+                            && target.image.as_deref() == Some("host"));
+                    if never {
+                        push(
+                            loc.find(name, "depends_on", Some(dep)),
+                            format!(
+                                "waits for `{dep}` to be healthy, but `{dep}` has no health check{}; add a `healthcheck:` to `{dep}` or use `condition: service_started`",
+                                if explicit_off {
+                                    " (it is disabled)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
+                }
+                continue;
+            }
+            if !d.required {
+                continue;
+            }
+            let msg = match inactive.services.get(dep) {
+                Some(profiles) => format!(
+                    "depends on `{dep}`, which is only enabled by profile {}: enable it with `--profile {}` or mark the dependency `required: false`",
+                    profiles
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    profiles.first().map(String::as_str).unwrap_or_default()
+                ),
+                None => format!("depends on {}", undefined("service", dep, services.clone())),
+            };
+            push(loc.find(name, "depends_on", Some(dep)), msg);
+        }
+        for (net, _) in &svc.networks {
+            if !project.networks.contains_key(net) {
+                let known: Vec<&str> = project.networks.keys().map(String::as_str).collect();
+                push(
+                    loc.find(name, "networks", Some(net)),
+                    undefined("network", net, known),
+                );
+            }
+        }
+        if let Some(mode) = &svc.network_mode {
+            let ok = match mode.split_once(':') {
+                Some(("service", target)) => {
+                    if !project.services.contains_key(target) {
+                        push(
+                            loc.find(name, "network_mode", None),
+                            format!(
+                                "`network_mode` uses {}",
+                                undefined("service", target, services.clone())
+                            ),
+                        );
+                    }
+                    true
+                }
+                Some(("container", _)) => true,
+                None => matches!(mode.as_str(), "none" | "host" | "bridge" | "default"),
+                _ => false,
+            };
+            if !ok {
+                push(
+                    loc.find(name, "network_mode", None),
+                    format!(
+                        "expected none, host, bridge, service:NAME or container:NAME, found `{mode}`"
+                    ),
+                );
+            }
+            if !svc.networks.is_empty() {
+                push(
+                    loc.find(name, "networks", None),
+                    "`networks` cannot be used together with `network_mode`".into(),
+                );
+            }
+            if mode == "host" && svc.bandwidth.is_some() {
+                push(
+                    loc.find(name, "bandwidth", None),
+                    "a bandwidth limit needs the service's own network; it cannot apply with `network_mode: host`".into(),
+                );
+            }
+        }
+        for m in &svc.volumes {
+            if m.kind == "volume" {
+                if let Some(src) = &m.source {
+                    if !project.volumes.contains_key(src) {
+                        let known: Vec<&str> = project.volumes.keys().map(String::as_str).collect();
+                        push(
+                            loc.find(name, "volumes", Some(src)),
+                            format!(
+                                "{} (declare it under the top-level `volumes:`)",
+                                undefined("volume", src, known)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for (key, refs, defined) in [
+            ("secrets", &svc.secrets, &project.secrets),
+            ("configs", &svc.configs, &project.configs),
+        ] {
+            for r in refs {
+                if !defined.contains_key(&r.source) {
+                    let known: Vec<&str> = defined.keys().map(String::as_str).collect();
+                    let kind = &key[..key.len() - 1];
+                    push(
+                        loc.find(name, key, Some(&r.source)),
+                        undefined(kind, &r.source, known),
+                    );
+                }
+            }
+        }
+        for vf in &svc.volumes_from {
+            let target = volumes_from_service(vf);
+            let Some(target) = target else { continue };
+            if !project.services.contains_key(target) {
+                push(
+                    loc.find(name, "volumes_from", Some(target)),
+                    format!(
+                        "`volumes_from` names {}",
+                        undefined("service", target, services.clone())
+                    ),
+                );
+            }
+        }
+        for l in &svc.links {
+            let target = l.split(':').next().unwrap_or_default();
+            if !project.services.contains_key(target) {
+                push(
+                    loc.find(name, "links", Some(target)),
+                    format!(
+                        "`links` names {}",
+                        undefined("service", target, services.clone())
+                    ),
+                );
+            }
+        }
+        if let Some(cn) = &svc.container_name {
+            if svc.replicas() > 1 {
+                push(
+                    loc.find(name, "container_name", None),
+                    format!(
+                        "`container_name` must be unique, but the service runs {} replicas; remove it or run one",
+                        svc.replicas()
+                    ),
+                );
+            }
+            if let Some(other) = container_names.insert(cn, name) {
+                push(
+                    loc.find(name, "container_name", None),
+                    format!("container name `{cn}` is already used by service `{other}`"),
+                );
+            }
+        }
+        for dm in &svc.disks {
+            let Some(disk) = project.disks.get(&dm.source) else {
+                let known: Vec<&str> = project.disks.keys().map(String::as_str).collect();
+                push(
+                    loc.find(name, "disks", Some(&dm.source)),
+                    format!(
+                        "{} (declare it under the top-level `disks:`)",
+                        undefined("disk", &dm.source, known)
+                    ),
+                );
+                continue;
+            };
+            if !dm.target.starts_with('/') {
+                push(
+                    loc.find(name, "disks", Some(&dm.source)),
+                    format!(
+                        "expected an absolute container path as the target, found `{}`",
+                        dm.target
+                    ),
+                );
+            }
+            if disk.kind == DiskKind::Private {
+                if svc.replicas() > 1 {
+                    push(
+                        loc.find(name, "disks", Some(&dm.source)),
+                        format!(
+                            "private disk `{}` can be attached to one container, but `{name}` runs {} replicas; use a shared disk or one replica",
+                            dm.source,
+                            svc.replicas()
+                        ),
+                    );
+                }
+                if let Some(other) = private_disks.insert(&dm.source, name) {
+                    if other != name {
+                        push(
+                            loc.find(name, "disks", Some(&dm.source)),
+                            format!(
+                                "private disk `{}` is already attached to service `{other}`; a private disk belongs to one container (use a shared disk to share)",
+                                dm.source
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if let (Some(limit), Some(swap)) = (svc.mem_limit, svc.memswap_limit) {
+            if swap >= 0 && (swap as u64) < limit {
+                push(
+                    loc.find(name, "memswap_limit", None),
+                    format!(
+                        "`memswap_limit` ({swap} bytes) is memory plus swap, so it cannot be below `mem_limit` ({limit} bytes)"
+                    ),
+                );
+            }
+        }
+        if let (Some(limit), Some(res)) = (svc.mem_limit, svc.mem_reservation) {
+            if res > limit {
+                push(
+                    loc.find(name, "mem_reservation", None),
+                    format!("`mem_reservation` ({res} bytes) is above `mem_limit` ({limit} bytes)"),
+                );
+            }
+        }
+    }
+
+    // Disks: a private disk needs a size, a shared one a seed (the schema says so too; this
+    // keeps the typed model honest when the schema is bypassed by `$` values).
+    for (dname, d) in &project.disks {
+        if d.external == Some(true) {
+            continue;
+        }
+        match d.kind {
+            DiskKind::Private if d.size.is_none() => push(
+                loc.top("disks", dname, None),
+                "a private disk needs `size` (e.g. `size: 1g`)".into(),
+            ),
+            DiskKind::Shared if d.source.is_none() => push(
+                loc.top("disks", dname, None),
+                "a shared disk needs `source`, the directory it is seeded from".into(),
+            ),
+            DiskKind::Private if d.size == Some(0) => push(
+                loc.top("disks", dname, Some("size")),
+                "a private disk needs a size above 0".into(),
+            ),
+            _ => {}
+        }
+    }
+
+    // Host ports: two claims conflict when protocol matches, ranges overlap and addresses
+    // overlap (an unset address is every address). A fixed host port on a service with several
+    // replicas conflicts with itself.
+    struct Claim<'a> {
+        svc: &'a str,
+        ip: Option<&'a str>,
+        proto: &'a str,
+        range: std::ops::RangeInclusive<u32>,
+        published: &'a str,
+    }
+    let mut claims: Vec<Claim<'_>> = Vec::new();
+    for (name, svc) in &project.services {
+        for p in &svc.ports {
+            let Some(published) = p.published.as_deref() else {
+                continue;
+            };
+            let range = p.host_ports();
+            if range.is_empty() {
+                continue;
+            }
+            if svc.replicas() > 1 && range.start() == range.end() {
+                push(
+                    loc.find(name, "ports", Some(published)),
+                    format!(
+                        "host port {published} is fixed, but `{name}` runs {} replicas and each would need it; publish a range or leave the host port out",
+                        svc.replicas()
+                    ),
+                );
+            }
+            let ip = p
+                .host_ip
+                .as_deref()
+                .filter(|i| *i != "0.0.0.0" && *i != "::");
+            for c in &claims {
+                let ip_overlap = c.ip.is_none() || ip.is_none() || c.ip == ip;
+                let port_overlap = c.range.start() <= range.end() && range.start() <= c.range.end();
+                if c.proto == p.protocol && ip_overlap && port_overlap {
+                    let msg = if c.svc == name.as_str() {
+                        format!(
+                            "host port {published}/{} is published twice by `{name}`",
+                            p.protocol
+                        )
+                    } else {
+                        format!(
+                            "host port {published}/{} is already published by service `{}` ({}/{})",
+                            p.protocol, c.svc, c.published, c.proto
+                        )
+                    };
+                    push(loc.find(name, "ports", Some(published)), msg);
+                    break;
+                }
+            }
+            claims.push(Claim {
+                svc: name,
+                ip,
+                proto: &p.protocol,
+                range,
+                published,
+            });
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Which keys berth acts on. Every key of the Compose Specification is parsed and normalized,
+//! but a key that berth accepts and does not act on must not be silently ignored:
+//! `berth config --unsupported` lists the ones a project uses, from this table.
+//!
+//! As each part of berth lands, its keys move from `Planned` to `Acted`.
+
+use serde_json::Value;
+
+use crate::spec::model::Project;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// berth acts on this key.
+    Acted,
+    /// Accepted now; acted on when the named part of berth lands.
+    Planned(&'static str),
+    /// Accepted and ignored, for the reason given.
+    Ignored(&'static str),
+}
+
+const RUNTIME: &str = "the container runtime";
+const RECONCILE: &str = "the reconciler";
+const NET: &str = "networking";
+const DISK: &str = "disks and volumes";
+const BUILD: &str = "image builds";
+const PULL: &str = "registry pulls";
+
+/// The support of a service key.
+pub fn service_key(key: &str) -> Support {
+    use Support::*;
+    match key {
+        // Read by the loader itself: fully handled.
+        "extends" | "profiles" | "env_file" | "label_file" | "depends_on" => Acted,
+        "annotations" | "cap_add" | "cap_drop" | "cgroup" | "command" | "container_name"
+        | "cpus" | "cpu_shares" | "cpu_period" | "cpu_quota" | "cpuset" | "devices"
+        | "domainname" | "entrypoint" | "environment" | "group_add" | "hostname" | "image"
+        | "init" | "ipc" | "labels" | "mem_limit" | "mem_reservation" | "memswap_limit"
+        | "mem_swappiness" | "oom_score_adj" | "pid" | "pids_limit" | "privileged"
+        | "read_only" | "security_opt" | "shm_size" | "stdin_open" | "stop_grace_period"
+        | "stop_signal" | "sysctls" | "tty" | "ulimits" | "user" | "uts" | "working_dir"
+        | "oom_kill_disable" | "attach" => Planned(RUNTIME),
+        "deploy" | "restart" | "healthcheck" | "scale" | "post_start" | "pre_stop" => {
+            Planned(RECONCILE)
+        }
+        "networks" | "network_mode" | "ports" | "expose" | "dns" | "dns_opt" | "dns_search"
+        | "extra_hosts" | "links" | "external_links" | "mac_address" | "bandwidth" => Planned(NET),
+        "volumes" | "volumes_from" | "tmpfs" | "disks" | "storage_opt" | "secrets" | "configs" => {
+            Planned(DISK)
+        }
+        "build" | "develop" => Planned(BUILD),
+        "pull_policy" | "platform" | "pull_refresh_after" => Planned(PULL),
+        "logging" => Ignored("berth keeps each container's output in its own log files"),
+        "gpus" => Ignored("berth does not manage GPUs"),
+        "runtime" => Ignored("berth is its own runtime"),
+        "isolation" | "credential_spec" => Ignored("Windows-only"),
+        "userns_mode" => Ignored("user namespaces are not supported yet"),
+        "cgroup_parent" => Ignored("berth places cgroups under berth/<project>/"),
+        "blkio_config"
+        | "device_cgroup_rules"
+        | "cpu_count"
+        | "cpu_percent"
+        | "cpu_rt_period"
+        | "cpu_rt_runtime" => Ignored("not enforced by berth"),
+        "models" | "provider" | "use_api_socket" => Ignored("Docker Desktop features"),
+        k if k.starts_with("x-") => Acted,
+        _ => Ignored("unknown to berth"),
+    }
+}
+
+/// Top-level sections.
+pub fn top_key(key: &str) -> Support {
+    use Support::*;
+    match key {
+        "name" | "services" | "include" | "version" => Acted,
+        "networks" => Planned(NET),
+        "volumes" | "secrets" | "configs" | "disks" => Planned(DISK),
+        "models" => Ignored("Docker Desktop feature"),
+        k if k.starts_with("x-") => Acted,
+        _ => Ignored("unknown to berth"),
+    }
+}
+
+/// `(key path, support)` for every key the project uses that berth does not act on.
+pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
+    let mut out = Vec::new();
+    let v = serde_json::to_value(project).unwrap_or(Value::Null);
+    if let Value::Object(top) = &v {
+        for k in top.keys() {
+            let s = top_key(k);
+            if s != Support::Acted {
+                out.push((k.clone(), s));
+            }
+        }
+        if let Some(Value::Object(services)) = top.get("services") {
+            for (name, svc) in services {
+                if let Value::Object(keys) = svc {
+                    for k in keys.keys() {
+                        let s = service_key(k);
+                        if s != Support::Acted {
+                            out.push((format!("services.{name}.{k}"), s));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
