@@ -288,10 +288,29 @@ pub fn cycle_diagnostics(cycles: &[Cycle], tree: &Node) -> Diagnostics {
             Some(second.as_str())
         };
         let (pos, path) = loc.find(first, kind.key(), item);
+        // Say which links are implicit: a `network_mode` or `volumes_from` cycle surprises.
+        let mut notes = Vec::new();
+        for (i, k) in c.kinds.iter().enumerate() {
+            if *k == EdgeKind::DependsOn {
+                continue;
+            }
+            let from = &c.services[i];
+            let to = c.services.get(i + 1).unwrap_or(first);
+            notes.push(match k {
+                EdgeKind::NetworkMode => format!("`{from}` uses `network_mode: service:{to}`"),
+                EdgeKind::VolumesFrom => format!("`{from}` takes `volumes_from: {to}`"),
+                _ => format!("`{from}` links to `{to}`"),
+            });
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        };
         d.push(Diagnostic::new(
             pos,
             path,
-            format!("dependency cycle: {c}; services cannot wait on each other in a circle"),
+            format!("dependency cycle: {c}{notes}; services cannot wait on each other in a circle"),
         ));
     }
     d

@@ -61,6 +61,8 @@ pub struct Raw {
     pub project_dir: PathBuf,
     pub files: Vec<PathBuf>,
     pub vars: Vars,
+    /// The working directory (paths in messages are shown relative to it).
+    pub cwd: PathBuf,
     pub name: String,
     pub profiles: Vec<String>,
     pub warnings: Vec<String>,
@@ -101,6 +103,13 @@ pub fn clean(p: &Path) -> PathBuf {
     out
 }
 
+/// A path as shown to the user: relative to the working directory when it is below it.
+pub fn shown(p: &Path, cwd: &Path) -> String {
+    p.strip_prefix(cwd)
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+}
+
 fn display_name(p: &Path, cwd: &Path) -> Arc<str> {
     let shown = p
         .strip_prefix(cwd)
@@ -124,9 +133,13 @@ fn read_env_files(
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 diags.push(Diagnostic::new(
-                    Pos::nowhere(&f.to_string_lossy()),
+                    Pos::nowhere(&shown(f, cwd)),
                     "",
-                    format!("cannot read env file: {e}"),
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        "env file does not exist".to_string()
+                    } else {
+                        format!("cannot read env file: {e}")
+                    },
                 ));
                 continue;
             }
@@ -328,6 +341,7 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
         project_dir,
         files,
         vars,
+        cwd: opts.cwd.clone(),
         name,
         profiles,
         warnings: ctx.warnings,
@@ -517,7 +531,10 @@ impl Ctx<'_> {
                     self.diags.push(Diagnostic::new(
                         pos,
                         format!("{spath}.file"),
-                        format!("the file to extend does not exist: {}", fp.display()),
+                        format!(
+                            "the file to extend does not exist: {}",
+                            shown(&fp, &self.opts.cwd)
+                        ),
                     ));
                     return Ok(Some(svc));
                 }
@@ -657,7 +674,10 @@ impl Ctx<'_> {
                     self.diags.push(Diagnostic::new(
                         pos.clone(),
                         ipath.clone(),
-                        format!("the included file does not exist: {}", fp.display()),
+                        format!(
+                            "the included file does not exist: {}",
+                            shown(&fp, &self.opts.cwd)
+                        ),
                     ));
                     continue;
                 }

@@ -120,7 +120,7 @@ pub struct Service {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub environment: BTreeMap<String, Option<String>>,
-    /// Read into `environment` by the loader; kept out of the output so a reload reads nothing.
+    /// Read into `environment` by the loader, then emptied.
     #[serde(default, skip_serializing, deserialize_with = "de_env_files")]
     pub env_file: Vec<EnvFile>,
     #[serde(

@@ -352,10 +352,15 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Option<Node>, Diagnostic> {
             }
             Err(e) => {
                 let m = e.marker();
+                let msg = if e.info().contains("recursion limit") {
+                    format!("nesting too deep (berth accepts {MAX_DEPTH} levels); refused")
+                } else {
+                    format!("invalid YAML: {}", e.info())
+                };
                 return Err(Diagnostic::new(
                     Pos::new(file, m.line(), m.col() + 1),
-                    "",
-                    format!("invalid YAML: {}", e.info()),
+                    b.path(),
+                    msg,
                 ));
             }
         }
@@ -378,7 +383,30 @@ impl Builder {
     }
 
     fn err(&self, span: &Span, msg: impl Into<String>) -> Diagnostic {
-        Diagnostic::new(self.pos(span), "", msg)
+        Diagnostic::new(self.pos(span), self.path(), msg)
+    }
+
+    /// The key path of the node being built (`services.web.ports[1]`), for error messages.
+    fn path(&self) -> String {
+        let mut out = String::new();
+        for f in &self.stack {
+            match f {
+                Frame::Map {
+                    pending_key: Some(k),
+                    ..
+                } => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(&super::validate::quote_key(
+                        &k.scalar_text().unwrap_or_default(),
+                    ));
+                }
+                Frame::Map { .. } => {}
+                Frame::Seq { items, .. } => out.push_str(&format!("[{}]", items.len())),
+            }
+        }
+        out
     }
 
     fn charge(&mut self, n: usize, span: &Span) -> Result<(), Diagnostic> {
@@ -525,18 +553,18 @@ impl Builder {
         if self.stack.len() >= MAX_DEPTH {
             return Err(self.err(
                 span,
-                format!("nesting deeper than {MAX_DEPTH} levels; refused"),
+                format!("nesting too deep (berth accepts {MAX_DEPTH} levels); refused"),
             ));
         }
         Ok(())
     }
 
     /// Places a finished node into its parent (or as the document root).
-    fn push(&mut self, node: Node, anchor: usize, span: &Span) -> Result<(), Diagnostic> {
+    fn push(&mut self, node: Node, anchor: usize, _span: &Span) -> Result<(), Diagnostic> {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
-        let file = Arc::clone(&self.file);
+        let here = self.path();
         match self.stack.last_mut() {
             None => {
                 self.root = Some(node);
@@ -584,7 +612,7 @@ impl Builder {
                             _ => {
                                 return Err(Diagnostic::new(
                                     node.pos.clone(),
-                                    "<<",
+                                    here,
                                     format!(
                                         "a merge key `<<` takes a mapping or a list of mappings, found {}",
                                         node.type_name()
@@ -597,15 +625,13 @@ impl Builder {
                     if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
                         return Err(Diagnostic::new(
                             key.pos.clone(),
-                            name.clone(),
+                            here,
                             format!(
                                 "duplicate key `{name}` (first defined at line {})",
                                 first.pos.line
                             ),
                         ));
                     }
-                    let _ = &file;
-                    let _ = span;
                     entries.push((Key { name, pos: key.pos }, node));
                 }
             },

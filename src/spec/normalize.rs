@@ -40,12 +40,42 @@ fn decode<T: DeserializeOwned>(
                         _ => {}
                     }
                 }
-                let (node, _) = root.locate(&segs);
-                let path = display_path(root, &segs);
-                let msg = e.inner().to_string();
-                // serde's own messages end with " at line X column Y" for JSON text; not here.
-                diags.push(Diagnostic::new(node.pos.clone(), path, msg));
                 let field = segs.get(base.len()).cloned();
+                // A list field fails as a whole in its deserializer: find the items that fail
+                // on their own, so each error points at its item.
+                let mut items_failed = false;
+                if segs.len() == base.len() + 1 {
+                    if let (Some(f), Some(Value::Array(items))) =
+                        (&field, field.as_ref().and_then(|f| value.get(f)))
+                    {
+                        for (i, item) in items.iter().enumerate() {
+                            let mut one = serde_json::Map::new();
+                            one.insert(f.clone(), Value::Array(vec![item.clone()]));
+                            if let Err(ie) =
+                                serde_path_to_error::deserialize::<_, T>(Value::Object(one))
+                            {
+                                let mut isegs = segs.clone();
+                                isegs.push(i.to_string());
+                                let (node, _) = root.locate(&isegs);
+                                diags.push(Diagnostic::new(
+                                    node.pos.clone(),
+                                    display_path(root, &isegs),
+                                    ie.inner().to_string(),
+                                ));
+                                items_failed = true;
+                            }
+                        }
+                    }
+                }
+                if !items_failed {
+                    let (node, _) = root.locate(&segs);
+                    let path = display_path(root, &segs);
+                    diags.push(Diagnostic::new(
+                        node.pos.clone(),
+                        path,
+                        e.inner().to_string(),
+                    ));
+                }
                 let removed = match (field, value.as_object_mut()) {
                     (Some(f), Some(obj)) => obj.remove(&f).is_some(),
                     _ => false,
@@ -72,7 +102,7 @@ pub fn display_path(root: &Node, segs: &[String]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(s);
+                out.push_str(&super::validate::quote_key(s));
                 cur = cur.and_then(|n| n.get(s));
             }
         }
@@ -134,7 +164,7 @@ pub fn normalize(raw: &Raw, diags: &mut Diagnostics) -> (Project, Inactive) {
     }
 
     for (name, svc) in project.services.iter_mut() {
-        resolve_environment(name, svc, &raw.vars, root, diags);
+        resolve_environment(name, svc, &raw.vars, &raw.cwd, root, diags);
         if svc.networks.is_empty() && svc.network_mode.is_none() {
             svc.networks.insert("default".into(), None);
         }
@@ -189,28 +219,37 @@ fn resolve_environment(
     name: &str,
     svc: &mut Service,
     vars: &Vars,
+    cwd: &Path,
     root: &Node,
     diags: &mut Diagnostics,
 ) {
     let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let env_node_pos = |i: usize| -> Pos {
-        let segs = vec![
+    let env_node_at = |i: usize| -> (Pos, String) {
+        let mut segs = vec![
             "services".to_string(),
             name.to_string(),
             "env_file".to_string(),
-            i.to_string(),
         ];
-        root.locate(&segs).0.pos.clone()
+        if root.locate(&segs).0.as_seq().is_some() {
+            segs.push(i.to_string());
+        }
+        (root.locate(&segs).0.pos.clone(), display_path(root, &segs))
     };
     for (i, ef) in svc.env_file.iter().enumerate() {
         let text = match std::fs::read_to_string(Path::new(&ef.path)) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ef.required => continue,
             Err(e) => {
+                let shown = super::load::shown(Path::new(&ef.path), cwd);
+                let (pos, path) = env_node_at(i);
                 diags.push(Diagnostic::new(
-                    env_node_pos(i),
-                    format!("services.{name}.env_file"),
-                    format!("cannot read env file {}: {e}", ef.path),
+                    pos,
+                    path,
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        format!("env file {shown} does not exist (give it `required: false` if it is optional)")
+                    } else {
+                        format!("cannot read env file {shown}: {e}")
+                    },
                 ));
                 continue;
             }
@@ -224,7 +263,11 @@ fn resolve_environment(
                 }
             }
             Err(e) => diags.push(Diagnostic::new(
-                Pos::new(&std::sync::Arc::from(ef.path.as_str()), e.line, 1),
+                Pos::new(
+                    &std::sync::Arc::from(super::load::shown(Path::new(&ef.path), cwd).as_str()),
+                    e.line,
+                    1,
+                ),
                 format!("services.{name}.env_file"),
                 e.message,
             )),
@@ -238,6 +281,8 @@ fn resolve_environment(
         env.insert(k, v);
     }
     svc.environment = env;
+    // Consumed: the model carries the resulting environment, not where it came from.
+    svc.env_file.clear();
 
     if let Some(Value::String(_) | Value::Array(_)) = svc.extra.get("label_file") {
         let files: Vec<String> = match svc.extra.remove("label_file") {

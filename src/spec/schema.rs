@@ -78,11 +78,11 @@ fn key_path(root: &Node, segs: &[String]) -> String {
         let is_index = matches!(cur.map(|n| &n.kind), Some(Kind::Seq(_)));
         if is_index {
             out.push_str(&format!("[{s}]"));
-        } else if out.is_empty() {
-            out.push_str(s);
         } else {
-            out.push('.');
-            out.push_str(s);
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&super::validate::quote_key(s));
         }
         cur = cur.and_then(|n| match &n.kind {
             Kind::Map(_) => n.get(s),
@@ -133,6 +133,21 @@ fn expected_of(def: &str) -> Option<&'static str> {
         "uint" => "a whole number of 0 or more",
         "number" => "a number",
         "restart" => "no, always, on-failure[:N] or unless-stopped",
+        _ => return None,
+    })
+}
+
+/// What a key expects when its schema has no named definition.
+fn expected_of_key(segs: &[String]) -> Option<&'static str> {
+    Some(match segs.last()?.as_str() {
+        "cpus" => "a number of CPUs like 0.5 or 2",
+        "cpu_shares" | "cpu_period" | "cpu_quota" | "cpu_count" | "cpu_percent" | "pids_limit"
+        | "oom_score_adj" | "mem_swappiness" | "replicas" | "scale" | "retries" | "pids" => {
+            "a whole number"
+        }
+        "name" if segs.len() == 1 => {
+            "a project name of lowercase letters, digits, `-` and `_`, starting with a letter or digit"
+        }
         _ => return None,
     })
 }
@@ -197,11 +212,27 @@ fn report(c: &Compiled, root: &Node, err: &ValidationError<'_>, out: &mut Diagno
                 } else {
                     format!("unknown key `{key}` {what}{hint}")
                 };
+                let qk = super::validate::quote_key(key);
                 let kp = if path.is_empty() {
-                    key.clone()
+                    qk.clone()
                 } else {
-                    format!("{path}.{key}")
+                    format!("{path}.{qk}")
                 };
+                // Under a map of user-chosen names, the key is a name that breaks the rules.
+                let named = [
+                    "services", "networks", "volumes", "secrets", "configs", "disks", "models",
+                ];
+                if allowed.is_empty() && named.contains(&path.as_str()) {
+                    let what = &path[..path.len() - 1];
+                    out.push(Diagnostic::new(
+                        kpos,
+                        kp,
+                        format!(
+                            "invalid {what} name `{key}`: use letters, digits, `.`, `_` and `-`"
+                        ),
+                    ));
+                    continue;
+                }
                 out.push(Diagnostic::new(kpos, kp, msg));
             }
             return;
@@ -223,16 +254,18 @@ fn report(c: &Compiled, root: &Node, err: &ValidationError<'_>, out: &mut Diagno
             };
             format!("expected {want}, found {found}")
         }
-        ValidationErrorKind::Pattern { pattern } => match expected_def {
-            Some(e) => format!("expected {e}, found {}", found(node)),
-            None if path.starts_with("services.") && segs.len() == 2 => {
-                "a service name may use only letters, digits, `.`, `_` and `-`".to_string()
+        ValidationErrorKind::Pattern { pattern } => {
+            match expected_def.or_else(|| expected_of_key(&segs)) {
+                Some(e) => format!("expected {e}, found {}", found(node)),
+                None if path.starts_with("services.") && segs.len() == 2 => {
+                    "a service name may use only letters, digits, `.`, `_` and `-`".to_string()
+                }
+                None => format!(
+                    "expected a value matching `{pattern}`, found {}",
+                    found(node)
+                ),
             }
-            None => format!(
-                "expected a value matching `{pattern}`, found {}",
-                found(node)
-            ),
-        },
+        }
         ValidationErrorKind::Enum { options } => {
             let opts: Vec<String> = options
                 .as_array()
@@ -346,9 +379,6 @@ fn report(c: &Compiled, root: &Node, err: &ValidationError<'_>, out: &mut Diagno
         }
         other => format!("invalid value {}: {other:?}", found(node)),
     };
-    let pos = match err.kind() {
-        ValidationErrorKind::Required { .. } => key_pos.cloned().unwrap_or(pos),
-        _ => pos,
-    };
+    let _ = key_pos;
     out.push(Diagnostic::new(pos, path, msg));
 }

@@ -15,7 +15,8 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(word, c);
-        let close = score > 0.8 || strsim::levenshtein(word, c) <= 2;
+        let limit = (word.chars().count() / 3).max(1);
+        let close = score > 0.85 || strsim::levenshtein(word, c) <= limit;
         if close && best.is_none_or(|(s, _)| score > s) {
             best = Some((score, c));
         }
@@ -44,40 +45,41 @@ pub struct Locator<'a> {
 
 impl Locator<'_> {
     /// The position and display path of `services.<svc>.<key>`, and inside it the entry named
-    /// `item` (a mapping key, or a list item equal to or starting with `item`).
+    /// `item` (a mapping key, a list item equal to or starting with `item`, or a long-form item
+    /// whose `source`/`target`/`published` is `item`).
     pub fn find(&self, svc: &str, key: &str, item: Option<&str>) -> (Pos, String) {
-        let base = format!("services.{svc}.{key}");
+        let base = format!("services.{}.{key}", quote_key(svc));
         let Some(s) = self.root.get("services").and_then(|s| s.get(svc)) else {
             return (self.root.pos.clone(), base);
         };
         let Some(v) = s.get(key) else {
-            let p = s.pos.clone();
-            return (p, base);
+            return (s.pos.clone(), base);
         };
         let Some(item) = item else {
             return (v.pos.clone(), base);
         };
         match &v.kind {
             Kind::Map(m) => match m.iter().find(|(k, _)| k.name == item) {
-                Some((k, _)) => (k.pos.clone(), format!("{base}.{item}")),
+                Some((k, _)) => (k.pos.clone(), format!("{base}.{}", quote_key(item))),
                 None => (v.pos.clone(), base),
             },
             Kind::Seq(items) => {
                 for (i, it) in items.iter().enumerate() {
-                    let hit =
-                        match &it.kind {
-                            Kind::Map(_) => ["source", "target", "service", "published"]
-                                .iter()
-                                .any(|k| {
-                                    it.get(k).and_then(Node::scalar_text).as_deref() == Some(item)
-                                }),
-                            _ => it.scalar_text().is_some_and(|t| {
-                                t == item
-                                    || t.starts_with(&format!("{item}:"))
-                                    || t.split(':').nth(1) == Some(item)
-                                    || t.split(':').any(|p| p == item)
-                            }),
-                        };
+                    if let Kind::Map(_) = &it.kind {
+                        for k in ["source", "target", "service", "published"] {
+                            if let Some(f) = it.get(k) {
+                                if f.scalar_text().as_deref() == Some(item) {
+                                    return (f.pos.clone(), format!("{base}[{i}].{k}"));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let hit = it.scalar_text().is_some_and(|t| {
+                        t == item
+                            || t.starts_with(&format!("{item}:"))
+                            || t.split(':').any(|p| p == item)
+                    });
                     if hit {
                         return (it.pos.clone(), format!("{base}[{i}]"));
                     }
@@ -88,6 +90,32 @@ impl Locator<'_> {
         }
     }
 
+    /// The `ports` item of a service that produced `port` (short items expand to many ports).
+    pub fn find_port(&self, svc: &str, port: &super::model::Port) -> (Pos, String) {
+        let base = format!("services.{}.ports", quote_key(svc));
+        let Some(v) = self
+            .root
+            .get("services")
+            .and_then(|s| s.get(svc))
+            .and_then(|s| s.get("ports"))
+        else {
+            return self.find(svc, "ports", None);
+        };
+        for (i, it) in v.as_seq().into_iter().flatten().enumerate() {
+            let produced = match &it.kind {
+                Kind::Str(s) => super::model::parse_port_short(s).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let long_hit = it.get("target").and_then(Node::scalar_text)
+                == Some(port.target.to_string())
+                && it.get("published").and_then(Node::scalar_text) == port.published;
+            if long_hit || produced.iter().any(|p| p == port) {
+                return (it.pos.clone(), format!("{base}[{i}]"));
+            }
+        }
+        (v.pos.clone(), base)
+    }
+
     pub fn service(&self, svc: &str) -> Pos {
         self.root
             .get("services")
@@ -96,37 +124,48 @@ impl Locator<'_> {
             .unwrap_or_else(|| self.root.pos.clone())
     }
 
+    /// Where a service is first written: to report the later of two clashing services.
+    pub fn service_order<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+        let mut v: Vec<(Pos, &String)> = names.map(|n| (self.service(n), n)).collect();
+        v.sort();
+        v.into_iter().map(|(_, n)| n).collect()
+    }
+
     pub fn top(&self, section: &str, name: &str, key: Option<&str>) -> (Pos, String) {
-        let base = format!("{section}.{name}");
+        let base = format!("{section}.{}", quote_key(name));
         let Some(sec) = self.root.get(section) else {
             return (self.root.pos.clone(), base);
         };
         let Some(entry) = sec.get(name) else {
             return (sec.key_pos(name).cloned().unwrap_or(sec.pos.clone()), base);
         };
-        match key {
-            Some(k) => match entry.get(k) {
-                Some(v) => (v.pos.clone(), format!("{base}.{k}")),
-                None => (
-                    sec.key_pos(name).cloned().unwrap_or(entry.pos.clone()),
-                    base,
-                ),
-            },
-            None => (
-                sec.key_pos(name).cloned().unwrap_or(entry.pos.clone()),
-                base,
-            ),
+        match key.and_then(|k| entry.get(k).map(|v| (k, v))) {
+            Some((k, v)) => (v.pos.clone(), format!("{base}.{k}")),
+            None => (entry.pos.clone(), base),
         }
     }
 }
 
+/// A key as shown in a key path: quoted when it holds characters a path cannot show plainly.
+pub fn quote_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '$'))
+    {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+/// `no network `x` is defined (did you mean `y`?); defined networks: a, b`
 fn undefined(kind: &str, name: &str, known: Vec<&str>) -> String {
     let hint = did_you_mean(name, known.iter().copied());
     if known.is_empty() {
-        format!("{kind} `{name}` is not defined (the project defines none)")
+        format!("no {kind} `{name}` is defined{hint}; the project defines no {kind}s")
     } else {
         format!(
-            "{kind} `{name}` is not defined{hint}; defined: {}",
+            "no {kind} `{name}` is defined{hint}; defined {kind}s: {}",
             known.join(", ")
         )
     }
@@ -141,7 +180,10 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
     let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
     let mut private_disks: BTreeMap<&str, &str> = BTreeMap::new();
 
-    for (name, svc) in &project.services {
+    // File order, so that of two clashing services the one written later is blamed.
+    let order = loc.service_order(project.services.keys());
+    for name in order.iter().copied() {
+        let svc = &project.services[name];
         if svc.image.is_none() && svc.build.is_none() {
             push(
                 (loc.service(name), format!("services.{name}")),
@@ -193,7 +235,10 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                         .join(" or "),
                     profiles.first().map(String::as_str).unwrap_or_default()
                 ),
-                None => format!("depends on {}", undefined("service", dep, services.clone())),
+                None => format!(
+                    "depends on `{dep}`, but {}",
+                    undefined("service", dep, services.clone())
+                ),
             };
             push(loc.find(name, "depends_on", Some(dep)), msg);
         }
@@ -213,7 +258,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                         push(
                             loc.find(name, "network_mode", None),
                             format!(
-                                "`network_mode` uses {}",
+                                "uses the network of `{target}`, but {}",
                                 undefined("service", target, services.clone())
                             ),
                         );
@@ -283,7 +328,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 push(
                     loc.find(name, "volumes_from", Some(target)),
                     format!(
-                        "`volumes_from` names {}",
+                        "takes volumes from `{target}`, but {}",
                         undefined("service", target, services.clone())
                     ),
                 );
@@ -295,7 +340,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 push(
                     loc.find(name, "links", Some(target)),
                     format!(
-                        "`links` names {}",
+                        "links to `{target}`, but {}",
                         undefined("service", target, services.clone())
                     ),
                 );
@@ -417,7 +462,8 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
         published: &'a str,
     }
     let mut claims: Vec<Claim<'_>> = Vec::new();
-    for (name, svc) in &project.services {
+    for name in order.iter().copied() {
+        let svc = &project.services[name];
         for p in &svc.ports {
             let Some(published) = p.published.as_deref() else {
                 continue;
@@ -428,7 +474,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
             }
             if svc.replicas() > 1 && range.start() == range.end() {
                 push(
-                    loc.find(name, "ports", Some(published)),
+                    loc.find_port(name, p),
                     format!(
                         "host port {published} is fixed, but `{name}` runs {} replicas and each would need it; publish a range or leave the host port out",
                         svc.replicas()
@@ -454,7 +500,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                             p.protocol, c.svc, c.published, c.proto
                         )
                     };
-                    push(loc.find(name, "ports", Some(published)), msg);
+                    push(loc.find_port(name, p), msg);
                     break;
                 }
             }
