@@ -44,13 +44,11 @@ pub fn config_hash(service: &Service, project_dir: &Path) -> String {
 fn relativize(v: &mut Value, dir: &str) {
     match v {
         Value::String(s) => {
-            if dir.len() > 1 {
-                if let Some(rest) = s.strip_prefix(dir) {
-                    if rest.is_empty() || rest.starts_with('/') || rest.starts_with(':') {
+            if dir.len() > 1
+                && let Some(rest) = s.strip_prefix(dir)
+                    && (rest.is_empty() || rest.starts_with('/') || rest.starts_with(':')) {
                         *s = format!(".{rest}");
                     }
-                }
-            }
         }
         Value::Array(a) => a.iter_mut().for_each(|x| relativize(x, dir)),
         Value::Object(m) => m.values_mut().for_each(|x| relativize(x, dir)),

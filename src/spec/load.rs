@@ -322,8 +322,8 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
     );
 
     let mut profiles = opts.profiles.clone();
-    if profiles.is_empty() {
-        if let Some(p) = vars.get("COMPOSE_PROFILES") {
+    if profiles.is_empty()
+        && let Some(p) = vars.get("COMPOSE_PROFILES") {
             profiles = p
                 .split(',')
                 .map(str::trim)
@@ -331,7 +331,6 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
                 .map(str::to_string)
                 .collect();
         }
-    }
 
     if !ctx.diags.is_empty() {
         return Err(LoadError::Invalid(ctx.diags.finish()));
@@ -461,11 +460,9 @@ impl Ctx<'_> {
             let mut chain = vec![(path.to_path_buf(), name.clone())];
             if let Some(resolved) =
                 self.extend_one(&snapshot, path, &name, vars, base_dir, &mut chain)?
-            {
-                if let Some(slot) = root.get_mut("services").and_then(|s| s.get_mut(&name)) {
+                && let Some(slot) = root.get_mut("services").and_then(|s| s.get_mut(&name)) {
                     *slot = resolved;
                 }
-            }
         }
         Ok(())
     }
@@ -734,11 +731,10 @@ fn is_remote(s: &str) -> bool {
 }
 
 fn resolve_str(n: &mut Node, base: &Path, home: Option<&str>) {
-    if let Kind::Str(s) = &mut n.kind {
-        if let Some(r) = resolve_path_text(s, base, home) {
+    if let Kind::Str(s) = &mut n.kind
+        && let Some(r) = resolve_path_text(s, base, home) {
             *s = r;
         }
-    }
 }
 
 /// Absolute form of a relative or `~` path; None if already absolute or remote.
@@ -823,11 +819,10 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
             resolve_path_list(e, base, home);
         }
     }
-    if let Some(ext) = svc.get_mut("extends") {
-        if let Some(f) = ext.get_mut("file") {
+    if let Some(ext) = svc.get_mut("extends")
+        && let Some(f) = ext.get_mut("file") {
             resolve_str(f, base, home);
         }
-    }
     if let Some(Kind::Seq(vols)) = svc.get_mut("volumes").map(|v| &mut v.kind) {
         for v in vols.iter_mut() {
             match &mut v.kind {
@@ -835,25 +830,22 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
                     // Short syntax: a source starting with `.`, `/` or `~` is a bind mount.
                     let parts: Vec<&str> = s.splitn(2, ':').collect();
                     if parts.len() == 2 && (parts[0].starts_with('.') || parts[0].starts_with('~'))
-                    {
-                        if let Some(r) = resolve_path_text(parts[0], base, home) {
+                        && let Some(r) = resolve_path_text(parts[0], base, home) {
                             *s = format!("{r}:{}", parts[1]);
                         }
-                    }
                 }
                 Kind::Map(_) => {
-                    if v.get("type").and_then(Node::as_str) == Some("bind") {
-                        if let Some(src) = v.get_mut("source") {
+                    if v.get("type").and_then(Node::as_str) == Some("bind")
+                        && let Some(src) = v.get_mut("source") {
                             resolve_str(src, base, home);
                         }
-                    }
                 }
                 _ => {}
             }
         }
     }
-    if let Some(Kind::Map(_)) = svc.get("develop").map(|d| &d.kind) {
-        if let Some(Kind::Seq(w)) = svc
+    if let Some(Kind::Map(_)) = svc.get("develop").map(|d| &d.kind)
+        && let Some(Kind::Seq(w)) = svc
             .get_mut("develop")
             .and_then(|d| d.get_mut("watch"))
             .map(|w| &mut w.kind)
@@ -864,5 +856,4 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
                 }
             }
         }
-    }
 }

@@ -903,11 +903,11 @@ fn ingress() -> String {
 }
 
 impl Port {
-    /// The host ports this port claims (empty when the host port is chosen at random).
-    pub fn host_ports(&self) -> std::ops::RangeInclusive<u32> {
+    /// The host ports this port claims (None when the host port is chosen at random).
+    pub fn host_ports(&self) -> Option<std::ops::RangeInclusive<u16>> {
         match self.published.as_deref().map(parse_range) {
-            Some(Ok((a, b))) => u32::from(a)..=u32::from(b),
-            _ => 1..=0,
+            Some(Ok((a, b))) => Some(a..=b),
+            _ => None,
         }
     }
 }

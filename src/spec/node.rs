@@ -242,33 +242,27 @@ pub fn resolve_plain(text: &str) -> Kind {
     }
     let bytes = text.as_bytes();
     let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
-    if let Some(hex) = text.strip_prefix("0x") {
-        if digits(hex, 16) {
-            if let Ok(i) = i64::from_str_radix(hex, 16) {
+    if let Some(hex) = text.strip_prefix("0x")
+        && digits(hex, 16)
+            && let Ok(i) = i64::from_str_radix(hex, 16) {
                 return Kind::Int(i);
             }
-        }
-    }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if digits(oct, 8) {
-            if let Ok(i) = i64::from_str_radix(oct, 8) {
+    if let Some(oct) = text.strip_prefix("0o")
+        && digits(oct, 8)
+            && let Ok(i) = i64::from_str_radix(oct, 8) {
                 return Kind::Int(i);
             }
-        }
-    }
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     // `mode: 0440` means octal in every Compose file ever written (YAML 1.1, and what Compose's
     // own parser does), though YAML 1.2 reads it as decimal 440.
-    if unsigned.len() > 1 && unsigned.starts_with('0') && digits(unsigned, 8) {
-        if let Ok(i) = i64::from_str_radix(unsigned, 8) {
+    if unsigned.len() > 1 && unsigned.starts_with('0') && digits(unsigned, 8)
+        && let Ok(i) = i64::from_str_radix(unsigned, 8) {
             return Kind::Int(if text.starts_with('-') { -i } else { i });
         }
-    }
-    if digits(unsigned, 10) {
-        if let Ok(i) = text.parse::<i64>() {
+    if digits(unsigned, 10)
+        && let Ok(i) = text.parse::<i64>() {
             return Kind::Int(i);
         }
-    }
     // Floats: [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
     if bytes
         .first()
@@ -292,11 +286,10 @@ pub fn resolve_plain(text: &str) -> Kind {
             None => digits(mantissa, 10),
         };
         let exp_ok = exp.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e), 10));
-        if mantissa_ok && exp_ok {
-            if let Ok(f) = text.parse::<f64>() {
+        if mantissa_ok && exp_ok
+            && let Ok(f) = text.parse::<f64>() {
                 return Kind::Float(f);
             }
-        }
     }
     Kind::Str(text.to_string())
 }

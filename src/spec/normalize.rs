@@ -44,8 +44,8 @@ fn decode<T: DeserializeOwned>(
                 // A list field fails as a whole in its deserializer: find the items that fail
                 // on their own, so each error points at its item.
                 let mut items_failed = false;
-                if segs.len() == base.len() + 1 {
-                    if let (Some(f), Some(Value::Array(items))) =
+                if segs.len() == base.len() + 1
+                    && let (Some(f), Some(Value::Array(items))) =
                         (&field, field.as_ref().and_then(|f| value.get(f)))
                     {
                         for (i, item) in items.iter().enumerate() {
@@ -66,7 +66,6 @@ fn decode<T: DeserializeOwned>(
                             }
                         }
                     }
-                }
                 if !items_failed {
                     let (node, _) = root.locate(&segs);
                     let path = display_path(root, &segs);
@@ -335,11 +334,10 @@ fn apply_profiles(project: &mut Project, active: &[String]) -> Inactive {
             }
             None => true,
         };
-        if !keep {
-            if let Some(s) = project.services.remove(&n) {
+        if !keep
+            && let Some(s) = project.services.remove(&n) {
                 inactive.services.insert(n, s.profiles);
             }
-        }
     }
     inactive
 }

@@ -175,13 +175,11 @@ fn allowed_keys<'a>(schema: &'a Value, schema_path: &str) -> Vec<&'a str> {
         };
     }
     // Follow a $ref at the object itself.
-    if let Some(r) = cur.get("$ref").and_then(Value::as_str) {
-        if let Some(name) = r.strip_prefix("#/definitions/") {
-            if let Some(d) = schema.get("definitions").and_then(|d| d.get(name)) {
+    if let Some(r) = cur.get("$ref").and_then(Value::as_str)
+        && let Some(name) = r.strip_prefix("#/definitions/")
+            && let Some(d) = schema.get("definitions").and_then(|d| d.get(name)) {
                 cur = d;
             }
-        }
-    }
     cur.get("properties")
         .and_then(Value::as_object)
         .map(|m| m.keys().map(String::as_str).collect())

@@ -67,11 +67,10 @@ impl Locator<'_> {
                 for (i, it) in items.iter().enumerate() {
                     if let Kind::Map(_) = &it.kind {
                         for k in ["source", "target", "service", "published"] {
-                            if let Some(f) = it.get(k) {
-                                if f.scalar_text().as_deref() == Some(item) {
+                            if let Some(f) = it.get(k)
+                                && f.scalar_text().as_deref() == Some(item) {
                                     return (f.pos.clone(), format!("{base}[{i}].{k}"));
                                 }
-                            }
                         }
                         continue;
                     }
@@ -190,14 +189,13 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 "a service needs `image:` (an image name, or `host`) or `build:`".into(),
             );
         }
-        if let (Some(s), Some(r)) = (svc.scale, svc.deploy.as_ref().and_then(|d| d.replicas)) {
-            if s != r {
+        if let (Some(s), Some(r)) = (svc.scale, svc.deploy.as_ref().and_then(|d| d.replicas))
+            && s != r {
                 push(
                     loc.find(name, "scale", None),
                     format!("`scale: {s}` and `deploy.replicas: {r}` disagree; keep one"),
                 );
             }
-        }
         for (dep, d) in &svc.depends_on {
             if project.services.contains_key(dep) {
                 if d.condition == super::model::Condition::ServiceHealthy {
@@ -242,7 +240,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
             };
             push(loc.find(name, "depends_on", Some(dep)), msg);
         }
-        for (net, _) in &svc.networks {
+        for net in svc.networks.keys() {
             if !project.networks.contains_key(net) {
                 let known: Vec<&str> = project.networks.keys().map(String::as_str).collect();
                 push(
@@ -291,9 +289,9 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
             }
         }
         for m in &svc.volumes {
-            if m.kind == "volume" {
-                if let Some(src) = &m.source {
-                    if !project.volumes.contains_key(src) {
+            if m.kind == "volume"
+                && let Some(src) = &m.source
+                    && !project.volumes.contains_key(src) {
                         let known: Vec<&str> = project.volumes.keys().map(String::as_str).collect();
                         push(
                             loc.find(name, "volumes", Some(src)),
@@ -303,8 +301,6 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                             ),
                         );
                     }
-                }
-            }
         }
         for (key, refs, defined) in [
             ("secrets", &svc.secrets, &project.secrets),
@@ -395,8 +391,8 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                         ),
                     );
                 }
-                if let Some(other) = private_disks.insert(&dm.source, name) {
-                    if other != name {
+                if let Some(other) = private_disks.insert(&dm.source, name)
+                    && other != name {
                         push(
                             loc.find(name, "disks", Some(&dm.source)),
                             format!(
@@ -405,11 +401,10 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                             ),
                         );
                     }
-                }
             }
         }
-        if let (Some(limit), Some(swap)) = (svc.mem_limit, svc.memswap_limit) {
-            if swap >= 0 && (swap as u64) < limit {
+        if let (Some(limit), Some(swap)) = (svc.mem_limit, svc.memswap_limit)
+            && swap >= 0 && (swap as u64) < limit {
                 push(
                     loc.find(name, "memswap_limit", None),
                     format!(
@@ -417,15 +412,13 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                     ),
                 );
             }
-        }
-        if let (Some(limit), Some(res)) = (svc.mem_limit, svc.mem_reservation) {
-            if res > limit {
+        if let (Some(limit), Some(res)) = (svc.mem_limit, svc.mem_reservation)
+            && res > limit {
                 push(
                     loc.find(name, "mem_reservation", None),
                     format!("`mem_reservation` ({res} bytes) is above `mem_limit` ({limit} bytes)"),
                 );
             }
-        }
     }
 
     // Disks: a private disk needs a size, a shared one a seed (the schema says so too; this
@@ -458,7 +451,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
         svc: &'a str,
         ip: Option<&'a str>,
         proto: &'a str,
-        range: std::ops::RangeInclusive<u32>,
+        range: std::ops::RangeInclusive<u16>,
         published: &'a str,
     }
     let mut claims: Vec<Claim<'_>> = Vec::new();
@@ -468,10 +461,9 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
             let Some(published) = p.published.as_deref() else {
                 continue;
             };
-            let range = p.host_ports();
-            if range.is_empty() {
+            let Some(range) = p.host_ports() else {
                 continue;
-            }
+            };
             if svc.replicas() > 1 && range.start() == range.end() {
                 push(
                     loc.find_port(name, p),
