@@ -274,19 +274,24 @@ pub fn cycle_diagnostics(cycles: &[Cycle], tree: &Node) -> Diagnostics {
     let loc = Locator { root: tree };
     let mut d = Diagnostics::default();
     for c in cycles {
-        let (Some(first), Some(second), Some(kind)) = (
-            c.services.first(),
-            c.services.get(1).or(c.services.first()),
-            c.kinds.first(),
-        ) else {
+        let Some(first) = c.services.first() else {
             continue;
         };
-        let item = if *kind == EdgeKind::NetworkMode {
-            None
-        } else {
-            Some(second.as_str())
+        // Blame the edge written last in the files: it is the one that closed the circle.
+        let Some((pos, path)) = c
+            .kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let from = &c.services[i];
+                let to = c.services.get(i + 1).unwrap_or(first);
+                let item = (*kind != EdgeKind::NetworkMode).then_some(to.as_str());
+                loc.find(from, kind.key(), item)
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+        else {
+            continue;
         };
-        let (pos, path) = loc.find(first, kind.key(), item);
         // Say which links are implicit: a `network_mode` or `volumes_from` cycle surprises.
         let mut notes = Vec::new();
         for (i, k) in c.kinds.iter().enumerate() {
