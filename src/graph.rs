@@ -166,10 +166,11 @@ impl Graph {
                     .collect();
                 next.sort_by(|a, b| self.g[a.0].cmp(&self.g[b.0]));
                 if let Some(&(_, k)) = next.iter().find(|(n, _)| *n == start)
-                    && (path.len() > 1 || self_loop) {
-                        kinds.push(k);
-                        break;
-                    }
+                    && (path.len() > 1 || self_loop)
+                {
+                    kinds.push(k);
+                    break;
+                }
                 match next.iter().find(|(n, _)| !seen.contains(n)) {
                     Some(&(n, k)) => {
                         kinds.push(k);

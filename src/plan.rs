@@ -10,50 +10,65 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::graph::Graph;
-use crate::spec::model::{Project, Service};
+use crate::spec::model::{Project, Service, hash_view};
 
 /// The config hash of a service: sha256 of its canonical JSON, as 64 hex digits.
 ///
-/// Paths inside the project directory are hashed relative to it, so the same project checked
-/// out at another path, or on another machine, hashes the same.
+/// The JSON is the model's own serialization (struct fields in a fixed order, maps sorted),
+/// seen through `hash_view`, which leaves out what does not change a container. Paths inside
+/// the project directory are hashed relative to it, so the same project checked out at another
+/// path, or on another machine, hashes the same.
 pub fn config_hash(service: &Service, project_dir: &Path) -> String {
-    let mut v = serde_json::to_value(service).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        for k in ["scale", "depends_on", "profiles", "pull_policy"] {
-            m.remove(k);
-        }
-        if let Some(Value::Object(d)) = m.get_mut("deploy") {
-            d.remove("replicas");
-            if d.is_empty() {
-                m.remove("deploy");
-            }
-        }
-    }
-    let dir = project_dir.to_string_lossy();
-    relativize(&mut v, &dir);
-    // serde_json's map is ordered by key, so this text is canonical.
-    let text = v.to_string();
+    let text = hash_view(|| serde_json::to_string(service)).unwrap_or_default();
+    let dir = serde_json::to_string(&project_dir.to_string_lossy()).unwrap_or_default();
+    // `"<dir>` as it appears at the start of a JSON string, without its closing quote.
+    let prefix = dir.strip_suffix('"').unwrap_or(&dir);
+    let text = if prefix.len() > 2 && text.contains(prefix) {
+        text.replace(&format!("{prefix}/"), "\"./")
+            .replace(&format!("{prefix}:"), "\".:")
+            .replace(&format!("{prefix}\""), "\".\"")
+    } else {
+        text
+    };
     let digest = Sha256::digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
-fn relativize(v: &mut Value, dir: &str) {
-    match v {
-        Value::String(s) => {
-            if dir.len() > 1
-                && let Some(rest) = s.strip_prefix(dir)
-                    && (rest.is_empty() || rest.starts_with('/') || rest.starts_with(':')) {
-                        *s = format!(".{rest}");
-                    }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| relativize(x, dir)),
-        Value::Object(m) => m.values_mut().for_each(|x| relativize(x, dir)),
-        _ => {}
+/// The config hash of every service, in service-name order. Hashing is the bulk of planning a
+/// large project, and each hash is independent: big projects hash on all cores.
+pub fn config_hashes(project: &Project, project_dir: &Path) -> Vec<String> {
+    let services: Vec<&Service> = project.services.values().collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if services.len() < 128 || cores < 2 {
+        return services
+            .iter()
+            .map(|s| config_hash(s, project_dir))
+            .collect();
     }
+    let chunk = services.len().div_ceil(cores);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = services
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|s| config_hash(s, project_dir))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// The state of a container as observed in the kernel and the state root.
@@ -192,8 +207,9 @@ pub fn diff(desired: &Project, project_dir: &Path, graph: &Graph, observed: &Obs
         by_service.entry(c.service.as_str()).or_default().push(c);
     }
     let mut recreated: Vec<&str> = Vec::new();
+    let mut hashes = config_hashes(desired, project_dir).into_iter();
     for (name, svc) in &desired.services {
-        let hash = config_hash(svc, project_dir);
+        let hash = hashes.next().unwrap_or_default();
         let want = svc.replicas();
         let have = by_service.remove(name.as_str()).unwrap_or_default();
         let mut present = BTreeMap::new();

@@ -53,11 +53,31 @@ fn scalar() -> impl Strategy<Value = String> {
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("image"), Just("command"), Just("ports"), Just("volumes"), Just("environment"),
-        Just("depends_on"), Just("networks"), Just("healthcheck"), Just("deploy"), Just("disks"),
-        Just("bandwidth"), Just("restart"), Just("mem_limit"), Just("cpus"), Just("extends"),
-        Just("network_mode"), Just("volumes_from"), Just("profiles"), Just("<<"), Just("x-a"),
-        Just("secrets"), Just("build"), Just("scale"), Just("container_name"), Just("bogus"),
+        Just("image"),
+        Just("command"),
+        Just("ports"),
+        Just("volumes"),
+        Just("environment"),
+        Just("depends_on"),
+        Just("networks"),
+        Just("healthcheck"),
+        Just("deploy"),
+        Just("disks"),
+        Just("bandwidth"),
+        Just("restart"),
+        Just("mem_limit"),
+        Just("cpus"),
+        Just("extends"),
+        Just("network_mode"),
+        Just("volumes_from"),
+        Just("profiles"),
+        Just("<<"),
+        Just("x-a"),
+        Just("secrets"),
+        Just("build"),
+        Just("scale"),
+        Just("container_name"),
+        Just("bogus"),
     ]
     .prop_map(str::to_string)
 }

@@ -44,9 +44,21 @@ fn load_err(o: &LoadOptions) -> String {
 fn default_file_order_and_override() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    write(d, "docker-compose.yml", "services:\n  a:\n    image: from-docker-compose\n");
-    write(d, "compose.yaml", "services:\n  a:\n    image: from-compose\n");
-    write(d, "compose.override.yaml", "services:\n  a:\n    environment: [X=1]\n");
+    write(
+        d,
+        "docker-compose.yml",
+        "services:\n  a:\n    image: from-docker-compose\n",
+    );
+    write(
+        d,
+        "compose.yaml",
+        "services:\n  a:\n    image: from-compose\n",
+    );
+    write(
+        d,
+        "compose.override.yaml",
+        "services:\n  a:\n    environment: [X=1]\n",
+    );
     let p = load(&opts(d));
     let a = &p.loaded.project.services["a"];
     assert_eq!(a.image.as_deref(), Some("from-compose"));
@@ -54,7 +66,10 @@ fn default_file_order_and_override() {
     // berth.yaml comes first of all.
     write(d, "berth.yaml", "services:\n  a:\n    image: from-berth\n");
     let p = load(&opts(d));
-    assert_eq!(p.loaded.project.services["a"].image.as_deref(), Some("from-berth"));
+    assert_eq!(
+        p.loaded.project.services["a"].image.as_deref(),
+        Some("from-berth")
+    );
     assert!(p.loaded.project.services["a"].environment.is_empty());
 }
 
@@ -81,10 +96,17 @@ fn shell_environment_wins_over_dotenv() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     write(d, ".env", "TAG=from-dotenv\nOTHER=dotenv-only\n");
-    write(d, "compose.yaml", "services:\n  a:\n    image: app:${TAG}\n    environment:\n      O: $OTHER\n");
+    write(
+        d,
+        "compose.yaml",
+        "services:\n  a:\n    image: app:${TAG}\n    environment:\n      O: $OTHER\n",
+    );
     let mut o = opts(d);
     let p = load(&o);
-    assert_eq!(p.loaded.project.services["a"].image.as_deref(), Some("app:from-dotenv"));
+    assert_eq!(
+        p.loaded.project.services["a"].image.as_deref(),
+        Some("app:from-dotenv")
+    );
     o.environ.insert("TAG".into(), "from-shell".into());
     let p = load(&o);
     let a = &p.loaded.project.services["a"];
@@ -98,22 +120,35 @@ fn env_file_option_replaces_dotenv() {
     let d = t.path();
     write(d, ".env", "TAG=dotenv\n");
     write(d, "prod.env", "TAG=prod\n");
-    write(d, "compose.yaml", "services:\n  a:\n    image: app:${TAG:-none}\n");
+    write(
+        d,
+        "compose.yaml",
+        "services:\n  a:\n    image: app:${TAG:-none}\n",
+    );
     let mut o = opts(d);
     o.env_files = vec!["prod.env".into()];
     let p = load(&o);
-    assert_eq!(p.loaded.project.services["a"].image.as_deref(), Some("app:prod"));
+    assert_eq!(
+        p.loaded.project.services["a"].image.as_deref(),
+        Some("app:prod")
+    );
 }
 
 #[test]
 fn compose_variables_are_honoured() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    write(d, "one.yaml", "services:\n  a:\n    image: x\n  dbg:\n    image: y\n    profiles: [debug]\n");
+    write(
+        d,
+        "one.yaml",
+        "services:\n  a:\n    image: x\n  dbg:\n    image: y\n    profiles: [debug]\n",
+    );
     write(d, "two.yaml", "services:\n  a:\n    command: [run]\n");
     let mut o = opts(d);
-    o.environ.insert("COMPOSE_FILE".into(), "one.yaml:two.yaml".into());
-    o.environ.insert("COMPOSE_PROJECT_NAME".into(), "fromenv".into());
+    o.environ
+        .insert("COMPOSE_FILE".into(), "one.yaml:two.yaml".into());
+    o.environ
+        .insert("COMPOSE_PROJECT_NAME".into(), "fromenv".into());
     o.environ.insert("COMPOSE_PROFILES".into(), "debug".into());
     let p = load(&o);
     let pr = &p.loaded.project;
@@ -138,7 +173,10 @@ fn project_name_defaults_to_directory_and_rejects_bad_names() {
     assert_eq!(p.loaded.project.name, "myappv2");
     let mut o = opts(&d);
     o.project_name = Some("Bad Name".into());
-    assert!(matches!(berth::load_project(&o), Err(LoadError::BadProjectName(_))));
+    assert!(matches!(
+        berth::load_project(&o),
+        Err(LoadError::BadProjectName(_))
+    ));
 }
 
 #[test]
@@ -174,8 +212,16 @@ fn merge_rules_of_several_files() {
 fn reset_and_override_tags() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    write(d, "compose.yaml", "services:\n  web:\n    image: a\n    ports: ['80:80']\n    environment: {A: '1', B: '2'}\n");
-    write(d, "compose.override.yaml", "services:\n  web:\n    ports: !reset []\n    environment: !override {C: '3'}\n");
+    write(
+        d,
+        "compose.yaml",
+        "services:\n  web:\n    image: a\n    ports: ['80:80']\n    environment: {A: '1', B: '2'}\n",
+    );
+    write(
+        d,
+        "compose.override.yaml",
+        "services:\n  web:\n    ports: !reset []\n    environment: !override {C: '3'}\n",
+    );
     let p = load(&opts(d));
     let w = &p.loaded.project.services["web"];
     assert!(w.ports.is_empty());
@@ -186,9 +232,17 @@ fn reset_and_override_tags() {
 fn extends_other_file_resolves_its_paths_from_its_directory() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    write(d, "common/base.yaml", "services:\n  base:\n    image: base\n    env_file: base.env\n    environment: {FROM: base}\n    volumes: ['./data:/data']\n");
+    write(
+        d,
+        "common/base.yaml",
+        "services:\n  base:\n    image: base\n    env_file: base.env\n    environment: {FROM: base}\n    volumes: ['./data:/data']\n",
+    );
     write(d, "common/base.env", "SECRET=s3\n");
-    write(d, "compose.yaml", "services:\n  web:\n    extends:\n      file: common/base.yaml\n      service: base\n    environment: {FROM: web}\n  job:\n    extends: web\n    command: [echo]\n");
+    write(
+        d,
+        "compose.yaml",
+        "services:\n  web:\n    extends:\n      file: common/base.yaml\n      service: base\n    environment: {FROM: web}\n  job:\n    extends: web\n    command: [echo]\n",
+    );
     let p = load(&opts(d));
     let pr = &p.loaded.project;
     let w = &pr.services["web"];
@@ -206,7 +260,11 @@ fn extends_other_file_resolves_its_paths_from_its_directory() {
 #[test]
 fn extends_cycle_is_an_error() {
     let t = tempfile::tempdir().unwrap();
-    write(t.path(), "compose.yaml", "services:\n  a:\n    image: x\n    extends: b\n  b:\n    extends: a\n");
+    write(
+        t.path(),
+        "compose.yaml",
+        "services:\n  a:\n    image: x\n    extends: b\n  b:\n    extends: a\n",
+    );
     let e = load_err(&opts(t.path()));
     assert!(e.contains("`extends` forms a cycle"), "{e}");
 }
@@ -215,9 +273,17 @@ fn extends_cycle_is_an_error() {
 fn include_brings_services_with_their_own_env() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    write(d, "db/compose.yaml", "services:\n  db:\n    image: postgres:${PGV}\n    volumes: ['./init:/init']\n");
+    write(
+        d,
+        "db/compose.yaml",
+        "services:\n  db:\n    image: postgres:${PGV}\n    volumes: ['./init:/init']\n",
+    );
     write(d, "db/.env", "PGV=16\n");
-    write(d, "compose.yaml", "include:\n  - db/compose.yaml\nservices:\n  web:\n    image: x\n    depends_on: [db]\n");
+    write(
+        d,
+        "compose.yaml",
+        "include:\n  - db/compose.yaml\nservices:\n  web:\n    image: x\n    depends_on: [db]\n",
+    );
     let p = load(&opts(d));
     let pr = &p.loaded.project;
     assert_eq!(pr.services["db"].image.as_deref(), Some("postgres:16"));
@@ -232,7 +298,11 @@ fn include_conflict_is_an_error() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     write(d, "other.yaml", "services:\n  web:\n    image: other\n");
-    write(d, "compose.yaml", "include: [other.yaml]\nservices:\n  web:\n    image: mine\n");
+    write(
+        d,
+        "compose.yaml",
+        "include: [other.yaml]\nservices:\n  web:\n    image: mine\n",
+    );
     let e = load_err(&opts(d));
     assert!(e.contains("also by the included file"), "{e}");
 }
@@ -273,7 +343,10 @@ fn yaml_and_compose_quirks() {
     assert_eq!(a.restart.as_ref().map(|r| r.0.as_str()), Some("no"));
     assert_eq!(a.cpus, Some(0.5));
     assert_eq!(a.mem_limit, Some(512 << 20));
-    assert_eq!(a.stop_grace_period.map(|d| d.to_string()).as_deref(), Some("1m30s"));
+    assert_eq!(
+        a.stop_grace_period.map(|d| d.to_string()).as_deref(),
+        Some("1m30s")
+    );
     assert_eq!(a.labels["team"], "core");
     assert!(a.extra.contains_key("x-note"));
     assert_eq!(p.loaded.project.services["b"].secrets[0].mode, Some(0o440));
@@ -297,7 +370,9 @@ fn hash_survives_reformatting_and_syntax_changes() {
     );
     let p1 = load(&opts(&d1));
     let p2 = load(&opts(&d2));
-    let h = |p: &berth::Project, s: &str| config_hash(&p.loaded.project.services[s], &p.loaded.project_dir);
+    let h = |p: &berth::Project, s: &str| {
+        config_hash(&p.loaded.project.services[s], &p.loaded.project_dir)
+    };
     assert_eq!(h(&p1, "web"), h(&p2, "web"));
     assert_eq!(h(&p1, "db"), h(&p2, "db"));
     assert_eq!(
@@ -317,13 +392,22 @@ fn all_errors_of_a_file_at_once_with_positions() {
     let e = load_err(&opts(t.path()));
     // The schema error stops the load before cross-references are checked, but within the
     // structural pass every error is listed.
-    assert!(e.contains("compose.yaml:8:16: services.db.mem_limit"), "{e}");
+    assert!(
+        e.contains("compose.yaml:8:16: services.db.mem_limit"),
+        "{e}"
+    );
     write(
         t.path(),
         "compose.yaml",
         "services:\n  web:\n    image: x\n    ports: ['8080:99999', '70000']\n    depends_on: [ghost]\n  db:\n    image: y\n",
     );
     let e = load_err(&opts(t.path()));
-    assert!(e.contains("compose.yaml:4:13: services.web.ports[0]"), "{e}");
-    assert!(e.contains("compose.yaml:4:27: services.web.ports[1]"), "{e}");
+    assert!(
+        e.contains("compose.yaml:4:13: services.web.ports[0]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("compose.yaml:4:27: services.web.ports[1]"),
+        "{e}"
+    );
 }

@@ -176,6 +176,23 @@ pub fn interpolate_tree(
     path: &str,
     errors: &mut Vec<super::diag::Diagnostic>,
 ) {
+    let mut segs: Vec<Seg> = Vec::new();
+    walk(node, vars, path, &mut segs, errors);
+}
+
+/// A path segment, kept unformatted: the path text is built only for an error.
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn walk(
+    node: &mut Node,
+    vars: &Vars,
+    base: &str,
+    segs: &mut Vec<Seg>,
+    errors: &mut Vec<super::diag::Diagnostic>,
+) {
     match &mut node.kind {
         Kind::Str(s) => {
             if !s.contains('$') {
@@ -190,22 +207,43 @@ pub fn interpolate_tree(
                         Kind::Str(v)
                     };
                 }
-                Err(e) => errors.push(super::diag::Diagnostic::new(
-                    node.pos.clone(),
-                    path,
-                    e.message,
-                )),
+                Err(e) => {
+                    let mut path = base.to_string();
+                    for s in segs.iter() {
+                        match s {
+                            Seg::Key(k) => {
+                                path = super::diag::join_path(&path, &super::validate::quote_key(k))
+                            }
+                            Seg::Index(i) => path = super::diag::index_path(&path, *i),
+                        }
+                    }
+                    errors.push(super::diag::Diagnostic::new(
+                        node.pos.clone(),
+                        path,
+                        e.message,
+                    ))
+                }
             }
         }
         Kind::Seq(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate_tree(item, vars, &super::diag::index_path(path, i), errors);
+                segs.push(Seg::Index(i));
+                walk(item, vars, base, segs, errors);
+                segs.pop();
             }
         }
         Kind::Map(entries) => {
             for (k, v) in entries.iter_mut() {
                 // Extension fields are the user's own: Compose interpolates them too.
-                interpolate_tree(v, vars, &super::diag::join_path(path, &k.name), errors);
+                if v.as_map().is_none()
+                    && v.as_seq().is_none()
+                    && v.as_str().is_none_or(|s| !s.contains('$'))
+                {
+                    continue;
+                }
+                segs.push(Seg::Key(k.name.clone()));
+                walk(v, vars, base, segs, errors);
+                segs.pop();
             }
         }
         _ => {}

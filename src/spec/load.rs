@@ -323,14 +323,15 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
 
     let mut profiles = opts.profiles.clone();
     if profiles.is_empty()
-        && let Some(p) = vars.get("COMPOSE_PROFILES") {
-            profiles = p
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-        }
+        && let Some(p) = vars.get("COMPOSE_PROFILES")
+    {
+        profiles = p
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
 
     if !ctx.diags.is_empty() {
         return Err(LoadError::Invalid(ctx.diags.finish()));
@@ -460,9 +461,10 @@ impl Ctx<'_> {
             let mut chain = vec![(path.to_path_buf(), name.clone())];
             if let Some(resolved) =
                 self.extend_one(&snapshot, path, &name, vars, base_dir, &mut chain)?
-                && let Some(slot) = root.get_mut("services").and_then(|s| s.get_mut(&name)) {
-                    *slot = resolved;
-                }
+                && let Some(slot) = root.get_mut("services").and_then(|s| s.get_mut(&name))
+            {
+                *slot = resolved;
+            }
         }
         Ok(())
     }
@@ -732,9 +734,10 @@ fn is_remote(s: &str) -> bool {
 
 fn resolve_str(n: &mut Node, base: &Path, home: Option<&str>) {
     if let Kind::Str(s) = &mut n.kind
-        && let Some(r) = resolve_path_text(s, base, home) {
-            *s = r;
-        }
+        && let Some(r) = resolve_path_text(s, base, home)
+    {
+        *s = r;
+    }
 }
 
 /// Absolute form of a relative or `~` path; None if already absolute or remote.
@@ -820,25 +823,29 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
         }
     }
     if let Some(ext) = svc.get_mut("extends")
-        && let Some(f) = ext.get_mut("file") {
-            resolve_str(f, base, home);
-        }
+        && let Some(f) = ext.get_mut("file")
+    {
+        resolve_str(f, base, home);
+    }
     if let Some(Kind::Seq(vols)) = svc.get_mut("volumes").map(|v| &mut v.kind) {
         for v in vols.iter_mut() {
             match &mut v.kind {
                 Kind::Str(s) => {
                     // Short syntax: a source starting with `.`, `/` or `~` is a bind mount.
                     let parts: Vec<&str> = s.splitn(2, ':').collect();
-                    if parts.len() == 2 && (parts[0].starts_with('.') || parts[0].starts_with('~'))
-                        && let Some(r) = resolve_path_text(parts[0], base, home) {
-                            *s = format!("{r}:{}", parts[1]);
-                        }
+                    if parts.len() == 2
+                        && (parts[0].starts_with('.') || parts[0].starts_with('~'))
+                        && let Some(r) = resolve_path_text(parts[0], base, home)
+                    {
+                        *s = format!("{r}:{}", parts[1]);
+                    }
                 }
                 Kind::Map(_) => {
                     if v.get("type").and_then(Node::as_str) == Some("bind")
-                        && let Some(src) = v.get_mut("source") {
-                            resolve_str(src, base, home);
-                        }
+                        && let Some(src) = v.get_mut("source")
+                    {
+                        resolve_str(src, base, home);
+                    }
                 }
                 _ => {}
             }
@@ -849,11 +856,11 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
             .get_mut("develop")
             .and_then(|d| d.get_mut("watch"))
             .map(|w| &mut w.kind)
-        {
-            for item in w.iter_mut() {
-                if let Some(p) = item.get_mut("path") {
-                    resolve_str(p, base, home);
-                }
+    {
+        for item in w.iter_mut() {
+            if let Some(p) = item.get_mut("path") {
+                resolve_str(p, base, home);
             }
         }
+    }
 }

@@ -117,23 +117,27 @@ fn merge_at(base: Node, over: Node, rule: &Rule<'_>, path: &mut Vec<String>) -> 
 /// Drops the merge tags from a subtree and removes `!reset` entries (they reset nothing when
 /// there is nothing below them).
 pub fn untag(mut n: Node) -> Node {
+    untag_in_place(&mut n);
+    n
+}
+
+fn untag_in_place(n: &mut Node) {
     n.tag = None;
     match &mut n.kind {
         Kind::Map(m) => {
             m.retain(|(_, v)| v.tag != Some(Tag::Reset));
             for (_, v) in m.iter_mut() {
-                *v = untag(std::mem::replace(v, Node::new(Kind::Null, v.pos.clone())));
+                untag_in_place(v);
             }
         }
         Kind::Seq(s) => {
             s.retain(|v| v.tag != Some(Tag::Reset));
             for v in s.iter_mut() {
-                *v = untag(std::mem::replace(v, Node::new(Kind::Null, v.pos.clone())));
+                untag_in_place(v);
             }
         }
         _ => {}
     }
-    n
 }
 
 fn merge_maps(base: Node, over: Node) -> Node {

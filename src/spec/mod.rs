@@ -11,6 +11,7 @@ pub mod load;
 pub mod merge;
 pub mod model;
 pub mod node;
+pub mod node_de;
 pub mod normalize;
 pub mod schema;
 pub mod units;
@@ -77,13 +78,27 @@ pub struct Loaded {
 /// in `Loaded::errors` so the caller can add the graph's findings and report all at once.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let raw = load::load_raw(opts)?;
-    let mut diags = schema::validate(&raw.root);
-    if !diags.is_empty() {
-        return Err(LoadError::Invalid(diags.finish()));
+    // The schema check (on a JSON copy of the tree) and the typed decode (straight from the
+    // tree) are independent: run them on both cores. The decode's result is used only if the
+    // schema found nothing (it never panics on a malformed tree; it reports).
+    let (schema_diags, (project, inactive), decode_diags) = std::thread::scope(|s| {
+        let schema = s.spawn(|| schema::validate(&raw.root));
+        let mut d = Diagnostics::default();
+        let normalized = normalize::normalize(&raw, &mut d);
+        let schema_diags = schema.join().unwrap_or_else(|_| {
+            Diagnostics(vec![Diagnostic::new(
+                raw.root.pos.clone(),
+                "",
+                "internal error: the schema check failed",
+            )])
+        });
+        (schema_diags, normalized, d)
+    });
+    if !schema_diags.is_empty() {
+        return Err(LoadError::Invalid(schema_diags.finish()));
     }
-    let (project, inactive) = normalize::normalize(&raw, &mut diags);
-    if !diags.is_empty() {
-        return Err(LoadError::Invalid(diags.finish()));
+    if !decode_diags.is_empty() {
+        return Err(LoadError::Invalid(decode_diags.finish()));
     }
     let mut errors = Diagnostics::default();
     validate::validate(&project, &inactive, &raw.root, &mut errors);

@@ -18,6 +18,60 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+thread_local! {
+    /// Set while a service is serialized for its config hash: the fields that do not change a
+    /// container are then left out (see `plan::config_hash`).
+    static HASHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the hash view of the model: replica count, `depends_on`, `profiles` and
+/// `pull_policy` are skipped when serializing.
+pub fn hash_view<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            HASHING.with(|h| h.set(false));
+        }
+    }
+    HASHING.with(|h| h.set(true));
+    let _reset = Reset;
+    f()
+}
+
+fn hashing() -> bool {
+    HASHING.with(|h| h.get())
+}
+
+fn skip_u32(v: &Option<u32>) -> bool {
+    v.is_none() || hashing()
+}
+
+fn skip_deps(v: &BTreeMap<String, Dependency>) -> bool {
+    v.is_empty() || hashing()
+}
+
+fn skip_strings(v: &[String]) -> bool {
+    v.is_empty() || hashing()
+}
+
+fn skip_opt_string(v: &Option<String>) -> bool {
+    v.is_none() || hashing()
+}
+
+/// `deploy: {replicas: 3}` hashes like no `deploy` at all (and like `scale: 3`).
+fn skip_deploy(v: &Option<Deploy>) -> bool {
+    match v {
+        None => true,
+        Some(d) => {
+            hashing()
+                && d.resources.is_none()
+                && d.restart_policy.is_none()
+                && d.labels.is_empty()
+                && d.extra.is_empty()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Project {
     pub name: String,
@@ -81,10 +135,10 @@ pub struct Service {
     #[serde(
         default,
         deserialize_with = "de_depends_on",
-        skip_serializing_if = "BTreeMap::is_empty"
+        skip_serializing_if = "skip_deps"
     )]
     pub depends_on: BTreeMap<String, Dependency>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "skip_deploy")]
     pub deploy: Option<Deploy>,
     #[serde(
         default,
@@ -199,9 +253,9 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub privileged: Option<bool>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "skip_strings")]
     pub profiles: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "skip_opt_string")]
     pub pull_policy: Option<String>,
     #[serde(
         default,
@@ -218,7 +272,7 @@ pub struct Service {
     #[serde(
         default,
         deserialize_with = "de::opt_u32",
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "skip_u32"
     )]
     pub scale: Option<u32>,
     #[serde(
@@ -566,7 +620,7 @@ pub struct Deploy {
     #[serde(
         default,
         deserialize_with = "de::opt_u32",
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "skip_u32"
     )]
     pub replicas: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -244,25 +244,31 @@ pub fn resolve_plain(text: &str) -> Kind {
     let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
     if let Some(hex) = text.strip_prefix("0x")
         && digits(hex, 16)
-            && let Ok(i) = i64::from_str_radix(hex, 16) {
-                return Kind::Int(i);
-            }
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Kind::Int(i);
+    }
     if let Some(oct) = text.strip_prefix("0o")
         && digits(oct, 8)
-            && let Ok(i) = i64::from_str_radix(oct, 8) {
-                return Kind::Int(i);
-            }
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Kind::Int(i);
+    }
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     // `mode: 0440` means octal in every Compose file ever written (YAML 1.1, and what Compose's
     // own parser does), though YAML 1.2 reads it as decimal 440.
-    if unsigned.len() > 1 && unsigned.starts_with('0') && digits(unsigned, 8)
-        && let Ok(i) = i64::from_str_radix(unsigned, 8) {
-            return Kind::Int(if text.starts_with('-') { -i } else { i });
-        }
+    if unsigned.len() > 1
+        && unsigned.starts_with('0')
+        && digits(unsigned, 8)
+        && let Ok(i) = i64::from_str_radix(unsigned, 8)
+    {
+        return Kind::Int(if text.starts_with('-') { -i } else { i });
+    }
     if digits(unsigned, 10)
-        && let Ok(i) = text.parse::<i64>() {
-            return Kind::Int(i);
-        }
+        && let Ok(i) = text.parse::<i64>()
+    {
+        return Kind::Int(i);
+    }
     // Floats: [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
     if bytes
         .first()
@@ -286,10 +292,12 @@ pub fn resolve_plain(text: &str) -> Kind {
             None => digits(mantissa, 10),
         };
         let exp_ok = exp.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e), 10));
-        if mantissa_ok && exp_ok
-            && let Ok(f) = text.parse::<f64>() {
-                return Kind::Float(f);
-            }
+        if mantissa_ok
+            && exp_ok
+            && let Ok(f) = text.parse::<f64>()
+        {
+            return Kind::Float(f);
+        }
     }
     Kind::Str(text.to_string())
 }
@@ -303,6 +311,8 @@ enum Frame {
     },
     Map {
         entries: Vec<(Key, Node)>,
+        /// Key names, once the mapping is large enough for a linear scan to hurt.
+        index: Option<std::collections::HashSet<String>>,
         /// Maps pulled in with `<<`, merged when the mapping ends (explicit keys win).
         merges: Vec<Node>,
         pending_key: Option<Node>,
@@ -462,7 +472,16 @@ impl Builder {
                 let tag_name = tag.as_ref().map(|t| t.suffix.clone());
                 let ctag = self.tag(tag.as_deref(), &span)?;
                 let plain = style == ScalarStyle::Plain;
-                let kind = if plain && tag_name.as_deref() != Some("str") {
+                // Keys are names: they are never typed (`80:` and `true:` are the names "80"
+                // and "true"), which also spares the typing work on half of all scalars.
+                let is_key = matches!(
+                    self.stack.last(),
+                    Some(Frame::Map {
+                        pending_key: None,
+                        ..
+                    })
+                );
+                let kind = if plain && !is_key && tag_name.as_deref() != Some("str") {
                     resolve_plain(&text)
                 } else {
                     Kind::Str(text.into_owned())
@@ -492,6 +511,7 @@ impl Builder {
                 let tag = self.tag(tag.as_deref(), &span)?;
                 self.stack.push(Frame::Map {
                     entries: Vec::new(),
+                    index: None,
                     merges: Vec::new(),
                     pending_key: None,
                     pos: self.pos(&span),
@@ -557,79 +577,115 @@ impl Builder {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
-        let here = self.path();
-        match self.stack.last_mut() {
+        // Errors are rare: their key path is computed only when one happens.
+        let failed: Option<(Pos, Option<String>, String)> = match self.stack.last_mut() {
             None => {
                 self.root = Some(node);
+                None
             }
-            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Seq { items, .. }) => {
+                items.push(node);
+                None
+            }
             Some(Frame::Map {
                 entries,
+                index,
                 merges,
                 pending_key,
                 ..
             }) => match pending_key.take() {
-                None => {
+                None => match &node.kind {
                     // This node is a key.
-                    match &node.kind {
-                        Kind::Str(_) | Kind::Int(_) | Kind::Float(_) | Kind::Bool(_) => {
-                            *pending_key = Some(node);
-                        }
-                        Kind::Null => {
-                            *pending_key = Some(Node {
-                                kind: Kind::Str(String::new()),
-                                ..node
-                            })
-                        }
-                        _ => {
-                            let p = node.pos.clone();
-                            return Err(Diagnostic::new(
-                                p,
-                                "",
+                    Kind::Str(_) | Kind::Int(_) | Kind::Float(_) | Kind::Bool(_) => {
+                        *pending_key = Some(node);
+                        None
+                    }
+                    Kind::Null => {
+                        *pending_key = Some(Node {
+                            kind: Kind::Str(String::new()),
+                            ..node
+                        });
+                        None
+                    }
+                    _ => Some((
+                        node.pos.clone(),
+                        None,
+                        format!(
+                            "a mapping key must be a plain value, found {}",
+                            node.type_name()
+                        ),
+                    )),
+                },
+                Some(key) => {
+                    let key_plain = key.plain;
+                    let key_pos = key.pos;
+                    let name = match key.kind {
+                        Kind::Str(s) => s,
+                        other => Node::new(other, key_pos.clone())
+                            .scalar_text()
+                            .unwrap_or_default(),
+                    };
+                    if name == "<<" && key_plain {
+                        match &node.kind {
+                            Kind::Map(_) => {
+                                merges.push(node);
+                                None
+                            }
+                            Kind::Seq(items) if items.iter().all(|i| i.as_map().is_some()) => {
+                                merges.extend(items.iter().cloned());
+                                None
+                            }
+                            _ => Some((
+                                node.pos.clone(),
+                                Some(name),
                                 format!(
-                                    "a mapping key must be a plain value, found {}",
+                                    "a merge key `<<` takes a mapping or a list of mappings, found {}",
                                     node.type_name()
                                 ),
-                            ));
+                            )),
+                        }
+                    } else {
+                        // Large mappings (a thousand services) get a hash index so duplicate
+                        // detection stays linear.
+                        if index.is_none() && entries.len() >= 16 {
+                            *index = Some(entries.iter().map(|(k, _)| k.name.clone()).collect());
+                        }
+                        let dup = match index {
+                            Some(ix) => !ix.insert(name.clone()),
+                            None => entries.iter().any(|(k, _)| k.name == name),
+                        };
+                        if dup {
+                            let first = entries
+                                .iter()
+                                .find(|(k, _)| k.name == name)
+                                .map(|(k, _)| k.pos.line)
+                                .unwrap_or_default();
+                            Some((
+                                key_pos,
+                                Some(name.clone()),
+                                format!("duplicate key `{name}` (first defined at line {first})"),
+                            ))
+                        } else {
+                            entries.push((Key { name, pos: key_pos }, node));
+                            None
                         }
                     }
-                }
-                Some(key) => {
-                    let name = key.scalar_text().unwrap_or_default();
-                    if name == "<<" && key.plain {
-                        match &node.kind {
-                            Kind::Map(_) => merges.push(node),
-                            Kind::Seq(items) if items.iter().all(|i| i.as_map().is_some()) => {
-                                merges.extend(items.iter().cloned())
-                            }
-                            _ => {
-                                return Err(Diagnostic::new(
-                                    node.pos.clone(),
-                                    here,
-                                    format!(
-                                        "a merge key `<<` takes a mapping or a list of mappings, found {}",
-                                        node.type_name()
-                                    ),
-                                ));
-                            }
-                        }
-                        return Ok(());
-                    }
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
-                        return Err(Diagnostic::new(
-                            key.pos.clone(),
-                            here,
-                            format!(
-                                "duplicate key `{name}` (first defined at line {})",
-                                first.pos.line
-                            ),
-                        ));
-                    }
-                    entries.push((Key { name, pos: key.pos }, node));
                 }
             },
+        };
+        match failed {
+            None => Ok(()),
+            Some((pos, key, msg)) => {
+                let mut path = self.path();
+                if let Some(k) = key {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&super::validate::quote_key(&k));
+                }
+                Err(Diagnostic::new(pos, path, msg))
+            }
         }
-        Ok(())
     }
 }
 

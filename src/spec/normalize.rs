@@ -23,13 +23,19 @@ pub struct Inactive {
 /// Deserializes `value` into `T`, collecting every failing top-level field instead of stopping
 /// at the first: the failing field is reported, removed, and the rest tried again.
 fn decode<T: DeserializeOwned>(
-    mut value: Value,
+    node: &Node,
     base: &[String],
     root: &Node,
     diags: &mut Diagnostics,
 ) -> Option<T> {
+    // The common case decodes straight from the tree; only a value with errors is turned into
+    // JSON, to cut fields out of it.
+    if let Ok(t) = T::deserialize(node) {
+        return Some(t);
+    }
+    let mut value = node.to_json();
     loop {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(t) => return Some(t),
             Err(e) => {
                 let mut segs: Vec<String> = base.to_vec();
@@ -47,25 +53,25 @@ fn decode<T: DeserializeOwned>(
                 if segs.len() == base.len() + 1
                     && let (Some(f), Some(Value::Array(items))) =
                         (&field, field.as_ref().and_then(|f| value.get(f)))
-                    {
-                        for (i, item) in items.iter().enumerate() {
-                            let mut one = serde_json::Map::new();
-                            one.insert(f.clone(), Value::Array(vec![item.clone()]));
-                            if let Err(ie) =
-                                serde_path_to_error::deserialize::<_, T>(Value::Object(one))
-                            {
-                                let mut isegs = segs.clone();
-                                isegs.push(i.to_string());
-                                let (node, _) = root.locate(&isegs);
-                                diags.push(Diagnostic::new(
-                                    node.pos.clone(),
-                                    display_path(root, &isegs),
-                                    ie.inner().to_string(),
-                                ));
-                                items_failed = true;
-                            }
+                {
+                    for (i, item) in items.iter().enumerate() {
+                        let mut one = serde_json::Map::new();
+                        one.insert(f.clone(), Value::Array(vec![item.clone()]));
+                        if let Err(ie) =
+                            serde_path_to_error::deserialize::<_, T>(Value::Object(one))
+                        {
+                            let mut isegs = segs.clone();
+                            isegs.push(i.to_string());
+                            let (node, _) = root.locate(&isegs);
+                            diags.push(Diagnostic::new(
+                                node.pos.clone(),
+                                display_path(root, &isegs),
+                                ie.inner().to_string(),
+                            ));
+                            items_failed = true;
                         }
                     }
+                }
                 if !items_failed {
                     let (node, _) = root.locate(&segs);
                     let path = display_path(root, &segs);
@@ -115,32 +121,32 @@ pub fn normalize(raw: &Raw, diags: &mut Diagnostics) -> (Project, Inactive) {
         name: raw.name.clone(),
         ..Project::default()
     };
-    let json = root.to_json();
+    let empty = Node::new(super::node::Kind::Map(Vec::new()), root.pos.clone());
     let seg = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
 
-    if let Some(Value::Object(services)) = json.get("services") {
-        for (name, v) in services {
-            let v = if v.is_null() {
-                Value::Object(Default::default())
+    if let Some(services) = root.get("services").and_then(Node::as_map) {
+        for (k, v) in services {
+            let v = if v.kind == super::node::Kind::Null {
+                &empty
             } else {
-                v.clone()
+                v
             };
-            if let Some(svc) = decode::<Service>(v, &seg("services", name), root, diags) {
-                project.services.insert(name.clone(), svc);
+            if let Some(svc) = decode::<Service>(v, &seg("services", &k.name), root, diags) {
+                project.services.insert(k.name.clone(), svc);
             }
         }
     }
     macro_rules! section {
         ($key:literal, $field:ident) => {
-            if let Some(Value::Object(m)) = json.get($key) {
-                for (name, v) in m {
-                    let v = if v.is_null() {
-                        Value::Object(Default::default())
+            if let Some(m) = root.get($key).and_then(Node::as_map) {
+                for (k, v) in m {
+                    let v = if v.kind == super::node::Kind::Null {
+                        &empty
                     } else {
-                        v.clone()
+                        v
                     };
-                    if let Some(x) = decode(v, &seg($key, name), root, diags) {
-                        project.$field.insert(name.clone(), x);
+                    if let Some(x) = decode(v, &seg($key, &k.name), root, diags) {
+                        project.$field.insert(k.name.clone(), x);
                     }
                 }
             }
@@ -151,14 +157,12 @@ pub fn normalize(raw: &Raw, diags: &mut Diagnostics) -> (Project, Inactive) {
     section!("secrets", secrets);
     section!("configs", configs);
     section!("disks", disks);
-    if let Some(Value::Object(m)) = json.get("models") {
-        project.models = m.clone().into_iter().collect();
+    if let Some(Value::Object(m)) = root.get("models").map(Node::to_json) {
+        project.models = m.into_iter().collect();
     }
-    if let Value::Object(m) = &json {
-        for (k, v) in m {
-            if k.starts_with("x-") {
-                project.extra.insert(k.clone(), v.clone());
-            }
+    for (k, v) in root.as_map().into_iter().flatten() {
+        if k.name.starts_with("x-") {
+            project.extra.insert(k.name.clone(), v.to_json());
         }
     }
 
@@ -334,10 +338,9 @@ fn apply_profiles(project: &mut Project, active: &[String]) -> Inactive {
             }
             None => true,
         };
-        if !keep
-            && let Some(s) = project.services.remove(&n) {
-                inactive.services.insert(n, s.profiles);
-            }
+        if !keep && let Some(s) = project.services.remove(&n) {
+            inactive.services.insert(n, s.profiles);
+        }
     }
     inactive
 }

@@ -43,6 +43,11 @@ pub fn is_valid(value: &Value) -> bool {
 
 /// Validates a whole (merged) project tree; every problem becomes one diagnostic.
 pub fn validate(root: &Node) -> Diagnostics {
+    validate_json(root, &root.to_json())
+}
+
+/// `validate`, for a caller that already has the tree as JSON.
+pub fn validate_json(root: &Node, json: &Value) -> Diagnostics {
     let mut out = Diagnostics::default();
     let c = match compiled() {
         Ok(c) => c,
@@ -55,8 +60,12 @@ pub fn validate(root: &Node) -> Diagnostics {
             return out;
         }
     };
-    let json = root.to_json();
-    for err in c.validator.iter_errors(&json) {
+    // Checking validity alone is cheaper than collecting errors; a valid file (the usual case)
+    // pays only for that.
+    if c.validator.is_valid(json) {
+        return out;
+    }
+    for err in c.validator.iter_errors(json) {
         report(c, root, &err, &mut out);
     }
     out
@@ -177,9 +186,10 @@ fn allowed_keys<'a>(schema: &'a Value, schema_path: &str) -> Vec<&'a str> {
     // Follow a $ref at the object itself.
     if let Some(r) = cur.get("$ref").and_then(Value::as_str)
         && let Some(name) = r.strip_prefix("#/definitions/")
-            && let Some(d) = schema.get("definitions").and_then(|d| d.get(name)) {
-                cur = d;
-            }
+        && let Some(d) = schema.get("definitions").and_then(|d| d.get(name))
+    {
+        cur = d;
+    }
     cur.get("properties")
         .and_then(Value::as_object)
         .map(|m| m.keys().map(String::as_str).collect())

@@ -68,9 +68,10 @@ impl Locator<'_> {
                     if let Kind::Map(_) = &it.kind {
                         for k in ["source", "target", "service", "published"] {
                             if let Some(f) = it.get(k)
-                                && f.scalar_text().as_deref() == Some(item) {
-                                    return (f.pos.clone(), format!("{base}[{i}].{k}"));
-                                }
+                                && f.scalar_text().as_deref() == Some(item)
+                            {
+                                return (f.pos.clone(), format!("{base}[{i}].{k}"));
+                            }
                         }
                         continue;
                     }
@@ -125,7 +126,15 @@ impl Locator<'_> {
 
     /// Where a service is first written: to report the later of two clashing services.
     pub fn service_order<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
-        let mut v: Vec<(Pos, &String)> = names.map(|n| (self.service(n), n)).collect();
+        let positions: std::collections::HashMap<&str, &Pos> = self
+            .root
+            .get("services")
+            .and_then(Node::as_map)
+            .map(|m| m.iter().map(|(k, _)| (k.name.as_str(), &k.pos)).collect())
+            .unwrap_or_default();
+        let mut v: Vec<(Option<&Pos>, &String)> = names
+            .map(|n| (positions.get(n.as_str()).copied(), n))
+            .collect();
         v.sort();
         v.into_iter().map(|(_, n)| n).collect()
     }
@@ -190,12 +199,13 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
             );
         }
         if let (Some(s), Some(r)) = (svc.scale, svc.deploy.as_ref().and_then(|d| d.replicas))
-            && s != r {
-                push(
-                    loc.find(name, "scale", None),
-                    format!("`scale: {s}` and `deploy.replicas: {r}` disagree; keep one"),
-                );
-            }
+            && s != r
+        {
+            push(
+                loc.find(name, "scale", None),
+                format!("`scale: {s}` and `deploy.replicas: {r}` disagree; keep one"),
+            );
+        }
         for (dep, d) in &svc.depends_on {
             if project.services.contains_key(dep) {
                 if d.condition == super::model::Condition::ServiceHealthy {
@@ -291,16 +301,17 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
         for m in &svc.volumes {
             if m.kind == "volume"
                 && let Some(src) = &m.source
-                    && !project.volumes.contains_key(src) {
-                        let known: Vec<&str> = project.volumes.keys().map(String::as_str).collect();
-                        push(
-                            loc.find(name, "volumes", Some(src)),
-                            format!(
-                                "{} (declare it under the top-level `volumes:`)",
-                                undefined("volume", src, known)
-                            ),
-                        );
-                    }
+                && !project.volumes.contains_key(src)
+            {
+                let known: Vec<&str> = project.volumes.keys().map(String::as_str).collect();
+                push(
+                    loc.find(name, "volumes", Some(src)),
+                    format!(
+                        "{} (declare it under the top-level `volumes:`)",
+                        undefined("volume", src, known)
+                    ),
+                );
+            }
         }
         for (key, refs, defined) in [
             ("secrets", &svc.secrets, &project.secrets),
@@ -392,33 +403,37 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                     );
                 }
                 if let Some(other) = private_disks.insert(&dm.source, name)
-                    && other != name {
-                        push(
-                            loc.find(name, "disks", Some(&dm.source)),
-                            format!(
-                                "private disk `{}` is already attached to service `{other}`; a private disk belongs to one container (use a shared disk to share)",
-                                dm.source
-                            ),
-                        );
-                    }
+                    && other != name
+                {
+                    push(
+                        loc.find(name, "disks", Some(&dm.source)),
+                        format!(
+                            "private disk `{}` is already attached to service `{other}`; a private disk belongs to one container (use a shared disk to share)",
+                            dm.source
+                        ),
+                    );
+                }
             }
         }
         if let (Some(limit), Some(swap)) = (svc.mem_limit, svc.memswap_limit)
-            && swap >= 0 && (swap as u64) < limit {
-                push(
-                    loc.find(name, "memswap_limit", None),
-                    format!(
-                        "`memswap_limit` ({swap} bytes) is memory plus swap, so it cannot be below `mem_limit` ({limit} bytes)"
-                    ),
-                );
-            }
+            && swap >= 0
+            && (swap as u64) < limit
+        {
+            push(
+                loc.find(name, "memswap_limit", None),
+                format!(
+                    "`memswap_limit` ({swap} bytes) is memory plus swap, so it cannot be below `mem_limit` ({limit} bytes)"
+                ),
+            );
+        }
         if let (Some(limit), Some(res)) = (svc.mem_limit, svc.mem_reservation)
-            && res > limit {
-                push(
-                    loc.find(name, "mem_reservation", None),
-                    format!("`mem_reservation` ({res} bytes) is above `mem_limit` ({limit} bytes)"),
-                );
-            }
+            && res > limit
+        {
+            push(
+                loc.find(name, "mem_reservation", None),
+                format!("`mem_reservation` ({res} bytes) is above `mem_limit` ({limit} bytes)"),
+            );
+        }
     }
 
     // Disks: a private disk needs a size, a shared one a seed (the schema says so too; this
@@ -451,10 +466,11 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
         svc: &'a str,
         ip: Option<&'a str>,
         proto: &'a str,
-        range: std::ops::RangeInclusive<u16>,
         published: &'a str,
     }
     let mut claims: Vec<Claim<'_>> = Vec::new();
+    let mut by_port: std::collections::HashMap<(&str, u16), Vec<usize>> =
+        std::collections::HashMap::new();
     for name in order.iter().copied() {
         let svc = &project.services[name];
         for p in &svc.ports {
@@ -477,30 +493,42 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 .host_ip
                 .as_deref()
                 .filter(|i| *i != "0.0.0.0" && *i != "::");
-            for c in &claims {
-                let ip_overlap = c.ip.is_none() || ip.is_none() || c.ip == ip;
-                let port_overlap = c.range.start() <= range.end() && range.start() <= c.range.end();
-                if c.proto == p.protocol && ip_overlap && port_overlap {
-                    let msg = if c.svc == name.as_str() {
-                        format!(
-                            "host port {published}/{} is published twice by `{name}`",
-                            p.protocol
-                        )
-                    } else {
-                        format!(
-                            "host port {published}/{} is already published by service `{}` ({}/{})",
-                            p.protocol, c.svc, c.published, c.proto
-                        )
-                    };
-                    push(loc.find_port(name, p), msg);
-                    break;
-                }
+            // Earlier claims on any port of this range, found through the per-port index
+            // (a thousand services must not cost a million comparisons).
+            let hit = range
+                .clone()
+                .flat_map(|port| {
+                    by_port
+                        .get(&(p.protocol.as_str(), port))
+                        .into_iter()
+                        .flatten()
+                })
+                .map(|&i| &claims[i])
+                .find(|c| c.ip.is_none() || ip.is_none() || c.ip == ip);
+            if let Some(c) = hit {
+                let msg = if c.svc == name.as_str() {
+                    format!(
+                        "host port {published}/{} is published twice by `{name}`",
+                        p.protocol
+                    )
+                } else {
+                    format!(
+                        "host port {published}/{} is already published by service `{}` ({}/{})",
+                        p.protocol, c.svc, c.published, c.proto
+                    )
+                };
+                push(loc.find_port(name, p), msg);
+            }
+            for port in range.clone() {
+                by_port
+                    .entry((p.protocol.as_str(), port))
+                    .or_default()
+                    .push(claims.len());
             }
             claims.push(Claim {
                 svc: name,
                 ip,
                 proto: &p.protocol,
-                range,
                 published,
             });
         }
