@@ -1,0 +1,119 @@
+//! The `berth` binary as a user runs it: exit statuses and the outputs of `config` and
+//! `version`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn berth(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .output()
+        .expect("run berth")
+}
+
+fn project(text: &str) -> tempfile::TempDir {
+    let t = tempfile::tempdir().expect("tempdir");
+    std::fs::write(t.path().join("compose.yaml"), text).expect("write");
+    t
+}
+
+const GOOD: &str = "name: demo\nservices:\n  web:\n    image: nginx\n    ports: ['8080:80']\n    depends_on: [db]\n    profiles: [front]\n  db:\n    image: postgres\n    volumes: ['data:/var/lib/postgresql/data']\nvolumes:\n  data: {}\n";
+
+#[test]
+fn config_prints_yaml_and_json() {
+    let t = project(GOOD);
+    let out = berth(t.path(), &["--profile", "front", "config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yaml.contains("published: '8080'") || yaml.contains("published: \"8080\""),
+        "{yaml}"
+    );
+    let out = berth(
+        t.path(),
+        &["--profile", "front", "config", "--format", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["services"]["web"]["ports"][0]["target"], 80);
+    assert_eq!(v["volumes"]["data"]["name"], "demo_data");
+}
+
+#[test]
+fn config_lists() {
+    let t = project(GOOD);
+    let run = |args: &[&str]| String::from_utf8_lossy(&berth(t.path(), args).stdout).into_owned();
+    // Dependencies first; `web` is only there with its profile.
+    assert_eq!(run(&["config", "--services"]), "db\n");
+    assert_eq!(
+        run(&["--profile", "front", "config", "--services"]),
+        "db\nweb\n"
+    );
+    assert_eq!(run(&["config", "--profiles"]), "front\n");
+    assert_eq!(run(&["config", "--volumes"]), "data\n");
+    let hashes = run(&["--profile", "*", "config", "--hash", "*"]);
+    let lines: Vec<&str> = hashes.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0].starts_with("db ") && lines[0].len() == 3 + 64,
+        "{hashes}"
+    );
+    let one = run(&["config", "--hash", "db"]);
+    assert_eq!(one.trim(), lines[0]);
+}
+
+#[test]
+fn quiet_validation_and_exit_statuses() {
+    let t = project(GOOD);
+    let ok = berth(t.path(), &["config", "-q"]);
+    assert!(ok.status.success());
+    assert!(ok.stdout.is_empty());
+    let bad = project("services:\n  web:\n    imgae: nginx\n");
+    let out = berth(bad.path(), &["config", "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("compose.yaml:3:5: services.web.imgae: unknown key"),
+        "{err}"
+    );
+    let missing = berth(t.path(), &["config", "--hash", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn verbs_not_built_yet_say_so() {
+    let t = project(GOOD);
+    let out = berth(t.path(), &["up", "-d"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+}
+
+#[test]
+fn version() {
+    let t = project(GOOD);
+    let out = berth(t.path(), &["version", "--short"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let out = berth(t.path(), &["version", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn a_huge_file_is_refused_quickly() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let f = std::fs::File::create(t.path().join("compose.yaml")).expect("create");
+    f.set_len(17 * 1024 * 1024).expect("sparse file");
+    let start = std::time::Instant::now();
+    let out = berth(t.path(), &["config", "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most"));
+    assert!(start.elapsed().as_secs() < 5);
+}
