@@ -5,5 +5,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // The container setup process is this binary re-executed; it must run before anything
+    // else (clap, threads) so it stays single-threaded.
+    if let Some(code) = berth::runtime::linux::dispatch() {
+        std::process::exit(code);
+    }
     std::process::exit(berth::cli::main());
 }

@@ -3,6 +3,7 @@
 //! issue, and `fake::FakeRuntime` implements the same trait in memory for tests.
 
 pub mod fake;
+pub mod linux;
 
 use std::future::Future;
 use std::time::Duration;

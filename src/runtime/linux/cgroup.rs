@@ -1,0 +1,452 @@
+//! Container cgroups on cgroup v2 (unified) and v1/hybrid hosts, behind one type.
+//!
+//! A container's cgroup is `berth/<project>/<container>` below the cgroup of the process that
+//! starts berth, in every hierarchy berth uses. The cgroup files are a stable kernel ABI
+//! (Documentation/admin-guide/cgroup-v2.rst, cgroup-v1/*.rst), and berth writes a handful of
+//! them, so they are written directly: what is written where stays visible in this file.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use super::spec::Limits;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The v1 controllers berth places containers in. `freezer` is for `pause`.
+const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "cpuset", "freezer"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write `{value}` to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create cgroup {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove cgroup {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup hierarchy with the {0} controller is mounted")]
+    NoController(&'static str),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Which cgroup version the host runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// cgroup2 at /sys/fs/cgroup.
+    V2,
+    /// v1 controllers, each at its mount point (hybrid hosts also have a controller-less
+    /// cgroup2 at /sys/fs/cgroup/unified, which berth does not need).
+    V1 { mounts: Vec<(String, PathBuf)> },
+}
+
+/// Detects the host's cgroup version from the filesystem type of /sys/fs/cgroup.
+pub fn detect() -> Result<Version, CgroupError> {
+    let st = nix::sys::statfs::statfs(CGROUP_ROOT).map_err(|e| CgroupError::Read {
+        path: CGROUP_ROOT.into(),
+        source: e.into(),
+    })?;
+    if st.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Ok(Version::V2);
+    }
+    // v1: find each controller's mount point in mountinfo.
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| CgroupError::Read {
+        path: "/proc/self/mountinfo".into(),
+        source: e,
+    })?;
+    let mut mounts = Vec::new();
+    for line in info.lines() {
+        // ... mount_point ... - fstype source super_options
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let opts = r.nth(1).unwrap_or_default();
+        let Some(mount_point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        for c in V1_CONTROLLERS {
+            if opts.split(',').any(|o| o == c) && !mounts.iter().any(|(n, _)| n == c) {
+                mounts.push((c.to_string(), PathBuf::from(mount_point)));
+            }
+        }
+    }
+    Ok(Version::V1 { mounts })
+}
+
+/// This process's cgroup path in each hierarchy (`/proc/self/cgroup`): controller -> path.
+fn own_paths() -> Result<Vec<(String, String)>, CgroupError> {
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| CgroupError::Read {
+        path: "/proc/self/cgroup".into(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(ctrls), Some(path)) = (ctrls, path) else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            out.push((String::new(), path.to_string()));
+        }
+        for c in ctrls.split(',') {
+            out.push((c.to_string(), path.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|e| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source: e,
+    })
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|e| CgroupError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// A container's cgroup: one directory per hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub version: Version,
+    /// (controller or "" for v2, directory).
+    pub dirs: Vec<(String, PathBuf)>,
+}
+
+impl Cgroup {
+    /// Creates `berth/<relative>` below this process's cgroup in every hierarchy, and writes
+    /// the limits.
+    pub fn create(relative: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+        let version = detect()?;
+        let own = own_paths()?;
+        let rel = Path::new("berth").join(relative);
+        let mut dirs = Vec::new();
+        match &version {
+            Version::V2 => {
+                let base_rel = own
+                    .iter()
+                    .find(|(c, _)| c.is_empty())
+                    .map(|(_, p)| p.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                let base = Path::new(CGROUP_ROOT).join(base_rel);
+                let dir = base.join(&rel);
+                // Each level below the base must delegate the controllers to the next.
+                let mut cur = base.clone();
+                for comp in rel.components() {
+                    enable_v2_controllers(&cur)?;
+                    cur = cur.join(comp);
+                    mkdir(&cur)?;
+                }
+                dirs.push((String::new(), dir));
+            }
+            Version::V1 { mounts } => {
+                for (ctrl, mount) in mounts {
+                    let base_rel = own
+                        .iter()
+                        .find(|(c, _)| c == ctrl)
+                        .map(|(_, p)| p.trim_start_matches('/').to_string())
+                        .unwrap_or_default();
+                    let base = mount.join(base_rel);
+                    let mut cur = base.clone();
+                    for comp in rel.components() {
+                        let parent = cur.clone();
+                        cur = cur.join(comp);
+                        let created = mkdir(&cur)?;
+                        // A new v1 cpuset starts with no CPUs and no memory nodes, and nothing
+                        // can join it until they are copied from its parent.
+                        if created && ctrl == "cpuset" {
+                            for f in ["cpuset.cpus", "cpuset.mems"] {
+                                let v = read(&parent.join(f))?;
+                                write(&cur.join(f), v.trim())?;
+                            }
+                        }
+                    }
+                    // cpu and cpuacct are often co-mounted: one directory serves both.
+                    if !dirs.iter().any(|(_, d)| d == &cur) {
+                        dirs.push((ctrl.clone(), cur));
+                    }
+                }
+            }
+        }
+        let cg = Cgroup { version, dirs };
+        cg.apply(limits)?;
+        Ok(cg)
+    }
+
+    fn dir_of(&self, controller: &'static str) -> Result<&Path, CgroupError> {
+        match self.version {
+            Version::V2 => self
+                .dirs
+                .first()
+                .map(|(_, d)| d.as_path())
+                .ok_or(CgroupError::NoController(controller)),
+            Version::V1 { .. } => self
+                .dirs
+                .iter()
+                .find(|(c, d)| c == controller || d.to_string_lossy().contains(controller))
+                .map(|(_, d)| d.as_path())
+                .ok_or(CgroupError::NoController(controller)),
+        }
+    }
+
+    /// Writes the limits into the cgroup files of the host's version.
+    pub fn apply(&self, l: &Limits) -> Result<(), CgroupError> {
+        const PERIOD: u64 = 100_000;
+        match self.version {
+            Version::V2 => {
+                let d = self.dir_of("cpu")?;
+                if let Some(c) = l.cpus {
+                    let quota = (c * PERIOD as f64).round() as u64;
+                    write(&d.join("cpu.max"), &format!("{quota} {PERIOD}"))?;
+                }
+                if let Some(s) = l.cpu_shares {
+                    // runc's conversion of shares [2, 262144] to weight [1, 10000].
+                    let s = s.clamp(2, 262_144);
+                    let w = 1 + ((s - 2) * 9999) / 262_142;
+                    write(&d.join("cpu.weight"), &w.to_string())?;
+                }
+                if let Some(m) = l.memory {
+                    write(&d.join("memory.max"), &m.to_string())?;
+                }
+                if let Some(swap) = l.memory_swap {
+                    // v2's swap limit is swap alone; Compose's is memory plus swap.
+                    let v = match (swap, l.memory) {
+                        (-1, _) => "max".to_string(),
+                        (s, Some(m)) => (s.max(0) as u64).saturating_sub(m).to_string(),
+                        (s, None) => s.max(0).to_string(),
+                    };
+                    write_if_present(&d.join("memory.swap.max"), &v)?;
+                }
+                if let Some(r) = l.memory_reservation {
+                    write(&d.join("memory.low"), &r.to_string())?;
+                }
+                if let Some(p) = l.pids {
+                    let v = if p <= 0 {
+                        "max".to_string()
+                    } else {
+                        p.to_string()
+                    };
+                    write(&d.join("pids.max"), &v)?;
+                }
+            }
+            Version::V1 { .. } => {
+                if l.cpus.is_some() || l.cpu_shares.is_some() {
+                    let d = self.dir_of("cpu")?;
+                    if let Some(c) = l.cpus {
+                        let quota = (c * PERIOD as f64).round() as u64;
+                        write(&d.join("cpu.cfs_period_us"), &PERIOD.to_string())?;
+                        write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    }
+                    if let Some(s) = l.cpu_shares {
+                        write(&d.join("cpu.shares"), &s.to_string())?;
+                    }
+                }
+                if l.memory.is_some() || l.memory_swap.is_some() || l.memory_reservation.is_some() {
+                    let d = self.dir_of("memory")?;
+                    if let Some(m) = l.memory {
+                        write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+                    }
+                    if let Some(s) = l.memory_swap {
+                        // v1's memsw limit is memory plus swap, like Compose's; it exists only
+                        // when the kernel accounts swap.
+                        write_if_present(&d.join("memory.memsw.limit_in_bytes"), &s.to_string())?;
+                    }
+                    if let Some(r) = l.memory_reservation {
+                        write(&d.join("memory.soft_limit_in_bytes"), &r.to_string())?;
+                    }
+                }
+                if let Some(p) = l.pids {
+                    let d = self.dir_of("pids")?;
+                    let v = if p <= 0 {
+                        "max".to_string()
+                    } else {
+                        p.to_string()
+                    };
+                    write(&d.join("pids.max"), &v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup (every hierarchy).
+    pub fn join(&self, pid: u32) -> Result<(), CgroupError> {
+        for (_, d) in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The directories (for the setup process, which joins them itself).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// How many times the OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = match self.version {
+            Version::V2 => ("memory.events", "oom_kill"),
+            Version::V1 { .. } => ("memory.oom_control", "oom_kill"),
+        };
+        let Ok(d) = self.dir_of("memory") else {
+            return 0;
+        };
+        let text = fs::read_to_string(d.join(file)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The processes in the cgroup.
+    pub fn procs(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (_, d) in &self.dirs {
+            for l in fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                if let Ok(p) = l.trim().parse::<u32>()
+                    && !out.contains(&p)
+                {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Kills every process left in the cgroup and removes its directories (and the
+    /// `berth/<project>` parents when they are empty).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for _ in 0..100 {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for (_, d) in &self.dirs {
+            rmdir_retry(d)?;
+            // Up to the `berth` directory: remove the project level if it is now empty.
+            let mut parent = d.parent();
+            for _ in 0..2 {
+                let Some(p) = parent else { break };
+                if p.file_name().is_some_and(|n| n == "berth") {
+                    let _ = fs::remove_dir(p);
+                    break;
+                }
+                if fs::remove_dir(p).is_err() {
+                    break;
+                }
+                parent = p.parent();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_if_present(path: &Path, value: &str) -> Result<(), CgroupError> {
+    if path.exists() {
+        write(path, value)
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates a directory; true when it did not exist.
+fn mkdir(p: &Path) -> Result<bool, CgroupError> {
+    match fs::create_dir(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(CgroupError::Create {
+            path: p.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn rmdir_retry(p: &Path) -> Result<(), CgroupError> {
+    // A cgroup is busy for a moment after its last process died.
+    for _ in 0..50 {
+        match fs::remove_dir(p) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => {
+                return Err(CgroupError::Remove {
+                    path: p.to_path_buf(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(CgroupError::Remove {
+        path: p.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(libc::EBUSY),
+    })
+}
+
+fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let available = read(&dir.join("cgroup.controllers"))?;
+    let want: Vec<String> = ["cpu", "memory", "pids", "cpuset"]
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    let f = dir.join("cgroup.subtree_control");
+    fs::write(&f, want.join(" ")).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            CgroupError::Unsupported(format!(
+                "cannot delegate controllers below {}: the cgroup holds processes (cgroup v2's no-internal-process rule); run berth from a cgroup of its own, e.g. `systemd-run --scope -p Delegate=yes berth ...`",
+                dir.display()
+            ))
+        } else {
+            CgroupError::Write {
+                path: f.clone(),
+                value: want.join(" "),
+                source: e,
+            }
+        }
+    })
+}

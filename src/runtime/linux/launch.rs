@@ -1,0 +1,190 @@
+//! berth's side of starting a container: the sealed copy of berth that setup runs from, the
+//! socket protocol with the setup process, and the handle to the running container.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::error::SetupError;
+use super::setup::{Message, SOCKET_FD};
+use super::spec::LaunchSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot make the sealed copy of berth: {0}")]
+    Seal(String),
+    #[error("cannot start the setup process: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("talking to the setup process: {0}")]
+    Protocol(String),
+    #[error("container {name}: {source}")]
+    Setup {
+        name: String,
+        #[source]
+        source: SetupError,
+    },
+}
+
+static SETUP_EXE: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Uses `exe` (a berth binary) instead of this process's own executable for the setup process.
+/// For programs that embed berth's library without being berth: its tests.
+pub fn set_setup_exe(exe: std::path::PathBuf) {
+    let _ = SETUP_EXE.set(exe);
+}
+
+/// A sealed, read-only copy of berth's executable in memory, made once per berth process.
+///
+/// Every process that enters a container (setup, the container's init) runs from it, never
+/// from the host's berth binary: a container that gets hold of its init's executable (through
+/// /proc/<pid>/exe) finds an immutable memfd, not a host file it could overwrite
+/// (CVE-2019-5736).
+fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
+    static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+    let source = SETUP_EXE
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::path::PathBuf::from("/proc/self/exe"));
+    SEALED
+        .get_or_init(|| {
+            use nix::sys::memfd::{MFdFlags, memfd_create};
+            let fd = memfd_create(
+                c"berth",
+                MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+            )
+            .map_err(|e| format!("memfd_create: {e}"))?;
+            let mut src =
+                File::open(&source).map_err(|e| format!("open {}: {e}", source.display()))?;
+            let mut dst = File::from(fd);
+            std::io::copy(&mut src, &mut dst).map_err(|e| format!("copy: {e}"))?;
+            let fd = OwnedFd::from(dst);
+            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+            fcntl(
+                &fd,
+                FcntlArg::F_ADD_SEALS(
+                    SealFlag::F_SEAL_SEAL
+                        | SealFlag::F_SEAL_SHRINK
+                        | SealFlag::F_SEAL_GROW
+                        | SealFlag::F_SEAL_WRITE,
+                ),
+            )
+            .map_err(|e| format!("seal: {e}"))?;
+            Ok(fd)
+        })
+        .as_ref()
+        .map_err(|e| LaunchError::Seal(e.clone()))
+}
+
+/// A running container: its PID 1, a child of this process.
+#[derive(Debug)]
+pub struct Running {
+    pub name: String,
+    /// The host PID of the container's init.
+    pub pid: i32,
+}
+
+impl Running {
+    /// Waits for the container to exit; returns the service's exit status.
+    pub fn wait(&self) -> Result<i32, LaunchError> {
+        loop {
+            match waitpid(Pid::from_raw(self.pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(LaunchError::Protocol(format!("waitpid {}: {e}", self.pid))),
+            }
+        }
+    }
+
+    /// Sends a signal to the container's init (which forwards it to the service).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), LaunchError> {
+        nix::sys::signal::kill(Pid::from_raw(self.pid), sig)
+            .map_err(|e| LaunchError::Protocol(format!("kill {}: {e}", self.pid)))
+    }
+}
+
+/// Starts a container: runs the setup process from the sealed copy of berth, hands it the
+/// spec, and waits until the service process is forked (or setup failed, with the step).
+///
+/// `stdout`/`stderr` become the container's output. The calling process becomes a child
+/// subreaper, so the container's init, orphaned when setup exits, is its child to wait for.
+pub fn launch(spec: &LaunchSpec, stdout: Stdio, stderr: Stdio) -> Result<Running, LaunchError> {
+    let exe = sealed_self()?;
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| LaunchError::Protocol(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::Spawn(e.into()))?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    cmd.arg0("berth-setup")
+        .arg(super::SETUP_ARG)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    // SAFETY: only dup2 runs between fork and exec (async-signal-safe); it places the setup
+    // socket at fd 3 without close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(theirs_raw, SOCKET_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(LaunchError::Spawn)?;
+    drop(theirs);
+    let bytes = serde_json::to_vec(spec).map_err(|e| LaunchError::Protocol(e.to_string()))?;
+    nix::sys::socket::send(ours.as_raw_fd(), &bytes, MsgFlags::empty())
+        .map_err(|e| LaunchError::Protocol(format!("send spec: {e}")))?;
+    let status = child.wait().map_err(LaunchError::Spawn)?;
+
+    let mut pid = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match nix::sys::socket::recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(LaunchError::Protocol(format!("recv: {e}"))),
+        };
+        let msg: Message =
+            serde_json::from_slice(&buf[..n]).map_err(|e| LaunchError::Protocol(e.to_string()))?;
+        match msg {
+            Message::Pid(p) => pid = Some(p),
+            Message::Ready => {
+                // Later messages (an exec failure) arrive before end-of-file; keep reading.
+            }
+            Message::Failed(e) => {
+                if let Some(p) = pid {
+                    // Reap the failed init so it does not linger as a zombie.
+                    let _ = waitpid(Pid::from_raw(p), None);
+                }
+                return Err(LaunchError::Setup {
+                    name: spec.name.clone(),
+                    source: e,
+                });
+            }
+        }
+    }
+    match pid {
+        Some(pid) => Ok(Running {
+            name: spec.name.clone(),
+            pid,
+        }),
+        None => Err(LaunchError::Protocol(format!(
+            "setup exited ({status}) without starting the container"
+        ))),
+    }
+}

@@ -1,0 +1,26 @@
+//! The Linux container runtime: namespaces, cgroups, overlayfs, pivot_root, and berth's own
+//! init as each container's PID 1.
+//!
+//! `launch` (in berth) → re-exec of the sealed berth binary as `__berth-setup` (`setup`) →
+//! fork of the container's PID 1, which builds the root (`rootfs`), forks the service and stays
+//! as its init. Limits live in the container's cgroup (`cgroup`).
+
+pub mod cgroup;
+pub mod error;
+pub mod launch;
+pub mod net;
+pub mod rootfs;
+pub mod setup;
+pub mod spec;
+
+/// The hidden first argument that makes the berth binary act as the setup process.
+pub const SETUP_ARG: &str = "__berth-setup";
+
+/// Runs the hidden modes of the binary. Called first thing in `main`, before any thread exists.
+pub fn dispatch() -> Option<i32> {
+    let arg = std::env::args_os().nth(1)?;
+    if arg == SETUP_ARG {
+        return Some(setup::main());
+    }
+    None
+}

@@ -1,0 +1,479 @@
+//! The container's root filesystem, built inside its new mount namespace by its PID 1, then
+//! entered with `pivot_root`. Order matters and is explained at each step.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+
+use super::error::SetupError;
+use super::spec::{LaunchSpec, Rootfs};
+
+/// The host's OS directories that `image: host` shows (DESIGN, "Images"). Everything else of the
+/// host (home directories, /root, /var, /srv, /opt, berth's state root...) is not there.
+const HOST_DIRS: [&str; 9] = [
+    "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "libexec",
+];
+
+/// Files of the host's /etc that `image: host` hides (they are whited out in the container's
+/// upper layer, so the overlay shows them as absent).
+const HOST_SECRETS: [&str; 8] = [
+    "shadow",
+    "shadow-",
+    "gshadow",
+    "gshadow-",
+    "security/opasswd",
+    "sudoers",
+    "ssh/ssh_host_rsa_key",
+    "ssh/ssh_host_ed25519_key",
+];
+
+/// Docker's default masked paths (moby oci/defaults.go): hidden behind an empty read-only
+/// directory or /dev/null.
+const MASKED: [&str; 10] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+const MASKED_MORE: [&str; 2] = ["/sys/devices/virtual/powercap", "/proc/interrupts"];
+
+/// Docker's default read-only paths.
+const READ_ONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Device nodes every container gets (bind-mounted from the host's /dev).
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn p2s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn mnt(
+    step: &str,
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SetupError> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| SetupError::sys(step, Some(&p2s(target)), e))
+}
+
+fn mkdir_all(p: &Path) -> Result<(), SetupError> {
+    fs::create_dir_all(p).map_err(|e| SetupError::io("create directory", Some(&p2s(p)), &e))
+}
+
+/// Builds the root filesystem at `<dir>/root` and pivots into it. Runs in the container's mount
+/// namespace, as its PID 1, before anything of the service runs.
+pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
+    // Nothing done here may propagate back to the host's mount table.
+    mnt(
+        "make mounts private",
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+
+    let root = spec.dir.join("root");
+    let upper = spec.dir.join("upper");
+    let work = spec.dir.join("work");
+    mkdir_all(&root)?;
+    match &spec.rootfs {
+        Rootfs::Layers(layers) => {
+            mkdir_all(&upper)?;
+            mkdir_all(&work)?;
+            // overlayfs lists lower layers top first.
+            let lower: Vec<String> = layers.iter().rev().map(|p| p2s(p)).collect();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                p2s(&upper),
+                p2s(&work)
+            );
+            mnt(
+                "mount overlay",
+                Some("overlay"),
+                &root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&data),
+            )?;
+        }
+        Rootfs::Host => {
+            // The root itself is the container's own directory (bind-mounted so it is a mount
+            // point pivot_root can use); the host's OS directories are overlays on it.
+            mnt(
+                "bind root",
+                Some(&p2s(&root)),
+                &root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            host_skeleton(&root, &upper, &work)?;
+        }
+    }
+
+    for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
+        mkdir_all(&root.join(d))?;
+    }
+    let _ = fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777));
+
+    // /proc: a new instance, which shows only this PID namespace.
+    mnt(
+        "mount /proc",
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    build_dev(&root)?;
+    build_sys(&root, spec.own_network)?;
+    etc_files(spec, &root)?;
+    mask(&root, &spec.dir)?;
+
+    // pivot_root into the new root and drop the old one entirely: nothing of the host's mount
+    // tree stays reachable (chroot would leave it one `..` away).
+    std::env::set_current_dir(&root)
+        .map_err(|e| SetupError::io("chdir to root", Some(&p2s(&root)), &e))?;
+    nix::unistd::pivot_root(".", ".")
+        .map_err(|e| SetupError::sys("pivot_root", Some(&p2s(&root)), e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| SetupError::sys("detach old root", None, e))?;
+    std::env::set_current_dir("/").map_err(|e| SetupError::io("chdir /", None, &e))?;
+
+    if spec.read_only {
+        mnt(
+            "make root read-only",
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    nix::unistd::sethostname(&spec.hostname)
+        .map_err(|e| SetupError::sys("sethostname", None, e))?;
+    if let Some(d) = &spec.domainname {
+        // SAFETY: setdomainname reads `len` bytes from a valid buffer that outlives the call.
+        let r = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
+        if r != 0 {
+            return Err(SetupError::sys(
+                "setdomainname",
+                None,
+                nix::errno::Errno::last(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `image: host`: overlays of the host's OS directories (symlinks such as /bin -> usr/bin are
+/// copied as symlinks), empty data directories, and /etc's secrets whited out.
+fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupError> {
+    for name in HOST_DIRS {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let target = root.join(name);
+        if meta.file_type().is_symlink() {
+            let to = fs::read_link(&host)
+                .map_err(|e| SetupError::io("read host symlink", Some(&p2s(&host)), &e))?;
+            if fs::symlink_metadata(&target).is_err() {
+                symlink(&to, &target)
+                    .map_err(|e| SetupError::io("create symlink", Some(&p2s(&target)), &e))?;
+            }
+            continue;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        let (u, w) = (upper.join(name), work.join(name));
+        mkdir_all(&u)?;
+        mkdir_all(&w)?;
+        mkdir_all(&target)?;
+        if name == "etc" {
+            whiteout_secrets(&u)?;
+        }
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            p2s(&host),
+            p2s(&u),
+            p2s(&w)
+        );
+        mnt(
+            "mount host overlay",
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&data),
+        )?;
+    }
+    for d in [
+        "var/tmp",
+        "var/log",
+        "var/cache",
+        "var/lib",
+        "home",
+        "root",
+        "srv",
+        "opt",
+        "mnt",
+        "media",
+    ] {
+        mkdir_all(&root.join(d))?;
+    }
+    let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
+    let _ = fs::set_permissions(root.join("root"), fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+/// An overlay whiteout (a 0:0 character device) in the upper layer hides the lower file.
+fn whiteout_secrets(upper_etc: &Path) -> Result<(), SetupError> {
+    let mut secrets: Vec<PathBuf> = HOST_SECRETS.iter().map(PathBuf::from).collect();
+    // Every private host key, whatever its type.
+    if let Ok(rd) = fs::read_dir("/etc/ssh") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("ssh_host_") && !n.ends_with(".pub") {
+                secrets.push(PathBuf::from("ssh").join(n));
+            }
+        }
+    }
+    for rel in secrets {
+        if fs::symlink_metadata(Path::new("/etc").join(&rel)).is_err() {
+            continue;
+        }
+        let wh = upper_etc.join(&rel);
+        if let Some(parent) = wh.parent() {
+            mkdir_all(parent)?;
+        }
+        if fs::symlink_metadata(&wh).is_ok() {
+            continue;
+        }
+        mknod(&wh, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+            .map_err(|e| SetupError::sys("whiteout host secret", Some(&p2s(&wh)), e))?;
+    }
+    Ok(())
+}
+
+/// /dev: a small tmpfs with the usual device nodes bind-mounted from the host, a private devpts,
+/// /dev/shm and /dev/mqueue.
+fn build_dev(root: &Path) -> Result<(), SetupError> {
+    let dev = root.join("dev");
+    mnt(
+        "mount /dev",
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for d in DEVICES {
+        let target = dev.join(d);
+        fs::File::create(&target)
+            .map_err(|e| SetupError::io("create device node", Some(&p2s(&target)), &e))?;
+        let src = Path::new("/dev").join(d);
+        mnt(
+            "bind device",
+            Some(&p2s(&src)),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for (name, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        symlink(to, dev.join(name))
+            .map_err(|e| SetupError::io("create /dev symlink", Some(name), &e))?;
+    }
+    let pts = dev.join("pts");
+    mkdir_all(&pts)?;
+    mnt(
+        "mount /dev/pts",
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir_all(&shm)?;
+    mnt(
+        "mount /dev/shm",
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let mq = dev.join("mqueue");
+    mkdir_all(&mq)?;
+    mnt(
+        "mount /dev/mqueue",
+        Some("mqueue"),
+        &mq,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    Ok(())
+}
+
+/// /sys read-only. A fresh sysfs needs the container's own network namespace (sysfs shows the
+/// network devices of the namespace that mounts it); with the host's, the host's /sys is bound.
+fn build_sys(root: &Path, own_network: bool) -> Result<(), SetupError> {
+    let sys = root.join("sys");
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if own_network {
+        mnt("mount /sys", Some("sysfs"), &sys, Some("sysfs"), ro, None)
+    } else {
+        mnt(
+            "bind /sys",
+            Some("/sys"),
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mnt(
+            "make /sys read-only",
+            None,
+            &sys,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | ro,
+            None,
+        )
+    }
+}
+
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf, the container's own, bound over the image's.
+fn etc_files(spec: &LaunchSpec, root: &Path) -> Result<(), SetupError> {
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        spec.hostname
+    );
+    let resolv = fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .filter(|r| !r.contains("127.0.0.") || !spec.own_network)
+        .unwrap_or_default();
+    for (name, text) in [
+        ("hostname", format!("{}\n", spec.hostname)),
+        ("hosts", hosts),
+        ("resolv.conf", resolv),
+    ] {
+        let src = spec.dir.join(name);
+        fs::write(&src, text).map_err(|e| SetupError::io("write", Some(&p2s(&src)), &e))?;
+        let target = root.join("etc").join(name);
+        if fs::symlink_metadata(&target)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            // A symlink in the image (resolv.conf -> ../run/...) would make the bind follow it.
+            let _ = fs::remove_file(&target);
+        }
+        if fs::symlink_metadata(&target).is_err() {
+            fs::File::create(&target)
+                .map_err(|e| SetupError::io("create", Some(&p2s(&target)), &e))?;
+        }
+        mnt(
+            "bind /etc file",
+            Some(&p2s(&src)),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Masks and read-only paths. All masked directories share one empty read-only directory
+/// (one mount source, no tmpfs per path: it matters at hundreds of containers).
+fn mask(root: &Path, dir: &Path) -> Result<(), SetupError> {
+    let empty = dir.join("empty");
+    mkdir_all(&empty)?;
+    let _ = fs::set_permissions(&empty, fs::Permissions::from_mode(0o555));
+    for p in MASKED.iter().chain(MASKED_MORE.iter()) {
+        let target = root.join(p.trim_start_matches('/'));
+        let Ok(meta) = fs::symlink_metadata(&target) else {
+            continue;
+        };
+        let src = if meta.is_dir() {
+            p2s(&empty)
+        } else {
+            "/dev/null".to_string()
+        };
+        mnt(
+            "mask path",
+            Some(&src),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        if meta.is_dir() {
+            mnt(
+                "make mask read-only",
+                None,
+                &target,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+    for p in READ_ONLY {
+        let target = root.join(p.trim_start_matches('/'));
+        if fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        mnt(
+            "bind read-only path",
+            Some(&p2s(&target)),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mnt(
+            "make path read-only",
+            None,
+            &target,
+            None,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The setup process and the container's init.
+//!
+//! berth re-executes itself (from a sealed copy, see `launch`) as `__berth-setup`: a fresh,
+//! single-threaded process, so forking is safe. It reads the `LaunchSpec` from fd 3, joins the
+//! container's cgroup, unshares the namespaces and forks the container's PID 1. PID 1 builds the
+//! root filesystem, then stays as the container's init: it forks the service process, forwards
+//! signals to it, reaps every zombie, and exits with the service's status.
+//!
+//! Messages to berth on fd 3 (a SOCK_SEQPACKET socket, one JSON message per packet):
+//! `Pid` (from the setup process), then `Ready` or `Failed` (from PID 1 or the service process).
+
+use std::ffi::CString;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+use serde::{Deserialize, Serialize};
+
+use super::error::SetupError;
+use super::spec::LaunchSpec;
+
+/// The fd berth hands the setup process its socket on.
+pub const SOCKET_FD: i32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// The host PID of the container's PID 1.
+    Pid(i32),
+    /// The root filesystem is built and the service process has been forked.
+    Ready,
+    Failed(SetupError),
+}
+
+fn send(sock: &OwnedFd, m: &Message) {
+    if let Ok(bytes) = serde_json::to_vec(m) {
+        // A failed send means berth is gone; there is nobody left to tell.
+        let _ = nix::sys::socket::send(
+            sock.as_raw_fd(),
+            &bytes,
+            nix::sys::socket::MsgFlags::empty(),
+        );
+    }
+}
+
+fn read_spec(sock: &OwnedFd) -> Result<LaunchSpec, SetupError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let n = nix::sys::socket::recv(
+        sock.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map_err(|e| SetupError::sys("read launch spec", None, e))?;
+    serde_json::from_slice(&buf[..n])
+        .map_err(|e| SetupError::other("read launch spec", e.to_string()))
+}
+
+/// `berth __berth-setup`: returns the process exit status.
+pub fn main() -> i32 {
+    // SAFETY: berth passes the socket as fd 3 and nothing else in this fresh process owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    // Close-on-exec, so that no descriptor of berth's reaches the service (CVE-2024-21626).
+    let _ = nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let spec = match read_spec(&sock).and_then(|s| enter(&s).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            send(&sock, &Message::Failed(e));
+            return 1;
+        }
+    };
+    // SAFETY: this process is single-threaded (a fresh exec of berth that started no threads),
+    // so the child may run arbitrary code after fork.
+    match unsafe { fork() } {
+        Err(e) => {
+            send(
+                &sock,
+                &Message::Failed(SetupError::sys("fork container init", None, e)),
+            );
+            1
+        }
+        Ok(ForkResult::Parent { child }) => {
+            send(&sock, &Message::Pid(child.as_raw()));
+            // The setup process is done: PID 1 is reparented to berth (a child subreaper).
+            0
+        }
+        Ok(ForkResult::Child) => std::process::exit(pid1(&spec, sock)),
+    }
+}
+
+/// Joins the cgroup and unshares the namespaces.
+fn enter(spec: &LaunchSpec) -> Result<(), SetupError> {
+    // Join the cgroup before unsharing, so the new cgroup namespace is rooted at it and every
+    // process of the container is born inside the limits.
+    let me = std::process::id().to_string();
+    for dir in &spec.cgroups {
+        let f = dir.join("cgroup.procs");
+        std::fs::write(&f, &me)
+            .map_err(|e| SetupError::io("join cgroup", Some(&f.to_string_lossy()), &e))?;
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWCGROUP;
+    if spec.own_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| SetupError::sys("unshare namespaces", None, e))
+}
+
+/// The container's PID 1: returns its exit status (the service's).
+fn pid1(spec: &LaunchSpec, sock: OwnedFd) -> i32 {
+    match start(spec, &sock) {
+        Err(e) => {
+            send(&sock, &Message::Failed(e));
+            1
+        }
+        Ok(service) => {
+            send(&sock, &Message::Ready);
+            // Init keeps no descriptor of berth's.
+            drop(sock);
+            init_loop(service)
+        }
+    }
+}
+
+fn cstr(s: &str, what: &str) -> Result<CString, SetupError> {
+    CString::new(s).map_err(|_| SetupError::other(what, format!("`{s}` contains a NUL byte")))
+}
+
+/// Builds the root and forks the service process; returns its pid.
+fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Pid, SetupError> {
+    // Named for `ps` inside the container, and not dumpable: nothing in the container can open
+    // this process's memory or its executable through /proc (CVE-2019-5736).
+    let _ = nix::sys::prctl::set_name(c"berth-init");
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| SetupError::sys("prctl(PR_SET_DUMPABLE)", None, e))?;
+
+    super::rootfs::build(spec)?;
+    if spec.own_network {
+        super::net::loopback_up()?;
+    }
+
+    // Block every signal before forking: init collects them with sigwaitinfo (a blocked signal
+    // still reaches a namespace's init, an unhandled one would be dropped), and the service
+    // must not receive one before it has reset its mask.
+    let all = SigSet::all();
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old))
+        .map_err(|e| SetupError::sys("block signals", None, e))?;
+
+    let args: Vec<CString> = spec
+        .process
+        .args
+        .iter()
+        .map(|a| cstr(a, "service command"))
+        .collect::<Result<_, _>>()?;
+    if args.is_empty() {
+        return Err(SetupError::other(
+            "start service",
+            "no command to run (the image has none and the file gives none)",
+        ));
+    }
+    let env: Vec<CString> = spec
+        .process
+        .env
+        .iter()
+        .map(|a| cstr(a, "service environment"))
+        .collect::<Result<_, _>>()?;
+
+    // SAFETY: still single-threaded; the child only sets up and execs.
+    let service = match unsafe { fork() }.map_err(|e| SetupError::sys("fork service", None, e))? {
+        ForkResult::Child => {
+            let e = exec_service(spec, &args, &env, &old);
+            send(sock, &Message::Failed(e));
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    Ok(service)
+}
+
+/// In the service process: credentials, working directory, then exec. Returns only on failure.
+fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &SigSet) -> SetupError {
+    let p = &spec.process;
+    let r = (|| -> Result<(), SetupError> {
+        nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
+        let groups: Vec<Gid> = p.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).map_err(|e| SetupError::sys("setgroups", None, e))?;
+        let (g, u) = (Gid::from_raw(p.gid), Uid::from_raw(p.uid));
+        nix::unistd::setresgid(g, g, g).map_err(|e| SetupError::sys("setgid", None, e))?;
+        nix::unistd::setresuid(u, u, u).map_err(|e| SetupError::sys("setuid", None, e))?;
+        // The working directory is resolved inside the container's root, after pivot_root, never
+        // through a host path or an inherited descriptor (CVE-2024-21626).
+        let cwd = if p.cwd.is_empty() {
+            "/"
+        } else {
+            p.cwd.as_str()
+        };
+        nix::unistd::chdir(cwd)
+            .map_err(|e| SetupError::sys("chdir to working_dir", Some(cwd), e))?;
+        if !p.allow_new_privs {
+            nix::sys::prctl::set_no_new_privs()
+                .map_err(|e| SetupError::sys("prctl(PR_SET_NO_NEW_PRIVS)", None, e))?;
+        }
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None)
+            .map_err(|e| SetupError::sys("restore signal mask", None, e))?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        return e;
+    }
+    let prog = &args[0];
+    let err = if prog.as_bytes().contains(&b'/') {
+        nix::unistd::execve(prog, args, env)
+    } else {
+        nix::unistd::execvpe(prog, args, env)
+    };
+    let errno = match err {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    SetupError::sys(
+        "exec service command",
+        Some(&args[0].to_string_lossy()),
+        errno,
+    )
+}
+
+/// Reaps every child, forwards signals to the service, and returns the service's exit status
+/// when it exits (exit code, or 128 + signal number, like a shell).
+fn init_loop(service: Pid) -> i32 {
+    let all = SigSet::all();
+    loop {
+        let sig = match all.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != Signal::SIGCHLD {
+            // Forward: the service decides what the signal means.
+            let _ = kill(service, sig);
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == service => return code,
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == service => return 128 + s as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// Writes a line to stderr, which is the container's log (for init's own complaints).
+#[allow(dead_code)]
+fn log(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "berth-init: {msg}");
+}

@@ -1,0 +1,65 @@
+//! What the setup process is told about one container: everything it needs, decided by the
+//! parent, so that the setup process makes no decisions and reads no project files.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The root filesystem of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rootfs {
+    /// `image: host`: the host's OS directories, each as the read-only lower layer of an overlay
+    /// whose upper layer is the container's; everything else starts empty.
+    Host,
+    /// An image's layers (unpacked directories), bottom first.
+    Layers(Vec<PathBuf>),
+}
+
+/// The service process: what init starts inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Process {
+    /// argv; `args[0]` is looked up in `PATH` inside the container when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory inside the container (resolved there, never on the host).
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Keep `no_new_privs` off (`security_opt: [no-new-privileges:false]`).
+    pub allow_new_privs: bool,
+}
+
+/// A resource limit the kernel enforces through the container's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Fraction of CPUs (`cpus: 0.5`).
+    pub cpus: Option<f64>,
+    pub cpu_shares: Option<u64>,
+    pub memory: Option<u64>,
+    /// Memory plus swap (Compose's `memswap_limit`); -1 for unlimited swap.
+    pub memory_swap: Option<i64>,
+    pub memory_reservation: Option<u64>,
+    pub pids: Option<i64>,
+}
+
+/// One container, as the setup process needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Container name (for messages).
+    pub name: String,
+    pub hostname: String,
+    pub domainname: Option<String>,
+    pub rootfs: Rootfs,
+    /// The container's state directory: `root/` (the mount point of its root), `upper/` and
+    /// `work/` (its writable layers).
+    pub dir: PathBuf,
+    pub read_only: bool,
+    /// Directories of the container's cgroup, one per hierarchy, to join before unsharing.
+    pub cgroups: Vec<PathBuf>,
+    /// Give the container its own network namespace (only `lo`, up). False shares the host's.
+    pub own_network: bool,
+    pub process: Process,
+}
