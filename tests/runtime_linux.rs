@@ -183,3 +183,39 @@ fn memory_and_pids_limits_are_in_the_cgroup() {
         }
     }
 }
+
+#[test]
+fn default_capabilities_no_new_privs_and_no_leaked_fds() {
+    if !root() {
+        return;
+    }
+    let (r, _b) = run(
+        "caps",
+        "grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs):' /proc/self/status; ls /proc/self/fd | tr '\\n' ' '; echo",
+        None,
+        |_| {},
+    );
+    assert_eq!(r.code, 0, "{}", r.out);
+    // Docker's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    assert!(r.out.contains("CapEff:\t00000000a80425fb"), "{}", r.out);
+    assert!(r.out.contains("CapBnd:\t00000000a80425fb"), "{}", r.out);
+    assert!(r.out.contains("CapInh:\t0000000000000000"), "{}", r.out);
+    assert!(r.out.contains("NoNewPrivs:\t1"), "{}", r.out);
+    // stdin, stdout, stderr, and the directory `ls` itself opened: nothing of berth's.
+    let fds = r.out.lines().last().unwrap_or_default().trim().to_string();
+    assert_eq!(fds, "0 1 2 3", "{}", r.out);
+}
+
+#[test]
+fn cap_drop_and_add() {
+    if !root() {
+        return;
+    }
+    let (r, _b) = run("capdrop", "grep '^CapEff:' /proc/self/status", None, |s| {
+        s.process.cap_drop = vec!["ALL".into()];
+        s.process.cap_add = vec!["NET_ADMIN".into()];
+    });
+    // CAP_NET_ADMIN is bit 12.
+    assert!(r.out.contains("CapEff:\t0000000000001000"), "{}", r.out);
+}

@@ -59,6 +59,9 @@ fn read_spec(sock: &OwnedFd) -> Result<LaunchSpec, SetupError> {
 
 /// `berth __berth-setup`: returns the process exit status.
 pub fn main() -> i32 {
+    // Descriptors inherited from whoever started berth (a shell, a CI runner, a jobserver)
+    // must not reach the container (CVE-2024-21626): keep only stdio and the socket.
+    close_from(SOCKET_FD + 1);
     // SAFETY: berth passes the socket as fd 3 and nothing else in this fresh process owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
     // Close-on-exec, so that no descriptor of berth's reaches the service (CVE-2024-21626).
@@ -129,6 +132,34 @@ fn pid1(spec: &LaunchSpec, sock: OwnedFd) -> i32 {
     }
 }
 
+/// Closes every descriptor from `first` up.
+fn close_from(first: i32) {
+    // SAFETY: close_range only closes descriptors; none above `first` is owned by live Rust
+    // objects in this fresh process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what /proc lists.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|fd| *fd >= first) {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
 fn cstr(s: &str, what: &str) -> Result<CString, SetupError> {
     CString::new(s).map_err(|_| SetupError::other(what, format!("`{s}` contains a NUL byte")))
 }
@@ -190,11 +221,15 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
     let p = &spec.process;
     let r = (|| -> Result<(), SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
+        let keep = super::security::effective_set(&p.cap_add, &p.cap_drop, p.privileged)?;
+        // The bounding set shrinks while this process still holds CAP_SETPCAP (before setuid).
+        super::security::limit_bounding(&keep)?;
         let groups: Vec<Gid> = p.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).map_err(|e| SetupError::sys("setgroups", None, e))?;
         let (g, u) = (Gid::from_raw(p.gid), Uid::from_raw(p.uid));
         nix::unistd::setresgid(g, g, g).map_err(|e| SetupError::sys("setgid", None, e))?;
         nix::unistd::setresuid(u, u, u).map_err(|e| SetupError::sys("setuid", None, e))?;
+        super::security::set_process_caps(p.uid, &keep)?;
         // The working directory is resolved inside the container's root, after pivot_root, never
         // through a host path or an inherited descriptor (CVE-2024-21626).
         let cwd = if p.cwd.is_empty() {

@@ -30,6 +30,10 @@ pub struct Process {
     pub groups: Vec<u32>,
     /// Keep `no_new_privs` off (`security_opt: [no-new-privileges:false]`).
     pub allow_new_privs: bool,
+    /// `cap_add` / `cap_drop` relative to Docker's default set; `privileged` keeps all.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub privileged: bool,
 }
 
 /// A resource limit the kernel enforces through the container's cgroup.
