@@ -68,6 +68,7 @@ fn run(
     if let Some(cg) = &cgroup {
         s.cgroups = cg.paths();
     }
+    s.process.default_seccomp().expect("seccomp");
     tweak(&mut s);
     let out_path = dir.path().join("out.log");
     let out = File::create(&out_path).expect("log");
@@ -218,4 +219,35 @@ fn cap_drop_and_add() {
     });
     // CAP_NET_ADMIN is bit 12.
     assert!(r.out.contains("CapEff:\t0000000000001000"), "{}", r.out);
+}
+
+#[test]
+fn seccomp_and_masked_paths_hold() {
+    if !root() {
+        return;
+    }
+    let (r, _b) = run(
+        "sec",
+        "grep '^Seccomp:' /proc/self/status; \
+         mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED; \
+         unshare -n true 2>/dev/null && echo UNSHARED; \
+         reboot -f 2>/dev/null; echo after-reboot; \
+         if [ -e /proc/kcore ]; then wc -c < /proc/kcore; else echo 0; fi; \
+         echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo WROTE-PROC-SYS; \
+         cat /proc/keys 2>/dev/null | wc -c",
+        None,
+        |_| {},
+    );
+    assert!(r.out.contains("Seccomp:\t2"), "{}", r.out);
+    assert!(!r.out.contains("MOUNTED"), "{}", r.out);
+    assert!(!r.out.contains("UNSHARED"), "{}", r.out);
+    assert!(r.out.contains("after-reboot"), "{}", r.out);
+    assert!(!r.out.contains("WROTE-PROC-SYS"), "{}", r.out);
+    let lines: Vec<&str> = r.out.lines().collect();
+    // /proc/kcore (where the kernel has one) and /proc/keys read as empty (masked).
+    assert!(
+        lines.iter().filter(|l| l.trim() == "0").count() >= 2,
+        "{}",
+        r.out
+    );
 }

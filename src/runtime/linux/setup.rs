@@ -222,6 +222,13 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
     let r = (|| -> Result<(), SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
         let keep = super::security::effective_set(&p.cap_add, &p.cap_drop, p.privileged)?;
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it
+        // (the default profile allows the capset/setuid calls that follow).
+        if p.allow_new_privs
+            && let Some(f) = &p.seccomp
+        {
+            super::seccomp::install(f)?;
+        }
         // The bounding set shrinks while this process still holds CAP_SETPCAP (before setuid).
         super::security::limit_bounding(&keep)?;
         let groups: Vec<Gid> = p.groups.iter().map(|g| Gid::from_raw(*g)).collect();
@@ -245,6 +252,12 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
         }
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None)
             .map_err(|e| SetupError::sys("restore signal mask", None, e))?;
+        // Last, so the filter constrains the service and nothing of setup.
+        if !p.allow_new_privs
+            && let Some(f) = &p.seccomp
+        {
+            super::seccomp::install(f)?;
+        }
         Ok(())
     })();
     if let Err(e) = r {

@@ -34,6 +34,32 @@ pub struct Process {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub privileged: bool,
+    /// Seccomp BPF programs to install, in order (`None`: `seccomp=unconfined`).
+    pub seccomp: Option<Vec<Vec<u64>>>,
+}
+
+impl Process {
+    /// Sets Docker's default seccomp profile for this process's capabilities (compiled once
+    /// per capability set and reused).
+    pub fn default_seccomp(&mut self) -> Result<(), super::error::SetupError> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        type Cache = Mutex<HashMap<Vec<String>, Vec<Vec<u64>>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let set = super::security::effective_set(&self.cap_add, &self.cap_drop, self.privileged)?;
+        let mut key: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+        key.sort();
+        let cache = CACHE.get_or_init(Default::default);
+        let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get(&key) {
+            self.seccomp = Some(f.clone());
+            return Ok(());
+        }
+        let f = super::seccomp::default_filters(&set)?;
+        map.insert(key, f.clone());
+        self.seccomp = Some(f);
+        Ok(())
+    }
 }
 
 /// A resource limit the kernel enforces through the container's cgroup.
