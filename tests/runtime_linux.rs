@@ -251,3 +251,172 @@ fn seccomp_and_masked_paths_hold() {
         r.out
     );
 }
+
+#[test]
+fn memory_limit_kills_and_is_reported_as_oom() {
+    if !root() {
+        return;
+    }
+    let limits = Limits {
+        memory: Some(64 << 20),
+        memory_swap: Some(64 << 20),
+        ..Limits::default()
+    };
+    // `tail` keeps a line in memory until it ends; /dev/zero has no newline: 200 MB held.
+    let (r, b) = run(
+        "oom",
+        "head -c 200m /dev/zero | tail > /dev/null",
+        Some(limits),
+        |_| {},
+    );
+    let cg = b.cgroup.as_ref().expect("cgroup");
+    assert!(
+        cg.oom_kills() >= 1,
+        "no OOM kill recorded; exit {} {}",
+        r.code,
+        r.out
+    );
+    // The shell reports its pipeline's last command, killed by SIGKILL.
+    assert_eq!(r.code, 137, "{}", r.out);
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    if !root() {
+        return;
+    }
+    let limits = Limits {
+        pids: Some(50),
+        ..Limits::default()
+    };
+    let (r, _b) = run(
+        "pids",
+        // The forking subshell dies at the first refused fork; the count uses only builtins
+        // (a glob), because at the limit nothing else can fork.
+        "(for i in $(seq 80); do sleep 5 & done) 2>/dev/null; set -- /proc/[0-9]*; echo started=$#",
+        Some(limits),
+        |_| {},
+    );
+    let line = r
+        .out
+        .lines()
+        .find(|l| l.starts_with("started="))
+        .unwrap_or_default();
+    let n: u32 = line
+        .trim_start_matches("started=")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    // init + shell + sleeps: up to the limit (a slot or two may still be held by the
+    // subshell that just died), never more.
+    assert!((45..=50).contains(&n), "{}", r.out);
+}
+
+#[test]
+fn cpu_limit_holds_a_busy_loop_near_half_a_core() {
+    if !root() {
+        return;
+    }
+    let limits = Limits {
+        cpus: Some(0.5),
+        ..Limits::default()
+    };
+    let (r, b) = run(
+        "cpu",
+        "t=$(($(date +%s%N) + 2000000000)); while [ $(date +%s%N) -lt $t ]; do :; done",
+        Some(limits),
+        |_| {},
+    );
+    assert_eq!(r.code, 0, "{}", r.out);
+    let cg = b.cgroup.as_ref().expect("cgroup");
+    // CPU time used by the container over its ~2 s of wall time.
+    let used_ns: u64 = cg
+        .dirs
+        .iter()
+        .find_map(|(c, d)| match c.as_str() {
+            "cpuacct" | "cpu" => std::fs::read_to_string(d.join("cpuacct.usage"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok(),
+            "" => std::fs::read_to_string(d.join("cpu.stat"))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|us| us * 1000),
+            _ => None,
+        })
+        .expect("cpu usage");
+    let share = used_ns as f64 / 2e9;
+    assert!((0.40..=0.60).contains(&share), "used {share:.2} of a core");
+}
+
+#[test]
+fn sigterm_reaches_the_service_and_stubborn_ones_are_killed() {
+    if !root() {
+        return;
+    }
+    use berth::runtime::linux::launch::launch;
+    set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = |name: &str, cmd: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        let mut s = spec(&d, name, cmd);
+        s.process.default_seccomp().expect("seccomp");
+        let out = File::create(d.join("out")).expect("out");
+        let running = launch(
+            &s,
+            Stdio::from(out.try_clone().expect("f")),
+            Stdio::from(out),
+        )
+        .expect("launch");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        (running, d)
+    };
+    let (polite, d) = go(
+        "polite",
+        "trap 'echo got-term; exit 3' TERM; while :; do sleep 0.1; done",
+    );
+    let t = std::time::Instant::now();
+    let code = polite
+        .stop(
+            nix::sys::signal::Signal::SIGTERM,
+            std::time::Duration::from_secs(5),
+        )
+        .expect("stop");
+    assert_eq!(code, 3);
+    assert!(t.elapsed().as_secs() < 2);
+    assert!(
+        std::fs::read_to_string(d.join("out"))
+            .unwrap_or_default()
+            .contains("got-term")
+    );
+
+    let (stubborn, _d) = go("stubborn", "trap '' TERM; while :; do sleep 0.1; done");
+    let t = std::time::Instant::now();
+    let code = stubborn
+        .stop(
+            nix::sys::signal::Signal::SIGTERM,
+            std::time::Duration::from_millis(500),
+        )
+        .expect("stop");
+    assert_eq!(code, 137);
+    assert!(t.elapsed().as_millis() >= 500);
+}
+
+#[test]
+fn zombies_are_reaped() {
+    if !root() {
+        return;
+    }
+    // Orphans (the double-forked sleeps) are re-parented to init, which must reap them.
+    let (r, _b) = run(
+        "zombies",
+        "for i in 1 2 3; do (sleep 0.1 &) ; done; sleep 0.5; grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l",
+        None,
+        |_| {},
+    );
+    assert_eq!(r.out.trim(), "0", "{}", r.out);
+}

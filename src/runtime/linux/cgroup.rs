@@ -179,25 +179,30 @@ impl Cgroup {
                     for comp in rel.components() {
                         let parent = cur.clone();
                         cur = cur.join(comp);
-                        let created = mkdir(&cur)?;
+                        mkdir(&cur)?;
                         // A new v1 cpuset starts with no CPUs and no memory nodes, and nothing
-                        // can join it until they are copied from its parent.
-                        if created && ctrl == "cpuset" {
+                        // can join it until they are copied from its parent. Checked every time:
+                        // another berth may have created the directory a moment ago.
+                        if ctrl == "cpuset" {
                             for f in ["cpuset.cpus", "cpuset.mems"] {
-                                let v = read(&parent.join(f))?;
-                                write(&cur.join(f), v.trim())?;
+                                if read(&cur.join(f))?.trim().is_empty() {
+                                    let v = read(&parent.join(f))?;
+                                    write(&cur.join(f), v.trim())?;
+                                }
                             }
                         }
                     }
-                    // cpu and cpuacct are often co-mounted: one directory serves both.
-                    if !dirs.iter().any(|(_, d)| d == &cur) {
-                        dirs.push((ctrl.clone(), cur));
-                    }
+                    // cpu and cpuacct are often co-mounted: one directory, listed under both.
+                    dirs.push((ctrl.clone(), cur));
                 }
             }
         }
         let cg = Cgroup { version, dirs };
-        cg.apply(limits)?;
+        // A limit the kernel refuses leaves nothing behind.
+        if let Err(e) = cg.apply(limits) {
+            let _ = cg.remove();
+            return Err(e);
+        }
         Ok(cg)
     }
 
@@ -211,7 +216,7 @@ impl Cgroup {
             Version::V1 { .. } => self
                 .dirs
                 .iter()
-                .find(|(c, d)| c == controller || d.to_string_lossy().contains(controller))
+                .find(|(c, _)| c == controller)
                 .map(|(_, d)| d.as_path())
                 .ok_or(CgroupError::NoController(controller)),
         }
@@ -299,15 +304,21 @@ impl Cgroup {
 
     /// Moves process `pid` into the cgroup (every hierarchy).
     pub fn join(&self, pid: u32) -> Result<(), CgroupError> {
-        for (_, d) in &self.dirs {
+        for d in self.paths() {
             write(&d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// The directories (for the setup process, which joins them itself).
+    /// The distinct directories (for the setup process, which joins them itself).
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|(_, d)| d.clone()).collect()
+        let mut out: Vec<PathBuf> = Vec::new();
+        for (_, d) in &self.dirs {
+            if !out.contains(d) {
+                out.push(d.clone());
+            }
+        }
+        out
     }
 
     /// How many times the OOM killer killed a process of this cgroup.
@@ -330,7 +341,7 @@ impl Cgroup {
     /// The processes in the cgroup.
     pub fn procs(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        for (_, d) in &self.dirs {
+        for d in self.paths() {
             for l in fs::read_to_string(d.join("cgroup.procs"))
                 .unwrap_or_default()
                 .lines()
@@ -361,7 +372,8 @@ impl Cgroup {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        for (_, d) in &self.dirs {
+        for d in self.paths() {
+            let d = &d;
             rmdir_retry(d)?;
             // Up to the `berth` directory: remove the project level if it is now empty.
             let mut parent = d.parent();

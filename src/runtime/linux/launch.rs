@@ -103,6 +103,33 @@ impl Running {
         }
     }
 
+    /// Stops the container: `signal` (the service's stop signal) through init, then SIGKILL of
+    /// init after `grace` (which ends every process of the PID namespace). Returns the exit status.
+    pub fn stop(
+        &self,
+        signal: nix::sys::signal::Signal,
+        grace: std::time::Duration,
+    ) -> Result<i32, LaunchError> {
+        use nix::sys::wait::WaitPidFlag;
+        let pid = Pid::from_raw(self.pid);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(LaunchError::Protocol(format!("waitpid {}: {e}", self.pid))),
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                return self.wait();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Sends a signal to the container's init (which forwards it to the service).
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), LaunchError> {
         nix::sys::signal::kill(Pid::from_raw(self.pid), sig)
