@@ -1,0 +1,244 @@
+//! Container start benchmark: create + start + wait for exit of `/bin/true`, 100 runs, median
+//! and p95, with and without a network namespace, side by side in the same run with `crun run`
+//! on the same root filesystem (a static busybox) when crun is installed. Then the memory one
+//! idle container costs beyond its service process (its init's PSS).
+//!
+//! Needs root. `cargo bench --bench start` (RUNS=200 for more runs). berth's figure is per
+//! container from a long-lived berth process (the supervisor's case: the sealed copy of berth is
+//! made once); crun's is one `crun run` per container, which is how crun is used.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::runtime::linux::cgroup::Cgroup;
+use berth::runtime::linux::launch::{launch, set_setup_exe};
+use berth::runtime::linux::spec::{LaunchSpec, Limits, Process, Rootfs};
+
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed: apt-get install busybox-static");
+    // Relative links (`busybox --install -s` would point them at this host path).
+    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc", "mnt"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    root
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    (q(0.5), q(0.95), v[0])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Berth {
+    rootfs: PathBuf,
+    work: PathBuf,
+}
+
+impl Berth {
+    fn spec(&self, name: &str, net: bool, args: &[&str]) -> LaunchSpec {
+        let mut process = Process {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            ..Process::default()
+        };
+        process.default_seccomp().expect("seccomp");
+        LaunchSpec {
+            name: name.into(),
+            hostname: name.into(),
+            domainname: None,
+            rootfs: Rootfs::Layers(vec![self.rootfs.clone()]),
+            dir: self.work.join(name),
+            read_only: false,
+            cgroups: Vec::new(),
+            own_network: net,
+            process,
+        }
+    }
+
+    /// One container from nothing to removed, as `crun run` does it.
+    fn run_true(&self, name: &str, net: bool) -> Duration {
+        let t = Instant::now();
+        let cg = Cgroup::create(&format!("bench-{}/{name}", std::process::id()), &Limits::default()).expect("cgroup");
+        let mut s = self.spec(name, net, &["/bin/true"]);
+        s.cgroups = cg.paths();
+        let r = launch(&s, Stdio::null(), Stdio::null()).expect("launch");
+        let code = r.wait().expect("wait");
+        assert_eq!(code, 0);
+        cg.remove().expect("cgroup remove");
+        std::fs::remove_dir_all(&s.dir).expect("remove container dir");
+        t.elapsed()
+    }
+}
+
+/// A crun bundle for the same rootfs: `crun spec`, then our args, namespaces and a read-only root.
+fn crun_bundle(dir: &Path, rootfs: &Path, net: bool) -> Option<PathBuf> {
+    let b = dir.join(if net { "bundle-net" } else { "bundle-nonet" });
+    std::fs::create_dir_all(&b).ok()?;
+    let st = Command::new("crun").arg("spec").current_dir(&b).status().ok()?;
+    if !st.success() {
+        return None;
+    }
+    let path = b.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    let ns: Vec<serde_json::Value> = ["pid", "ipc", "uts", "mount"]
+        .iter()
+        .map(|t| serde_json::json!({"type": t}))
+        .chain(net.then(|| serde_json::json!({"type": "network"})))
+        .collect();
+    cfg["linux"]["namespaces"] = serde_json::Value::Array(ns);
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).ok()?).ok()?;
+    Some(b)
+}
+
+fn crun_run(bundle: &Path, id: &str) -> Option<Duration> {
+    let t = Instant::now();
+    let st = Command::new("crun")
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    st.success().then(|| t.elapsed())
+}
+
+/// crun 1.8 refuses hybrid hosts where hugetlb sits on the cgroup2 hierarchy; mount it as a v1
+/// hierarchy for crun's runs (as a stock systemd hybrid host has it) and undo that afterwards.
+struct Hugetlb(bool);
+
+impl Hugetlb {
+    fn on() -> Hugetlb {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let on_v2 = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+            .unwrap_or_default()
+            .contains("hugetlb");
+        if !on_v2 || info.lines().any(|l| l.contains(" - cgroup ") && l.contains("hugetlb")) {
+            return Hugetlb(false);
+        }
+        let _ = std::fs::create_dir_all("/sys/fs/cgroup/hugetlb");
+        let ok = Command::new("mount")
+            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"])
+            .status()
+            .is_ok_and(|s| s.success());
+        Hugetlb(ok)
+    }
+}
+
+impl Drop for Hugetlb {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = Command::new("umount").arg("/sys/fs/cgroup/hugetlb").status();
+            let _ = std::fs::remove_dir("/sys/fs/cgroup/hugetlb");
+        }
+    }
+}
+
+fn pss_kib(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn main() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("the start benchmark needs root");
+        return;
+    }
+    // `cargo bench` passes `--bench`; nothing to parse.
+    set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
+    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rootfs = busybox_rootfs(tmp.path());
+    let b = Berth {
+        rootfs: rootfs.clone(),
+        work: tmp.path().join("containers"),
+    };
+    let have_crun = Command::new("crun").arg("--version").output().is_ok_and(|o| o.status.success());
+    let hugetlb = if have_crun { Some(Hugetlb::on()) } else { None };
+    let bundles = if have_crun {
+        (crun_bundle(tmp.path(), &rootfs, true), crun_bundle(tmp.path(), &rootfs, false))
+    } else {
+        (None, None)
+    };
+
+    // Warm-up, then the variants round-robin so drift spreads evenly.
+    for i in 0..5 {
+        b.run_true(&format!("w{i}"), true);
+    }
+    let mut results: Vec<(&str, Vec<f64>)> = vec![
+        ("berth, all namespaces incl. net", Vec::new()),
+        ("berth, no network namespace", Vec::new()),
+        ("crun run, all namespaces incl. net", Vec::new()),
+        ("crun run, no network namespace", Vec::new()),
+    ];
+    for i in 0..runs {
+        results[0].1.push(ms(b.run_true(&format!("n{i}"), true)));
+        results[1].1.push(ms(b.run_true(&format!("h{i}"), false)));
+        if let Some(bn) = &bundles.0
+            && let Some(d) = crun_run(bn, &format!("berth-bench-{}-n{i}", std::process::id()))
+        {
+            results[2].1.push(ms(d));
+        }
+        if let Some(bh) = &bundles.1
+            && let Some(d) = crun_run(bh, &format!("berth-bench-{}-h{i}", std::process::id()))
+        {
+            results[3].1.push(ms(d));
+        }
+    }
+    drop(hugetlb);
+    println!("\ncreate + start + wait for exit of /bin/true, {runs} runs (ms):");
+    println!("{:<38} {:>8} {:>8} {:>8}", "", "median", "p95", "min");
+    for (name, v) in &results {
+        if v.is_empty() {
+            println!("{name:<38} (not installed or failed)");
+            continue;
+        }
+        let (med, p95, min) = stats(v.clone());
+        println!("{name:<38} {med:>8.2} {p95:>8.2} {min:>8.2}");
+    }
+
+    // Memory of idle containers beyond their service: each init's PSS.
+    let n = 10;
+    let mut running = Vec::new();
+    let mut cgs = Vec::new();
+    for i in 0..n {
+        let cg = Cgroup::create(&format!("bench-{}/idle{i}", std::process::id()), &Limits::default()).expect("cgroup");
+        let mut s = b.spec(&format!("idle{i}"), true, &["/bin/sleep", "1000"]);
+        s.cgroups = cg.paths();
+        let out = File::create(tmp.path().join(format!("idle{i}.log"))).expect("log");
+        running.push(launch(&s, Stdio::null(), Stdio::from(out)).expect("launch"));
+        cgs.push(cg);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pss: Vec<u64> = running.iter().filter_map(|r| pss_kib(r.pid)).collect();
+    let avg = pss.iter().sum::<u64>() as f64 / pss.len().max(1) as f64;
+    println!("\nidle container overhead (berth-init PSS, {n} containers): {avg:.0} KiB each");
+    for r in &running {
+        let _ = r.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1));
+    }
+    for cg in cgs {
+        let _ = cg.remove();
+    }
+}
