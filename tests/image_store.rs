@@ -25,6 +25,9 @@ macro_rules! require_root {
     };
 }
 
+/// A path longer than the 100 bytes of a plain tar header's name field.
+const LONG: &str = "long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb/cccccccccccccccccccc";
+
 /// The base layer: a bit of everything.
 fn base_layer() -> Vec<u8> {
     LayerBuilder::new()
@@ -41,6 +44,18 @@ fn base_layer() -> Vec<u8> {
         .symlink("bin/abs", "/etc/passwd")
         .hardlink("bin/tool2", "bin/tool")
         .fifo("run-fifo")
+        .dir("dev", 0o755)
+        .device("dev/null", false, 1, 3)
+        .device("dev/loop9", true, 7, 9)
+        .file_with_xattrs(
+            "etc/xattrs",
+            b"x",
+            &[
+                ("user.berth", b"yes"),
+                ("trusted.overlay.redirect", b"/etc"),
+            ],
+        )
+        .file(&format!("{LONG}/file"), b"long\n", 0o644)
         .finish()
 }
 
@@ -196,6 +211,24 @@ fn docker_save_and_oci_layout_share_layers_and_convert_whiteouts() {
         fs::symlink_metadata(lower.join("data")).unwrap().mtime(),
         1_700_000_000
     );
+
+    let null = fs::symlink_metadata(lower.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    assert_eq!(null.mode() & 0o7777, 0o666);
+    let lp = fs::symlink_metadata(lower.join("dev/loop9")).unwrap();
+    assert!(lp.file_type().is_block_device());
+    assert_eq!(lp.rdev(), rustix::fs::makedev(7, 9));
+    assert_eq!(
+        xattr(&lower.join("etc/xattrs"), "user.berth").as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(
+        xattr(&lower.join("etc/xattrs"), "trusted.overlay.redirect"),
+        None,
+        "a layer cannot set overlayfs' own xattrs"
+    );
+    assert_eq!(fs::read(lower.join(LONG).join("file")).unwrap(), b"long\n");
 
     // The upper layer, in overlayfs' format.
     let wh = fs::symlink_metadata(top.join("etc/gone")).unwrap();

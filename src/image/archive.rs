@@ -56,7 +56,12 @@ pub fn open_decompressed(path: &Path) -> io::Result<(Box<dyn Read>, Compression)
     let mut r = BufReader::with_capacity(256 << 10, File::open(path)?);
     let kind = sniff(r.fill_buf()?);
     let reader: Box<dyn Read> = match kind {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        // The tar reader asks for 512-byte headers and small files; the decoder is much
+        // faster fed large reads.
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            256 << 10,
+            flate2::bufread::MultiGzDecoder::new(r),
+        )),
         _ => Box::new(r),
     };
     Ok((reader, kind))

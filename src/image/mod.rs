@@ -258,8 +258,9 @@ impl ImageStore {
     }
 
     /// Finds an image by tag (`busybox`, `busybox:latest`, `docker.io/library/busybox:latest`
-    /// all match a stored `busybox:latest`), by id (`sha256:<hex>`), or by an unambiguous
-    /// prefix of its id (`sha256:` optional, at least 4 hex digits).
+    /// all match a stored `busybox:latest`), by manifest digest (`busybox@sha256:<hex>`, the
+    /// name is not checked), by id (`sha256:<hex>`), or by an unambiguous prefix of its id
+    /// (`sha256:` optional, at least 4 hex digits).
     pub fn resolve(&self, reference: &str) -> Result<Image, ImageError> {
         let repos = self.load()?;
         let id = find(&repos, reference)?;
@@ -428,6 +429,11 @@ impl ImageStore {
             let _ = self.gc(&saved);
         }
         result?;
+        // Also collects what an import that crashed between its renames and its
+        // repositories.json left behind.
+        if let Err(e) = self.gc(&repos) {
+            tracing::warn!("image store garbage collection after import: {e}");
+        }
         let mut out = Vec::new();
         for img in &images {
             let id = &img.config_digest;
@@ -663,8 +669,23 @@ fn matching_tags<'a>(
         .cloned()
 }
 
-/// The image id `reference` names: a tag first, then an id or id prefix.
+/// The image id `reference` names: `name@sha256:<manifest digest>`, a tag, then an id or id
+/// prefix.
 fn find(repos: &Repositories, reference: &str) -> Result<Digest, ImageError> {
+    if let Some((_, digest)) = reference.split_once('@') {
+        let d = Digest::parse(digest).map_err(|_| ImageError::InvalidReference {
+            reference: reference.to_string(),
+            reason: "expected `name@sha256:<64 hex digits>`",
+        })?;
+        return repos
+            .images
+            .iter()
+            .find(|(_, rec)| rec.manifest == d)
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| ImageError::NotFound {
+                reference: reference.to_string(),
+            });
+    }
     if let Some(t) = matching_tags(repos, reference).next()
         && let Some(id) = repos.tags.get(&t)
     {
@@ -996,4 +1017,71 @@ fn plan_oci_descriptor(
         layers,
     )
     .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn repos() -> Repositories {
+        let rec = |n: u8| ImageRecord {
+            manifest: d(100 + n),
+            config: d(n),
+            layers: Vec::new(),
+            created: None,
+        };
+        let mut r = Repositories::default();
+        for n in 0..40 {
+            r.images.insert(d(n), rec(n));
+        }
+        r.tags.insert("busybox:latest".into(), d(1));
+        r.tags.insert("localhost:5000/app:1".into(), d(2));
+        r
+    }
+
+    #[test]
+    fn finds_by_tag_digest_and_id() {
+        let r = repos();
+        let found = |s: &str| find(&r, s).map_err(|e| e.to_string());
+        for s in [
+            "busybox",
+            "busybox:latest",
+            "docker.io/busybox",
+            "docker.io/library/busybox:latest",
+            "index.docker.io/library/busybox",
+        ] {
+            assert_eq!(found(s), Ok(d(1)), "{s}");
+        }
+        assert_eq!(found("localhost:5000/app:1"), Ok(d(2)));
+        assert!(found("localhost:5000/app").is_err());
+        assert_eq!(found(&format!("anything@{}", d(102))), Ok(d(2)));
+        assert!(matches!(
+            find(&r, "busybox@sha256:12"),
+            Err(ImageError::InvalidReference { .. })
+        ));
+        assert_eq!(found(&d(3).to_string()), Ok(d(3)));
+        assert_eq!(found(&d(3).hex()[..12]), Ok(d(3)));
+        assert!(matches!(
+            find(&r, &d(3).hex()[..3]),
+            Err(ImageError::NotFound { .. })
+        ));
+        let mut r = r;
+        for hex in ["abcd".repeat(16), format!("abcd{}", "0".repeat(60))] {
+            let id = Digest::from_hex(&hex).unwrap_or_else(|| d(0));
+            let rec = r.images.get(&d(0)).cloned();
+            r.images.extend(rec.map(|rec| (id, rec)));
+        }
+        assert!(matches!(
+            find(&r, "abcd"),
+            Err(ImageError::Ambiguous { candidates, .. }) if candidates.len() == 2
+        ));
+        assert_eq!(
+            find(&r, "sha256:abcda").ok(),
+            Digest::from_hex(&"abcd".repeat(16))
+        );
+    }
 }

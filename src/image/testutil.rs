@@ -88,6 +88,43 @@ impl LayerBuilder {
         self
     }
 
+    /// A regular file preceded by a PAX header carrying `SCHILY.xattr.<name>` records.
+    pub fn file_with_xattrs(
+        mut self,
+        path: &str,
+        content: &[u8],
+        xattrs: &[(&str, &[u8])],
+    ) -> Self {
+        let keys: Vec<String> = xattrs
+            .iter()
+            .map(|(k, _)| format!("SCHILY.xattr.{k}"))
+            .collect();
+        self.b
+            .append_pax_extensions(
+                keys.iter()
+                    .map(String::as_str)
+                    .zip(xattrs.iter().map(|(_, v)| *v)),
+            )
+            .expect("append a PAX header");
+        self.file(path, content, 0o644)
+    }
+
+    /// A character (`block == false`) or block device node.
+    pub fn device(mut self, path: &str, block: bool, major: u32, minor: u32) -> Self {
+        let kind = if block {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Char
+        };
+        let mut h = header(kind, 0o666, 0);
+        h.set_device_major(major).expect("device major");
+        h.set_device_minor(minor).expect("device minor");
+        self.b
+            .append_data(&mut h, path, std::io::empty())
+            .expect("append a device");
+        self
+    }
+
     /// Deletes `path` of the layers below (`dir/.wh.name`).
     pub fn whiteout(self, path: &str) -> Self {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
