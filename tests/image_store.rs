@@ -682,3 +682,136 @@ fn busybox_image_imports_and_resolves() {
         .unwrap();
     assert_eq!(out.stdout, b"ok\n");
 }
+
+/// Unmounts on drop, so a failed assertion leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn unpacked_layers_work_as_overlayfs_lower_dirs() {
+    require_root!();
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&t.path().join("root")).unwrap();
+    let a = image(&["a"], vec![base_layer(), upper_layer()], false);
+    let path = t.path().join("a.tar");
+    testutil::docker_save(&path, std::slice::from_ref(&a), DockerLayout::Legacy, false);
+    store.import(&path).unwrap();
+    let img = store.resolve("a").unwrap();
+    let lower: Vec<&str> = img
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.to_str().unwrap())
+        .collect();
+    let merged = t.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    let opts = format!("lowerdir={}", lower.join(":"));
+    if let Err(e) = nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    ) {
+        eprintln!("skipped: overlayfs unavailable here: {e}");
+        return;
+    }
+    let _m = Mounted(merged.clone());
+    assert_eq!(fs::read(merged.join("etc/keep")).unwrap(), b"kept\n");
+    assert!(!merged.join("etc/gone").exists(), "the whiteout deletes it");
+    assert!(!merged.join("data/old").exists(), "the opaque dir hides it");
+    assert!(!merged.join("data/sub").exists(), "the opaque dir hides it");
+    assert_eq!(fs::read(merged.join("data/new")).unwrap(), b"new\n");
+    assert_eq!(
+        fs::read_link(merged.join("bin/abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+}
+
+#[test]
+fn later_entries_of_a_layer_replace_earlier_ones() {
+    require_root!();
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(t.path()).unwrap();
+    let layer = LayerBuilder::new()
+        .dir("x", 0o755)
+        .file("x/inner", b"inner", 0o644)
+        .file("x", b"now a file", 0o644) // a directory replaced by a file
+        .file("y", b"file", 0o644)
+        .dir("y", 0o700) // a file replaced by a directory
+        .symlink("z", "/etc")
+        .dir("z", 0o755) // a symlink replaced by a directory: z/f must land inside
+        .file("z/f", b"inside", 0o644)
+        .file("w", b"first", 0o644)
+        .file("w", b"second", 0o600)
+        .dir("d", 0o755)
+        .file("d/f", b"f", 0o644)
+        .whiteout("d") // a whiteout of something the same layer made
+        .finish();
+    let path = t.path().join("r.tar");
+    let img = image(&["r"], vec![layer], false);
+    testutil::docker_save(
+        &path,
+        std::slice::from_ref(&img),
+        DockerLayout::Legacy,
+        false,
+    );
+    store.import(&path).unwrap();
+    let root = &store.resolve("r").unwrap().layers[0];
+    assert_eq!(fs::read(root.join("x")).unwrap(), b"now a file");
+    assert!(fs::symlink_metadata(root.join("y")).unwrap().is_dir());
+    assert!(fs::symlink_metadata(root.join("z")).unwrap().is_dir());
+    assert_eq!(fs::read(root.join("z/f")).unwrap(), b"inside");
+    assert_eq!(fs::read(root.join("w")).unwrap(), b"second");
+    assert_eq!(
+        fs::symlink_metadata(root.join("w")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        fs::symlink_metadata(root.join("d"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+}
+
+#[test]
+fn a_shared_hold_makes_removal_wait() {
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(t.path()).unwrap();
+    let path = t.path().join("a.tar");
+    let img = image(
+        &["a"],
+        vec![LayerBuilder::new().file("f", b"f", 0o644).finish()],
+        false,
+    );
+    testutil::docker_save(
+        &path,
+        std::slice::from_ref(&img),
+        DockerLayout::Legacy,
+        false,
+    );
+    store.import(&path).unwrap();
+    let hold = store.lock_shared().unwrap();
+    let second = store.lock_shared().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = store.clone();
+    let remover = std::thread::spawn(move || {
+        let r = s2.remove("a", &|_| false);
+        tx.send(()).unwrap();
+        r
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err()
+    );
+    assert!(store.resolve("a").is_ok(), "readers need no lock");
+    drop((hold, second));
+    rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert!(remover.join().unwrap().is_ok());
+}

@@ -110,8 +110,9 @@ pub struct ImageStore {
     dir: PathBuf,
 }
 
-/// The store's lock; released when dropped (the file is closed).
-struct Lock {
+/// A hold on the store's lock, released when dropped (the file is closed).
+#[derive(Debug)]
+pub struct StoreLock {
     _file: File,
 }
 
@@ -170,7 +171,19 @@ impl ImageStore {
         self.layers_dir().join(diff_id.hex())
     }
 
-    fn lock(&self) -> Result<Lock, ImageError> {
+    /// Takes the store's lock shared: imports and removals (and so garbage collection) wait
+    /// until it is dropped. Hold it from `resolve` until the container that uses the image is
+    /// recorded where `remove`'s `in_use` looks, so the layers cannot vanish in between. Do not
+    /// call `import` or `remove` while holding it: they would wait for it forever.
+    pub fn lock_shared(&self) -> Result<StoreLock, ImageError> {
+        self.flock(rustix::fs::FlockOperation::LockShared)
+    }
+
+    fn lock(&self) -> Result<StoreLock, ImageError> {
+        self.flock(rustix::fs::FlockOperation::LockExclusive)
+    }
+
+    fn flock(&self, op: rustix::fs::FlockOperation) -> Result<StoreLock, ImageError> {
         let path = self.dir.join("lock");
         let err = |source| ImageError::Lock {
             path: path.clone(),
@@ -182,9 +195,8 @@ impl ImageStore {
             .write(true)
             .open(&path)
             .map_err(err)?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| err(e.into()))?;
-        Ok(Lock { _file: file })
+        rustix::fs::flock(&file, op).map_err(|e| err(e.into()))?;
+        Ok(StoreLock { _file: file })
     }
 
     fn load(&self) -> Result<Repositories, ImageError> {
