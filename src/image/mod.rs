@@ -495,27 +495,27 @@ impl ImageStore {
         repos: &Repositories,
         dest: &Path,
     ) -> Result<HashMap<Digest, PreparedLayer>, ImageError> {
-        let known_sizes: HashMap<&Digest, u64> = repos
+        // Only a (blob, DiffID) pair some earlier import verified may skip verification: the
+        // same layer from another blob, or the same blob claimed for another DiffID, is checked.
+        let known: HashMap<(&Digest, &Digest), u64> = repos
             .images
             .values()
-            .flat_map(|r| r.layers.iter().map(|l| (&l.diff_id, l.size)))
+            .flat_map(|r| r.layers.iter().map(|l| ((&l.blob, &l.diff_id), l.size)))
             .collect();
         let mut done: HashMap<Digest, PreparedLayer> = HashMap::new();
-        let mut blobs_verified: BTreeSet<Digest> = BTreeSet::new();
+        let mut verified: HashMap<(Digest, Digest), u64> = HashMap::new();
         for img in images {
             for l in &img.layers {
                 let have_layer =
                     done.contains_key(&l.diff_id) || self.layer_path(&l.diff_id).is_dir();
-                let have_blob = blobs_verified.contains(&l.member.digest)
-                    || self.blob_path(&l.member.digest).is_file();
-                let known = done
-                    .get(&l.diff_id)
-                    .map(|p| p.size)
-                    .or_else(|| known_sizes.get(&l.diff_id).copied());
-                if have_layer
-                    && have_blob
-                    && let Some(size) = known
-                {
+                let pair = (l.member.digest.clone(), l.diff_id.clone());
+                let known_size = verified.get(&pair).copied().or_else(|| {
+                    known
+                        .get(&(&l.member.digest, &l.diff_id))
+                        .copied()
+                        .filter(|_| self.blob_path(&l.member.digest).is_file())
+                });
+                if have_layer && let Some(size) = known_size {
                     done.entry(l.diff_id.clone()).or_insert(PreparedLayer {
                         unpacked: None,
                         size,
@@ -560,7 +560,7 @@ impl ImageStore {
                         actual: diff_id.to_string(),
                     });
                 }
-                blobs_verified.insert(l.member.digest.clone());
+                verified.insert(pair, size);
                 // A layer met twice (two blobs of it, say gzip and plain) keeps its first
                 // unpacking; later passes only verified their blob.
                 done.entry(l.diff_id.clone())
