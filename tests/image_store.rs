@@ -815,3 +815,25 @@ fn a_shared_hold_makes_removal_wait() {
     rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
     assert!(remover.join().unwrap().is_ok());
 }
+
+#[test]
+fn a_stored_blob_claimed_for_another_layer_is_verified() {
+    require_root!();
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(t.path()).unwrap();
+    let (l1, l2) = (base_layer(), upper_layer());
+    let path = t.path().join("ok.tar");
+    let a = image(&["a"], vec![l1.clone()], false);
+    let c = image(&["c"], vec![l2.clone()], false);
+    testutil::docker_save(&path, &[a, c], DockerLayout::Legacy, false);
+    store.import(&path).unwrap();
+    // Both the layer the config names and the blob the tarball ships are in the store, but
+    // they are not each other.
+    let b = image(&["b"], vec![l1.clone()], false);
+    let mut members = testutil::docker_save_members(std::slice::from_ref(&b), DockerLayout::Legacy);
+    members.replace(&format!("{}/layer.tar", &testutil::sha256(&l1)[7..]), l2);
+    let path = t.path().join("lie.tar");
+    members.write(&path, false);
+    let err = store.import(&path).unwrap_err();
+    assert!(matches!(err, ImageError::DiffIdMismatch { .. }), "{err}");
+}
