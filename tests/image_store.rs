@@ -42,6 +42,11 @@ fn base_layer() -> Vec<u8> {
         .file_owned("bin/tool", b"#!/bin/sh\necho hi\n", 0o4755, 1000, 1000)
         .symlink("bin/alias", "tool")
         .symlink("bin/abs", "/etc/passwd")
+        .symlink_with_xattrs(
+            "bin/labelled",
+            "tool",
+            &[("trusted.berth", b"1"), ("user.refused", b"1")],
+        )
         .hardlink("bin/tool2", "bin/tool")
         .fifo("run-fifo")
         .dir("dev", 0o755)
@@ -229,6 +234,11 @@ fn docker_save_and_oci_layout_share_layers_and_convert_whiteouts() {
         "a layer cannot set overlayfs' own xattrs"
     );
     assert_eq!(fs::read(lower.join(LONG).join("file")).unwrap(), b"long\n");
+    assert_eq!(
+        xattr(&lower.join("bin/labelled"), "trusted.berth").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(xattr(&lower.join("bin/labelled"), "user.refused"), None);
 
     // The upper layer, in overlayfs' format.
     let wh = fs::symlink_metadata(top.join("etc/gone")).unwrap();

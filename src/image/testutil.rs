@@ -109,6 +109,27 @@ impl LayerBuilder {
         self.file(path, content, 0o644)
     }
 
+    /// A symlink preceded by a PAX header carrying `SCHILY.xattr.<name>` records.
+    pub fn symlink_with_xattrs(
+        mut self,
+        path: &str,
+        target: &str,
+        xattrs: &[(&str, &[u8])],
+    ) -> Self {
+        let keys: Vec<String> = xattrs
+            .iter()
+            .map(|(k, _)| format!("SCHILY.xattr.{k}"))
+            .collect();
+        self.b
+            .append_pax_extensions(
+                keys.iter()
+                    .map(String::as_str)
+                    .zip(xattrs.iter().map(|(_, v)| *v)),
+            )
+            .expect("append a PAX header");
+        self.symlink(path, target)
+    }
+
     /// A character (`block == false`) or block device node.
     pub fn device(mut self, path: &str, block: bool, major: u32, minor: u32) -> Self {
         let kind = if block {

@@ -12,9 +12,11 @@
 //! directories"): `.wh.NAME` becomes a 0:0 character device `NAME`, and `.wh..wh..opq` the
 //! xattr `trusted.overlay.opaque=y` on its directory.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{
@@ -435,6 +437,23 @@ impl Unpacker<'_> {
         if !symlink {
             rustix::fs::chmodat(parent, name, Mode::from_raw_mode(m.mode), AtFlags::empty())
                 .map_err(self.io_err(raw, "set the mode"))?;
+        }
+        if !m.xattrs.is_empty() {
+            // No fd-relative l*xattr call exists; through /proc/self/fd the directory is the
+            // one already opened safely, and lsetxattr does not follow `name` itself.
+            let path = Path::new("/proc/self/fd")
+                .join(parent.as_raw_fd().to_string())
+                .join(OsStr::from_bytes(name));
+            for (xname, value) in &m.xattrs {
+                match rustix::fs::lsetxattr(&path, xname.as_str(), value, XattrFlags::empty()) {
+                    Ok(()) => {}
+                    // user.* xattrs are not allowed on symlinks and devices (EPERM).
+                    Err(Errno::OPNOTSUPP | Errno::PERM) => {
+                        tracing::warn!(layer = self.layer, entry = %String::from_utf8_lossy(raw), xattr = xname, "xattr not supported on this entry; skipped");
+                    }
+                    Err(e) => return Err(self.io_err(raw, "set an xattr")(e)),
+                }
+            }
         }
         rustix::fs::utimensat(parent, name, &m.times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(self.io_err(raw, "set the mtime"))
