@@ -19,9 +19,13 @@ use berth::runtime::linux::spec::{LaunchSpec, Limits, Process, Rootfs};
 fn busybox_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed: apt-get install busybox-static");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static is needed: apt-get install busybox-static");
     // Relative links (`busybox --install -s` would point them at this host path).
-    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
@@ -74,14 +78,34 @@ impl Berth {
     /// One container from nothing to removed, as `crun run` does it.
     fn run_true(&self, name: &str, net: bool) -> Duration {
         let t = Instant::now();
-        let cg = Cgroup::create(&format!("bench-{}/{name}", std::process::id()), &Limits::default()).expect("cgroup");
+        let cg = Cgroup::create(
+            &format!("bench-{}/{name}", std::process::id()),
+            &Limits::default(),
+        )
+        .expect("cgroup");
+        let t1 = t.elapsed();
         let mut s = self.spec(name, net, &["/bin/true"]);
-        s.cgroups = cg.paths();
+        if std::env::var_os("NO_CGROUP_JOIN").is_none() {
+            s.cgroups = cg.paths();
+        }
         let r = launch(&s, Stdio::null(), Stdio::null()).expect("launch");
+        let t2 = t.elapsed();
         let code = r.wait().expect("wait");
         assert_eq!(code, 0);
+        let t3 = t.elapsed();
         cg.remove().expect("cgroup remove");
+        let t4 = t.elapsed();
         std::fs::remove_dir_all(&s.dir).expect("remove container dir");
+        if std::env::var_os("BREAKDOWN").is_some() {
+            eprintln!(
+                "cg {:.2} launch {:.2} wait {:.2} cgrm {:.2} rm {:.2}",
+                ms(t1),
+                ms(t2 - t1),
+                ms(t3 - t2),
+                ms(t4 - t3),
+                ms(t.elapsed() - t4)
+            );
+        }
         t.elapsed()
     }
 }
@@ -90,12 +114,17 @@ impl Berth {
 fn crun_bundle(dir: &Path, rootfs: &Path, net: bool) -> Option<PathBuf> {
     let b = dir.join(if net { "bundle-net" } else { "bundle-nonet" });
     std::fs::create_dir_all(&b).ok()?;
-    let st = Command::new("crun").arg("spec").current_dir(&b).status().ok()?;
+    let st = Command::new("crun")
+        .arg("spec")
+        .current_dir(&b)
+        .status()
+        .ok()?;
     if !st.success() {
         return None;
     }
     let path = b.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
     cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
     cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
     cfg["process"]["terminal"] = serde_json::json!(false);
@@ -133,12 +162,23 @@ impl Hugetlb {
         let on_v2 = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
             .unwrap_or_default()
             .contains("hugetlb");
-        if !on_v2 || info.lines().any(|l| l.contains(" - cgroup ") && l.contains("hugetlb")) {
+        if !on_v2
+            || info
+                .lines()
+                .any(|l| l.contains(" - cgroup ") && l.contains("hugetlb"))
+        {
             return Hugetlb(false);
         }
         let _ = std::fs::create_dir_all("/sys/fs/cgroup/hugetlb");
         let ok = Command::new("mount")
-            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"])
+            .args([
+                "-t",
+                "cgroup",
+                "-o",
+                "hugetlb",
+                "cgroup",
+                "/sys/fs/cgroup/hugetlb",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         Hugetlb(ok)
@@ -148,7 +188,9 @@ impl Hugetlb {
 impl Drop for Hugetlb {
     fn drop(&mut self) {
         if self.0 {
-            let _ = Command::new("umount").arg("/sys/fs/cgroup/hugetlb").status();
+            let _ = Command::new("umount")
+                .arg("/sys/fs/cgroup/hugetlb")
+                .status();
             let _ = std::fs::remove_dir("/sys/fs/cgroup/hugetlb");
         }
     }
@@ -168,17 +210,26 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; nothing to parse.
     set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rootfs = busybox_rootfs(tmp.path());
     let b = Berth {
         rootfs: rootfs.clone(),
         work: tmp.path().join("containers"),
     };
-    let have_crun = Command::new("crun").arg("--version").output().is_ok_and(|o| o.status.success());
+    let have_crun = Command::new("crun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let hugetlb = if have_crun { Some(Hugetlb::on()) } else { None };
     let bundles = if have_crun {
-        (crun_bundle(tmp.path(), &rootfs, true), crun_bundle(tmp.path(), &rootfs, false))
+        (
+            crun_bundle(tmp.path(), &rootfs, true),
+            crun_bundle(tmp.path(), &rootfs, false),
+        )
     } else {
         (None, None)
     };
@@ -224,7 +275,11 @@ fn main() {
     let mut running = Vec::new();
     let mut cgs = Vec::new();
     for i in 0..n {
-        let cg = Cgroup::create(&format!("bench-{}/idle{i}", std::process::id()), &Limits::default()).expect("cgroup");
+        let cg = Cgroup::create(
+            &format!("bench-{}/idle{i}", std::process::id()),
+            &Limits::default(),
+        )
+        .expect("cgroup");
         let mut s = b.spec(&format!("idle{i}"), true, &["/bin/sleep", "1000"]);
         s.cgroups = cg.paths();
         let out = File::create(tmp.path().join(format!("idle{i}.log"))).expect("log");
@@ -235,6 +290,33 @@ fn main() {
     let pss: Vec<u64> = running.iter().filter_map(|r| pss_kib(r.pid)).collect();
     let avg = pss.iter().sum::<u64>() as f64 / pss.len().max(1) as f64;
     println!("\nidle container overhead (berth-init PSS, {n} containers): {avg:.0} KiB each");
+    if std::env::var_os("SMAPS").is_some()
+        && let Some(r) = running.first()
+    {
+        // Where an init's memory goes, biggest first.
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", r.pid)).unwrap_or_default();
+        let mut maps: Vec<(u64, String)> = Vec::new();
+        let mut name = String::new();
+        for l in smaps.lines() {
+            if l.contains('-') && !l.contains(':')
+                || l.split_whitespace().count() >= 5
+                    && l.as_bytes()[0].is_ascii_hexdigit()
+                    && l.contains(" r")
+            {
+                name = l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+                if name.is_empty() {
+                    name = l.split_whitespace().next().unwrap_or_default().to_string();
+                }
+            } else if let Some(v) = l.strip_prefix("Pss:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                maps.push((kb, name.clone()));
+            }
+        }
+        maps.sort_by(|a, b| b.0.cmp(&a.0));
+        for (kb, n) in maps.iter().take(8) {
+            println!("  {kb:>6} KiB  {n}");
+        }
+    }
     for r in &running {
         let _ = r.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1));
     }

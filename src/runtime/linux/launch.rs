@@ -75,7 +75,12 @@ fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
                 ),
             )
             .map_err(|e| format!("seal: {e}"))?;
-            Ok(fd)
+            // Keep the copy away from the low descriptors: the setup process gets its socket at
+            // fd 3, which must not be where the executable is found.
+            let high =
+                fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64)).map_err(|e| format!("dup: {e}"))?;
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
         })
         .as_ref()
         .map_err(|e| LaunchError::Seal(e.clone()))
@@ -155,6 +160,11 @@ pub fn launch(spec: &LaunchSpec, stdout: Stdio, stderr: Stdio) -> Result<Running
     .map_err(|e| LaunchError::Spawn(e.into()))?;
     let theirs_raw = theirs.as_raw_fd();
     let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    // The setup process becomes the container's init, which lives as long as the container:
+    // tell the allocator to commit memory only as it is used and to return it at once.
+    cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .env("MIMALLOC_ARENA_RESERVE", "256");
     cmd.arg0("berth-setup")
         .arg(super::SETUP_ARG)
         .stdin(Stdio::null())
@@ -164,7 +174,13 @@ pub fn launch(spec: &LaunchSpec, stdout: Stdio, stderr: Stdio) -> Result<Running
     // socket at fd 3 without close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(theirs_raw, SOCKET_FD) < 0 {
+            // dup2 onto itself would keep close-on-exec set: clear the flag instead.
+            let r = if theirs_raw == SOCKET_FD {
+                libc::fcntl(SOCKET_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(theirs_raw, SOCKET_FD)
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -46,13 +46,19 @@ fn send(sock: &OwnedFd, m: &Message) {
 }
 
 fn read_spec(sock: &OwnedFd) -> Result<LaunchSpec, SetupError> {
-    let mut buf = vec![0u8; 1 << 20];
-    let n = nix::sys::socket::recv(
+    use nix::sys::socket::MsgFlags;
+    // Peek at the packet's size first: a buffer of exactly that size, not a megabyte that the
+    // container's init would then carry for its whole life.
+    let mut probe = [0u8; 1];
+    let size = nix::sys::socket::recv(
         sock.as_raw_fd(),
-        &mut buf,
-        nix::sys::socket::MsgFlags::empty(),
+        &mut probe,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
     )
     .map_err(|e| SetupError::sys("read launch spec", None, e))?;
+    let mut buf = vec![0u8; size.max(1)];
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
+        .map_err(|e| SetupError::sys("read launch spec", None, e))?;
     serde_json::from_slice(&buf[..n])
         .map_err(|e| SetupError::other("read launch spec", e.to_string()))
 }
@@ -91,7 +97,7 @@ pub fn main() -> i32 {
             // The setup process is done: PID 1 is reparented to berth (a child subreaper).
             0
         }
-        Ok(ForkResult::Child) => std::process::exit(pid1(&spec, sock)),
+        Ok(ForkResult::Child) => std::process::exit(pid1(spec, sock)),
     }
 }
 
@@ -117,16 +123,21 @@ fn enter(spec: &LaunchSpec) -> Result<(), SetupError> {
 }
 
 /// The container's PID 1: returns its exit status (the service's).
-fn pid1(spec: &LaunchSpec, sock: OwnedFd) -> i32 {
-    match start(spec, &sock) {
+fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
+    match start(&spec, &sock) {
         Err(e) => {
             send(&sock, &Message::Failed(e));
             1
         }
         Ok(service) => {
             send(&sock, &Message::Ready);
-            // Init keeps no descriptor of berth's.
+            // Init keeps no descriptor of berth's, and as little memory as it can: it lives as
+            // long as the container, once per container (the density target).
             drop(sock);
+            drop(spec);
+            // SAFETY: mi_collect only frees allocator-internal memory; no Rust object is live
+            // in freed blocks.
+            unsafe { libmimalloc_sys::mi_collect(true) };
             init_loop(service)
         }
     }
