@@ -312,7 +312,7 @@ fn main() {
                 maps.push((kb, name.clone()));
             }
         }
-        maps.sort_by(|a, b| b.0.cmp(&a.0));
+        maps.sort_by_key(|m| std::cmp::Reverse(m.0));
         for (kb, n) in maps.iter().take(8) {
             println!("  {kb:>6} KiB  {n}");
         }
