@@ -632,6 +632,16 @@ fn reimporting_a_tag_moves_it_and_leaves_the_old_image_untagged() {
     let list = store.list().unwrap();
     assert_eq!(list.len(), 2);
     assert!(list.iter().any(|i| i.id == v1.id() && i.tag.is_none()));
+
+    // Pruning spares an untagged image in use, then takes it once it is not.
+    let r = store.prune(&|id| id == v1.id()).unwrap();
+    assert!(r.pruned.is_empty());
+    assert_eq!(store.resolve(&v1.id()).unwrap().id, v1.id());
+    let r = store.prune(&|_| false).unwrap();
+    assert_eq!(r.pruned, [v1.id()]);
+    assert_eq!(r.layers_freed, 1);
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(store.resolve("app").unwrap().id, v2.id());
 }
 
 #[test]

@@ -71,6 +71,8 @@ pub struct Removed {
     pub untagged: Vec<String>,
     /// The image id, when the image itself was deleted (its last tag removed, or removed by id).
     pub deleted: Option<String>,
+    /// The untagged images `prune` deleted.
+    pub pruned: Vec<String>,
     pub blobs_freed: usize,
     pub layers_freed: usize,
 }
@@ -354,6 +356,34 @@ impl ImageStore {
         removed.blobs_freed = blobs;
         removed.layers_freed = layers;
         Ok(removed)
+    }
+
+    /// Deletes every untagged image that `in_use` does not claim (`berth image prune`), then
+    /// the blobs and layers only they used.
+    pub fn prune(&self, in_use: &dyn Fn(&str) -> bool) -> Result<Removed, ImageError> {
+        let _lock = self.lock()?;
+        let mut repos = self.load()?;
+        let tagged: BTreeSet<Digest> = repos.tags.values().cloned().collect();
+        let doomed: Vec<Digest> = repos
+            .images
+            .keys()
+            .filter(|id| !tagged.contains(*id) && !in_use(&id.to_string()))
+            .cloned()
+            .collect();
+        for id in &doomed {
+            repos.images.remove(id);
+        }
+        if !doomed.is_empty() {
+            self.save(&repos)?;
+        }
+        let (blobs_freed, layers_freed) = self.gc(&repos)?;
+        Ok(Removed {
+            untagged: Vec::new(),
+            deleted: None,
+            pruned: doomed.iter().map(Digest::to_string).collect(),
+            blobs_freed,
+            layers_freed,
+        })
     }
 
     /// Deletes blobs and layers that no image in `repos` references. Caller holds the lock.
