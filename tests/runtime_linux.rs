@@ -420,3 +420,103 @@ fn zombies_are_reaped() {
     );
     assert_eq!(r.out.trim(), "0", "{}", r.out);
 }
+
+/// The runtime's futures do their work synchronously; one poll finishes them.
+fn now<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the runtime never waits"),
+    }
+}
+
+#[test]
+fn runtime_trait_runs_a_busybox_image_from_the_store() {
+    use berth::plan::State;
+    use berth::runtime::linux::runtime::LinuxRuntime;
+    use berth::runtime::{ContainerSpec, Runtime};
+    use berth::spec::model::Service;
+    if !root() || !berth::image::testutil::busybox_available() {
+        eprintln!("skipped: needs root and busybox-static");
+        return;
+    }
+    set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
+    let state = tempfile::tempdir().expect("state root");
+    let rt = LinuxRuntime::new(state.path()).expect("runtime");
+    let tar = berth::image::testutil::busybox_docker_save(state.path());
+    let imported = rt.images().import(&tar).expect("import");
+    let image = format!(
+        "{}:{}",
+        imported[0].repository.clone().unwrap_or_default(),
+        imported[0].tag.clone().unwrap_or_default()
+    );
+    let project = format!("rt{}", std::process::id());
+    let mk = |name: &str, cmd: &[&str]| ContainerSpec {
+        project: project.clone(),
+        service: name.into(),
+        index: 1,
+        name: format!("{project}-{name}-1"),
+        config_hash: "h1".into(),
+        definition: Service {
+            image: Some(image.clone()),
+            command: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            mem_limit: Some(32 << 20),
+            user: Some("nobody".into()),
+            ..Service::default()
+        },
+    };
+    let job = mk(
+        "job",
+        &["sh", "-c", "id -u; echo hello from busybox; exit 4"],
+    );
+    let svc = mk("svc", &["sleep", "30"]);
+    now(rt.create(&job)).expect("create job");
+    now(rt.create(&svc)).expect("create svc");
+    let o = now(rt.observe(&project)).expect("observe");
+    assert!(
+        o.containers.iter().all(|c| c.state == State::Created),
+        "{o:?}"
+    );
+    now(rt.start(&job.name)).expect("start job");
+    now(rt.start(&svc.name)).expect("start svc");
+    // Wait for the job to finish (its init is this test's child: reap it).
+    for _ in 0..200 {
+        let o = now(rt.observe(&project)).expect("observe");
+        if o.containers
+            .iter()
+            .any(|c| c.name == job.name && c.state == State::Exited(4))
+        {
+            break;
+        }
+        let _ = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = now(rt.observe(&project)).expect("observe");
+    let state_of = |n: &str| o.containers.iter().find(|c| c.name == n).map(|c| c.state);
+    assert_eq!(state_of(&job.name), Some(State::Exited(4)), "{o:?}");
+    assert_eq!(state_of(&svc.name), Some(State::Running), "{o:?}");
+    let log = std::fs::read_to_string(
+        state
+            .path()
+            .join("containers")
+            .join(&job.name)
+            .join("output.log"),
+    )
+    .unwrap_or_default();
+    // busybox's image has `nobody` as uid 65534.
+    assert!(log.contains("hello from busybox"), "{log}");
+    assert!(log.starts_with("65534"), "{log}");
+    now(rt.stop(&svc.name, std::time::Duration::from_secs(2))).expect("stop");
+    for n in [&job.name, &svc.name] {
+        now(rt.remove(n)).expect("remove");
+    }
+    assert!(
+        now(rt.observe(&project))
+            .expect("observe")
+            .containers
+            .is_empty()
+    );
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod launch;
 pub mod net;
 pub mod rootfs;
+pub mod runtime;
 pub mod seccomp;
 pub mod security;
 pub mod setup;

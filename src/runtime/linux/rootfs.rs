@@ -107,12 +107,14 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
                 p2s(&upper),
                 p2s(&work)
             );
+            // nodev: a layer may carry device nodes (a tar can hold a block device 8:0); they
+            // must not open host devices. The container's /dev is its own tmpfs.
             mnt(
                 "mount overlay",
                 Some("overlay"),
                 &root,
                 Some("overlay"),
-                MsFlags::empty(),
+                MsFlags::MS_NODEV,
                 Some(&data),
             )?;
         }
@@ -224,7 +226,7 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
             Some("overlay"),
             &target,
             Some("overlay"),
-            MsFlags::empty(),
+            MsFlags::MS_NODEV,
             Some(&data),
         )?;
     }

@@ -129,7 +129,7 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
             send(&sock, &Message::Failed(e));
             1
         }
-        Ok(service) => {
+        Ok((service, mut exit_file)) => {
             send(&sock, &Message::Ready);
             // Init keeps no descriptor of berth's, and as little memory as it can: it lives as
             // long as the container, once per container (the density target).
@@ -138,7 +138,9 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
             // SAFETY: mi_collect only frees allocator-internal memory; no Rust object is live
             // in freed blocks.
             unsafe { libmimalloc_sys::mi_collect(true) };
-            init_loop(service)
+            let code = init_loop(service);
+            let _ = writeln!(exit_file, "{code}");
+            code
         }
     }
 }
@@ -176,13 +178,18 @@ fn cstr(s: &str, what: &str) -> Result<CString, SetupError> {
 }
 
 /// Builds the root and forks the service process; returns its pid.
-fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Pid, SetupError> {
+fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<(Pid, std::fs::File), SetupError> {
     // Named for `ps` inside the container, and not dumpable: nothing in the container can open
     // this process's memory or its executable through /proc (CVE-2019-5736).
     let _ = nix::sys::prctl::set_name(c"berth-init");
     nix::sys::prctl::set_dumpable(false)
         .map_err(|e| SetupError::sys("prctl(PR_SET_DUMPABLE)", None, e))?;
 
+    // Where init records the service's exit status for berth: opened before the host's paths
+    // disappear behind pivot_root, close-on-exec so the service never holds it.
+    let exit_path = spec.dir.join("exit");
+    let exit_file = std::fs::File::create(&exit_path)
+        .map_err(|e| SetupError::io("create exit file", Some(&exit_path.to_string_lossy()), &e))?;
     super::rootfs::build(spec)?;
     if spec.own_network {
         super::net::loopback_up()?;
@@ -224,7 +231,7 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Pid, SetupError> {
         }
         ForkResult::Parent { child } => child,
     };
-    Ok(service)
+    Ok((service, exit_file))
 }
 
 /// In the service process: credentials, working directory, then exec. Returns only on failure.

@@ -1,0 +1,435 @@
+//! `LinuxRuntime`: the `Runtime` trait on the real kernel. Each container is a directory under
+//! `<state root>/containers/<name>/` holding its record (`container.json`: what it is, how it
+//! was configured, its init's pid and start time), its writable layers, its log and the exit
+//! status its init wrote. `observe` reads those back and checks the kernel, so a berth that
+//! restarts adopts what is running instead of starting it twice.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::Cgroup;
+use super::launch::launch;
+use super::spec::{LaunchSpec, Limits, Process, Rootfs};
+use crate::image::ImageStore;
+use crate::plan::{Observed, ObservedContainer, State};
+use crate::runtime::{ContainerSpec, Runtime, RuntimeError};
+use crate::spec::model::Service;
+
+/// What berth remembers about one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    project: String,
+    service: String,
+    index: u32,
+    name: String,
+    config_hash: String,
+    launch: LaunchSpec,
+    limits: Limits,
+    /// The cgroup below `berth/`, `<project>/<name>`.
+    cgroup: String,
+    stop_signal: Option<String>,
+    pid: Option<i32>,
+    /// The init's start time (field 22 of /proc/<pid>/stat), so a recycled pid is not taken for it.
+    starttime: Option<u64>,
+}
+
+pub struct LinuxRuntime {
+    root: PathBuf,
+    images: ImageStore,
+}
+
+fn step(container: &str, step: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Step {
+        container: container.to_string(),
+        step,
+        message: e.to_string(),
+    }
+}
+
+fn starttime(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // rest starts at field 3 (state); starttime is field 22.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl LinuxRuntime {
+    /// A runtime whose state lives under `root` (berth's state root, `BERTH_ROOT`).
+    pub fn new(root: &Path) -> Result<LinuxRuntime, RuntimeError> {
+        fs::create_dir_all(root.join("containers"))
+            .map_err(|e| step("-", "create state root", e))?;
+        let images = ImageStore::open(root).map_err(|e| step("-", "open image store", e))?;
+        Ok(LinuxRuntime {
+            root: root.to_path_buf(),
+            images,
+        })
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join("containers").join(name)
+    }
+
+    fn read(&self, name: &str) -> Result<Record, RuntimeError> {
+        let text = fs::read_to_string(self.dir(name).join("container.json"))
+            .map_err(|_| RuntimeError::NotFound(name.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| step(name, "read container record", e))
+    }
+
+    fn write(&self, r: &Record) -> Result<(), RuntimeError> {
+        let dir = self.dir(&r.name);
+        let tmp = dir.join("container.json.tmp");
+        let text =
+            serde_json::to_vec_pretty(r).map_err(|e| step(&r.name, "write container record", e))?;
+        fs::write(&tmp, text).map_err(|e| step(&r.name, "write container record", e))?;
+        fs::rename(&tmp, dir.join("container.json"))
+            .map_err(|e| step(&r.name, "write container record", e))
+    }
+
+    fn alive(r: &Record) -> bool {
+        match (r.pid, r.starttime) {
+            (Some(p), Some(st)) => starttime(p) == Some(st),
+            _ => false,
+        }
+    }
+
+    /// Turns a service definition and its image into what the setup process needs.
+    fn prepare(&self, spec: &ContainerSpec) -> Result<Record, RuntimeError> {
+        let svc = &spec.definition;
+        let name = &spec.name;
+        let image = svc.image.as_deref().unwrap_or("host");
+        let (rootfs, config, passwd_root) = if image == "host" {
+            (
+                Rootfs::Host,
+                crate::image::ImageConfig::default(),
+                vec![PathBuf::from("/")],
+            )
+        } else {
+            let img = self
+                .images
+                .resolve(image)
+                .map_err(|e| step(name, "resolve image", e))?;
+            let roots: Vec<PathBuf> = img.layers.iter().rev().cloned().collect();
+            (
+                Rootfs::Layers(img.layers.clone()),
+                img.config.clone(),
+                roots,
+            )
+        };
+        let process = process_for(name, svc, &config, &passwd_root)?;
+        let limits = limits_for(svc);
+        Ok(Record {
+            project: spec.project.clone(),
+            service: spec.service.clone(),
+            index: spec.index,
+            name: name.clone(),
+            config_hash: spec.config_hash.clone(),
+            launch: LaunchSpec {
+                name: name.clone(),
+                hostname: svc.hostname.clone().unwrap_or_else(|| name.clone()),
+                domainname: svc.domainname.clone(),
+                rootfs,
+                dir: self.dir(name),
+                read_only: svc.read_only.unwrap_or(false),
+                cgroups: Vec::new(),
+                own_network: svc.network_mode.as_deref() != Some("host"),
+                process,
+            },
+            limits,
+            cgroup: format!("{}/{}", spec.project, name),
+            stop_signal: svc.stop_signal.clone().or(config.stop_signal.clone()),
+            pid: None,
+            starttime: None,
+        })
+    }
+}
+
+/// `uid[:gid]`, numeric or by name, resolved in the container's own /etc/passwd and /etc/group
+/// (the first of `roots` that has them), with the user's supplementary groups.
+fn resolve_user(user: &str, roots: &[PathBuf]) -> Result<(u32, u32, Vec<u32>), String> {
+    let read = |f: &str| {
+        roots
+            .iter()
+            .find_map(|r| fs::read_to_string(r.join(f)).ok())
+            .unwrap_or_default()
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read("etc/passwd");
+    let (uid, name, primary) = match u.parse::<u32>() {
+        Ok(n) => {
+            let entry = passwd.lines().find(|l| l.split(':').nth(2) == Some(u));
+            (
+                n,
+                entry.and_then(|l| l.split(':').next()).map(str::to_string),
+                entry
+                    .and_then(|l| l.split(':').nth(3))
+                    .and_then(|g| g.parse().ok()),
+            )
+        }
+        Err(_) => {
+            let entry = passwd
+                .lines()
+                .find(|l| l.split(':').next() == Some(u))
+                .ok_or_else(|| format!("no user `{u}` in the image's /etc/passwd"))?;
+            let f: Vec<&str> = entry.split(':').collect();
+            (
+                f.get(2)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("bad /etc/passwd entry")?,
+                Some(u.to_string()),
+                f.get(3).and_then(|v| v.parse().ok()),
+            )
+        }
+    };
+    let group = read("etc/group");
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .find(|l| l.split(':').next() == Some(g))
+                .and_then(|l| l.split(':').nth(2))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("no group `{g}` in the image's /etc/group"))?,
+        },
+        None => primary.unwrap_or(0),
+    };
+    let groups = match &name {
+        Some(n) => group
+            .lines()
+            .filter(|l| {
+                l.split(':')
+                    .nth(3)
+                    .is_some_and(|m| m.split(',').any(|x| x == n))
+            })
+            .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((uid, gid, groups))
+}
+
+/// The service process, merged with the image's config as Docker does: an `entrypoint` in the
+/// file drops the image's `CMD`; a `command` replaces it.
+fn process_for(
+    name: &str,
+    svc: &Service,
+    config: &crate::image::ImageConfig,
+    roots: &[PathBuf],
+) -> Result<Process, RuntimeError> {
+    let entrypoint = svc
+        .entrypoint
+        .clone()
+        .or(config.entrypoint.clone())
+        .unwrap_or_default();
+    let cmd = match (&svc.command, &svc.entrypoint) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => config.cmd.clone().unwrap_or_default(),
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(step(
+            name,
+            "choose command",
+            "neither the file nor the image gives a command to run",
+        ));
+    }
+    let mut env: Vec<String> = config.env.clone();
+    for (k, v) in &svc.environment {
+        let Some(v) = v else { continue };
+        env.retain(|e| e.split('=').next() != Some(k.as_str()));
+        env.push(format!("{k}={v}"));
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    let user = svc
+        .user
+        .clone()
+        .or(config.user.clone())
+        .filter(|u| !u.is_empty());
+    let (uid, gid, groups) = match &user {
+        Some(u) => resolve_user(u, roots).map_err(|e| step(name, "resolve user", e))?,
+        None => (0, 0, Vec::new()),
+    };
+    let opts: Vec<String> = svc
+        .security_opt
+        .iter()
+        .map(|o| o.replace('=', ":"))
+        .collect();
+    let mut p = Process {
+        args,
+        env,
+        cwd: svc
+            .working_dir
+            .clone()
+            .or(config.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        groups,
+        allow_new_privs: opts.iter().any(|o| o == "no-new-privileges:false"),
+        cap_add: svc.cap_add.clone(),
+        cap_drop: svc.cap_drop.clone(),
+        privileged: svc.privileged.unwrap_or(false),
+        seccomp: None,
+    };
+    if !opts.iter().any(|o| o == "seccomp:unconfined") && !p.privileged {
+        p.default_seccomp()
+            .map_err(|e| step(name, "compile seccomp filter", e))?;
+    }
+    Ok(p)
+}
+
+fn limits_for(svc: &Service) -> Limits {
+    let res = svc.deploy.as_ref().and_then(|d| d.resources.as_ref());
+    let lim = res.and_then(|r| r.limits.as_ref());
+    let rsv = res.and_then(|r| r.reservations.as_ref());
+    Limits {
+        cpus: svc.cpus.or(lim.and_then(|l| l.cpus)),
+        cpu_shares: svc.extra.get("cpu_shares").and_then(|v| v.as_u64()),
+        memory: svc.mem_limit.or(lim.and_then(|l| l.memory)),
+        memory_swap: svc.memswap_limit,
+        memory_reservation: svc.mem_reservation.or(rsv.and_then(|r| r.memory)),
+        pids: svc.pids_limit.or(lim.and_then(|l| l.pids)),
+    }
+}
+
+fn signal_by_name(s: Option<&str>) -> nix::sys::signal::Signal {
+    use std::str::FromStr;
+    let Some(s) = s else {
+        return nix::sys::signal::Signal::SIGTERM;
+    };
+    let n = s.trim().to_ascii_uppercase();
+    let n = if n.starts_with("SIG") {
+        n
+    } else {
+        format!("SIG{n}")
+    };
+    nix::sys::signal::Signal::from_str(&n).unwrap_or(nix::sys::signal::Signal::SIGTERM)
+}
+
+impl Runtime for LinuxRuntime {
+    async fn observe(&self, project: &str) -> Result<Observed, RuntimeError> {
+        let mut out = Observed::default();
+        let Ok(rd) = fs::read_dir(self.root.join("containers")) else {
+            return Ok(out);
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(r) = self.read(&name) else { continue };
+            if r.project != project {
+                continue;
+            }
+            let state = if Self::alive(&r) {
+                State::Running
+            } else {
+                match fs::read_to_string(self.dir(&name).join("exit"))
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                {
+                    Some(code) => State::Exited(code),
+                    None if r.pid.is_some() => State::Exited(-1),
+                    None => State::Created,
+                }
+            };
+            out.containers.push(ObservedContainer {
+                name: r.name,
+                service: r.service,
+                index: r.index,
+                config_hash: r.config_hash,
+                state,
+            });
+        }
+        out.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let dir = self.dir(&spec.name);
+        if dir.join("container.json").exists() {
+            return Err(RuntimeError::Exists(spec.name.clone()));
+        }
+        let record = self.prepare(spec)?;
+        fs::create_dir_all(&dir).map_err(|e| step(&spec.name, "create container directory", e))?;
+        self.write(&record)
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut r = self.read(name)?;
+        if Self::alive(&r) {
+            return Ok(());
+        }
+        let dir = self.dir(name);
+        // A restart starts from the image again: the previous run's writable layer is dropped
+        // only on recreate, as Docker does; keep it, clear the exit status.
+        let _ = fs::remove_file(dir.join("exit"));
+        let cg =
+            Cgroup::create(&r.cgroup, &r.limits).map_err(|e| step(name, "create cgroup", e))?;
+        r.launch.cgroups = cg.paths();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("output.log"))
+            .map_err(|e| step(name, "open log", e))?;
+        let err = log.try_clone().map_err(|e| step(name, "open log", e))?;
+        let running = launch(&r.launch, Stdio::from(log), Stdio::from(err)).map_err(|e| {
+            let _ = cg.remove();
+            step(name, "start", e)
+        })?;
+        r.pid = Some(running.pid);
+        r.starttime = starttime(running.pid);
+        self.write(&r)
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let r = self.read(name)?;
+        let Some(pid) = r.pid.filter(|_| Self::alive(&r)) else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, signal_by_name(r.stop_signal.as_deref()));
+        let deadline = std::time::Instant::now() + grace;
+        while Self::alive(&r) {
+            // If the init is our child (this berth started it), reap it so it can disappear.
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            if std::time::Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let r = self.read(name)?;
+        if Self::alive(&r) {
+            return Err(step(
+                name,
+                "remove",
+                "the container is running; stop it first",
+            ));
+        }
+        if let Ok(cg) = Cgroup::create(&r.cgroup, &Limits::default()) {
+            cg.remove().map_err(|e| step(name, "remove cgroup", e))?;
+        }
+        fs::remove_dir_all(self.dir(name)).map_err(|e| step(name, "remove container directory", e))
+    }
+}
