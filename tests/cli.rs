@@ -117,3 +117,51 @@ fn a_huge_file_is_refused_quickly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most"));
     assert!(start.elapsed().as_secs() < 5);
 }
+
+#[test]
+fn image_import_list_and_remove() {
+    if !nix::unistd::Uid::effective().is_root() || !berth::image::testutil::busybox_available() {
+        eprintln!("skipped: needs root and busybox-static");
+        return;
+    }
+    let state = tempfile::tempdir().expect("state");
+    let tar = berth::image::testutil::busybox_docker_save(state.path());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env_clear()
+            .env("BERTH_ROOT", state.path().join("root"))
+            .output()
+            .expect("run berth")
+    };
+    let out = run(&["image", "import", tar.to_str().unwrap_or_default()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: busybox"));
+    let out = run(&["images"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("busybox")),
+        "{list}"
+    );
+    let out = run(&["image", "inspect", "busybox"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["Config"]["cmd"][0], "sh");
+    let out = run(&["rmi", "busybox"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["images", "-q"]);
+    assert!(out.stdout.is_empty());
+    let out = run(&["image", "import", "/no/such.tar"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}

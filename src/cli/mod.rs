@@ -2,6 +2,7 @@
 //! calls into the library, prints. `anyhow` lives here and nowhere below.
 
 mod config;
+mod image;
 mod version;
 
 use std::path::PathBuf;
@@ -118,11 +119,11 @@ pub enum Verb {
     /// Rebuild and sync on file changes (develop.watch)
     Watch(Later),
     /// List images
-    Images(Later),
-    /// Image management (import, inspect, prune...)
-    Image(Later),
+    Images(image::LsArgs),
+    /// Image management (import, ls, rm, inspect, prune)
+    Image(image::ImageArgs),
     /// Remove images
-    Rmi(Later),
+    Rmi { images: Vec<String> },
     /// Save images to a tarball
     Save(Later),
     /// Log in to a registry
@@ -145,7 +146,13 @@ impl Verb {
     /// For verbs not built yet: the part of berth that will bring them.
     fn later(&self) -> Option<(&'static str, &'static str)> {
         let name = match self {
-            Verb::Config(_) | Verb::Version(_) => return None,
+            Verb::Config(_)
+            | Verb::Version(_)
+            | Verb::Images(_)
+            | Verb::Image(_)
+            | Verb::Rmi { .. } => {
+                return None;
+            }
             Verb::Up(_) => "up",
             Verb::Down(_) => "down",
             Verb::Ps(_) => "ps",
@@ -170,9 +177,6 @@ impl Verb {
             Verb::Pull(_) => "pull",
             Verb::Build(_) => "build",
             Verb::Watch(_) => "watch",
-            Verb::Images(_) => "images",
-            Verb::Image(_) => "image",
-            Verb::Rmi(_) => "rmi",
             Verb::Save(_) => "save",
             Verb::Login(_) => "login",
             Verb::Logout(_) => "logout",
@@ -183,13 +187,10 @@ impl Verb {
             Verb::Import(_) => "import",
         };
         let part = match name {
-            "pull" | "images" | "rmi" | "save" | "login" | "logout" => {
-                "registry pulls and image management"
-            }
+            "pull" | "save" | "login" | "logout" => "registry pulls and image management",
             "build" | "watch" => "image builds and develop.watch",
             "disk" => "disks and volumes",
             "export" | "import" => "project export and import",
-            "image" => "the image store",
             _ => "the runtime and the reconciler",
         };
         Some((name, part))
@@ -208,6 +209,9 @@ pub fn main() -> i32 {
     let result = match &cli.verb {
         Verb::Config(a) => config::run(&cli.global, a),
         Verb::Version(a) => version::run(a),
+        Verb::Images(a) => image::list(a),
+        Verb::Image(a) => image::run(a),
+        Verb::Rmi { images } => image::remove(images),
         _ => Ok(0),
     };
     match result {
@@ -232,7 +236,20 @@ fn report(e: &anyhow::Error) {
             );
         }
         _ => {
-            eprintln!("berth: {e:#}");
+            // The chain of contexts and causes, without repeating a cause that an error's own
+            // message already quotes.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if msg.contains(&text) {
+                    continue;
+                }
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&text);
+            }
+            eprintln!("berth: {msg}");
         }
     }
 }

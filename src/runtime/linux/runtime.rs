@@ -32,6 +32,9 @@ struct Record {
     /// The cgroup below `berth/`, `<project>/<name>`.
     cgroup: String,
     stop_signal: Option<String>,
+    /// The image id (None for `image: host`): an image in use cannot be removed.
+    #[serde(default)]
+    image_id: Option<String>,
     pid: Option<i32>,
     /// The init's start time (field 22 of /proc/<pid>/stat), so a recycled pid is not taken for it.
     starttime: Option<u64>,
@@ -78,6 +81,17 @@ impl LinuxRuntime {
         &self.images
     }
 
+    /// The ids of the images that some container (of any project) is made from.
+    pub fn images_in_use(&self) -> std::collections::BTreeSet<String> {
+        let Ok(rd) = fs::read_dir(self.root.join("containers")) else {
+            return Default::default();
+        };
+        rd.flatten()
+            .filter_map(|e| self.read(&e.file_name().to_string_lossy()).ok())
+            .filter_map(|r| r.image_id)
+            .collect()
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.root.join("containers").join(name)
     }
@@ -110,11 +124,12 @@ impl LinuxRuntime {
         let svc = &spec.definition;
         let name = &spec.name;
         let image = svc.image.as_deref().unwrap_or("host");
-        let (rootfs, config, passwd_root) = if image == "host" {
+        let (rootfs, config, passwd_root, image_id) = if image == "host" {
             (
                 Rootfs::Host,
                 crate::image::ImageConfig::default(),
                 vec![PathBuf::from("/")],
+                None,
             )
         } else {
             let img = self
@@ -126,6 +141,7 @@ impl LinuxRuntime {
                 Rootfs::Layers(img.layers.clone()),
                 img.config.clone(),
                 roots,
+                Some(img.id.clone()),
             )
         };
         let process = process_for(name, svc, &config, &passwd_root)?;
@@ -150,6 +166,7 @@ impl LinuxRuntime {
             limits,
             cgroup: format!("{}/{}", spec.project, name),
             stop_signal: svc.stop_signal.clone().or(config.stop_signal.clone()),
+            image_id,
             pid: None,
             starttime: None,
         })

@@ -1,0 +1,168 @@
+//! `berth image import|ls|rm|inspect|prune`, `berth images`, `berth rmi`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::image::ImageInfo;
+use crate::runtime::linux::runtime::LinuxRuntime;
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub cmd: ImageCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Import docker-save or OCI-layout tarballs (plain or gzip)
+    Import { files: Vec<PathBuf> },
+    /// List images
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// Remove images (refused for an image a container uses)
+    #[command(alias = "remove")]
+    Rm { images: Vec<String> },
+    /// Show an image's details as JSON
+    Inspect { images: Vec<String> },
+    /// Remove untagged images no container uses
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only image ids
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+}
+
+/// berth's state root: `BERTH_ROOT`, else /var/lib/berth.
+pub fn state_root() -> PathBuf {
+    std::env::var_os("BERTH_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth"))
+}
+
+fn runtime() -> anyhow::Result<LinuxRuntime> {
+    let root = state_root();
+    LinuxRuntime::new(&root).with_context(|| format!("opening berth's state in {}", root.display()))
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2}GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1}MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1}kB", b / 1e3)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+pub fn list(a: &LsArgs) -> anyhow::Result<i32> {
+    let rt = runtime()?;
+    let images: Vec<ImageInfo> = rt.images().list()?;
+    if a.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&images)?);
+    } else if a.quiet {
+        for i in &images {
+            println!("{}", short_id(&i.id));
+        }
+    } else {
+        println!(
+            "{:<40} {:<12} {:<14} {:<22} {:>10}",
+            "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
+        );
+        for i in &images {
+            println!(
+                "{:<40} {:<12} {:<14} {:<22} {:>10}",
+                i.repository.as_deref().unwrap_or("<none>"),
+                i.tag.as_deref().unwrap_or("<none>"),
+                short_id(&i.id),
+                i.created
+                    .as_deref()
+                    .map(|c| c.chars().take(19).collect::<String>())
+                    .unwrap_or_default(),
+                human(i.size)
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn run(a: &ImageArgs) -> anyhow::Result<i32> {
+    match &a.cmd {
+        ImageCmd::Import { files } => {
+            anyhow::ensure!(!files.is_empty(), "give the tarball(s) to import");
+            let rt = runtime()?;
+            for f in files {
+                let imported = rt
+                    .images()
+                    .import(f)
+                    .with_context(|| format!("importing {}", f.display()))?;
+                for i in imported {
+                    match (&i.repository, &i.tag) {
+                        (Some(r), Some(t)) => println!("Loaded image: {r}:{t}"),
+                        _ => println!("Loaded image ID: {}", i.id),
+                    }
+                }
+            }
+            Ok(0)
+        }
+        ImageCmd::Ls(l) => list(l),
+        ImageCmd::Rm { images } => remove(images),
+        ImageCmd::Inspect { images } => {
+            let rt = runtime()?;
+            let mut out = Vec::new();
+            for r in images {
+                let img = rt.images().resolve(r)?;
+                out.push(serde_json::json!({
+                    "Id": img.id,
+                    "RepoTags": rt.images().list()?.iter()
+                        .filter(|i| i.id == img.id)
+                        .filter_map(|i| Some(format!("{}:{}", i.repository.as_ref()?, i.tag.as_ref()?)))
+                        .collect::<Vec<_>>(),
+                    "Config": img.config,
+                    "Layers": img.layers,
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        ImageCmd::Prune => {
+            let rt = runtime()?;
+            let used = rt.images_in_use();
+            let r = rt.images().prune(&|id| used.contains(id))?;
+            for p in &r.pruned {
+                println!("Deleted: {p}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub fn remove(images: &[String]) -> anyhow::Result<i32> {
+    anyhow::ensure!(!images.is_empty(), "give the image(s) to remove");
+    let rt = runtime()?;
+    let used = rt.images_in_use();
+    for r in images {
+        let removed = rt.images().remove(r, &|id| used.contains(id))?;
+        for u in &removed.untagged {
+            println!("Untagged: {u}");
+        }
+        if let Some(d) = &removed.deleted {
+            println!("Deleted: {d}");
+        }
+    }
+    Ok(0)
+}
