@@ -48,6 +48,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Removes a cgroup when dropped, so a failed run leaves nothing behind.
+struct CgGuard(Cgroup);
+
+impl Drop for CgGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
 struct Berth {
     rootfs: PathBuf,
     work: PathBuf,
@@ -78,22 +87,24 @@ impl Berth {
     /// One container from nothing to removed, as `crun run` does it.
     fn run_true(&self, name: &str, net: bool) -> Duration {
         let t = Instant::now();
-        let cg = Cgroup::create(
-            &format!("bench-{}/{name}", std::process::id()),
-            &Limits::default(),
-        )
-        .expect("cgroup");
+        let cg = CgGuard(
+            Cgroup::create(
+                &format!("bench-{}/{name}", std::process::id()),
+                &Limits::default(),
+            )
+            .expect("cgroup"),
+        );
         let t1 = t.elapsed();
         let mut s = self.spec(name, net, &["/bin/true"]);
         if std::env::var_os("NO_CGROUP_JOIN").is_none() {
-            s.cgroups = cg.paths();
+            s.cgroups = cg.0.paths();
         }
         let r = launch(&s, Stdio::null(), Stdio::null()).expect("launch");
         let t2 = t.elapsed();
         let code = r.wait().expect("wait");
         assert_eq!(code, 0);
         let t3 = t.elapsed();
-        cg.remove().expect("cgroup remove");
+        cg.0.remove().expect("cgroup remove");
         let t4 = t.elapsed();
         std::fs::remove_dir_all(&s.dir).expect("remove container dir");
         if std::env::var_os("BREAKDOWN").is_some() {
@@ -275,13 +286,15 @@ fn main() {
     let mut running = Vec::new();
     let mut cgs = Vec::new();
     for i in 0..n {
-        let cg = Cgroup::create(
-            &format!("bench-{}/idle{i}", std::process::id()),
-            &Limits::default(),
-        )
-        .expect("cgroup");
+        let cg = CgGuard(
+            Cgroup::create(
+                &format!("bench-{}/idle{i}", std::process::id()),
+                &Limits::default(),
+            )
+            .expect("cgroup"),
+        );
         let mut s = b.spec(&format!("idle{i}"), true, &["/bin/sleep", "1000"]);
-        s.cgroups = cg.paths();
+        s.cgroups = cg.0.paths();
         let out = File::create(tmp.path().join(format!("idle{i}.log"))).expect("log");
         running.push(launch(&s, Stdio::null(), Stdio::from(out)).expect("launch"));
         cgs.push(cg);
@@ -320,7 +333,6 @@ fn main() {
     for r in &running {
         let _ = r.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1));
     }
-    for cg in cgs {
-        let _ = cg.remove();
-    }
+    // Removing the cgroups kills what is left in them.
+    drop(cgs);
 }

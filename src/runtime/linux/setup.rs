@@ -187,6 +187,13 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<(Pid, std::fs::File), Setu
 
     // Where init records the service's exit status for berth: opened before the host's paths
     // disappear behind pivot_root, close-on-exec so the service never holds it.
+    std::fs::create_dir_all(&spec.dir).map_err(|e| {
+        SetupError::io(
+            "create container directory",
+            Some(&spec.dir.to_string_lossy()),
+            &e,
+        )
+    })?;
     let exit_path = spec.dir.join("exit");
     let exit_file = std::fs::File::create(&exit_path)
         .map_err(|e| SetupError::io("create exit file", Some(&exit_path.to_string_lossy()), &e))?;
