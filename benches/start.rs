@@ -80,6 +80,8 @@ impl Berth {
             read_only: false,
             cgroups: Vec::new(),
             own_network: net,
+            shm_size: None,
+            sysctls: Vec::new(),
             process,
         }
     }

@@ -41,6 +41,8 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         read_only: false,
         cgroups: Vec::new(),
         own_network: true,
+        shm_size: None,
+        sysctls: Vec::new(),
         process: Process {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
@@ -519,4 +521,83 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
             .containers
             .is_empty()
     );
+}
+
+#[test]
+fn ulimits_sysctls_and_shm_size() {
+    if !root() {
+        return;
+    }
+    let (r, _b) = run(
+        "knobs",
+        "ulimit -n; ulimit -Hn; cat /proc/sys/kernel/shmmax; cat /proc/sys/net/ipv4/ip_forward; df -k /dev/shm | tail -1",
+        None,
+        |s| {
+            s.process.rlimits = vec![("nofile".into(), 512, 1024)];
+            s.sysctls = vec![
+                ("kernel.shmmax".into(), "123456789".into()),
+                ("net.ipv4.ip_forward".into(), "1".into()),
+            ];
+            s.shm_size = Some(8 << 20);
+        },
+    );
+    assert_eq!(r.code, 0, "{}", r.out);
+    let l: Vec<&str> = r.out.lines().collect();
+    assert_eq!(l[0], "512", "{}", r.out);
+    assert_eq!(l[1], "1024", "{}", r.out);
+    assert_eq!(l[2], "123456789", "{}", r.out);
+    assert_eq!(l[3], "1", "{}", r.out);
+    assert!(l[4].split_whitespace().nth(1) == Some("8192"), "{}", r.out);
+    // The host's own values are untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmax")
+            .unwrap_or_default()
+            .trim(),
+        "123456789"
+    );
+}
+
+#[test]
+fn a_host_wide_sysctl_or_an_unraisable_ulimit_is_a_clear_error() {
+    if !root() {
+        return;
+    }
+    set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let attempt = |tweak: &dyn Fn(&mut LaunchSpec)| {
+        let mut s = spec(dir.path(), "bad", "true");
+        tweak(&mut s);
+        let out = File::create(dir.path().join("o")).expect("f");
+        match launch(
+            &s,
+            Stdio::from(out.try_clone().expect("f")),
+            Stdio::from(out),
+        ) {
+            Err(LaunchError::Setup { source, .. }) => source,
+            Ok(r) => {
+                let code = r.wait().expect("wait");
+                panic!("expected a setup error, the container ran (exit {code})")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let e = attempt(&|s| s.sysctls = vec![("kernel.hostname".into(), "x".into())]);
+    assert_eq!(e.step, "set sysctl");
+    assert!(e.detail.contains("not namespaced"), "{e}");
+    // Raising nofile's hard limit far above the host's: refused with the reason, unless this
+    // host lets root raise it (then there is nothing to report).
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let cap_resource = caps::has_cap(
+        None,
+        caps::CapSet::Bounding,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap_or(true);
+    if !cap_resource {
+        let want = (hard as i64) * 2;
+        let e = attempt(&|s| s.process.rlimits = vec![("nofile".into(), 1024, want)]);
+        assert_eq!(e.step, "ulimits");
+        assert!(e.detail.contains("CAP_SYS_RESOURCE"), "{e}");
+    }
 }

@@ -147,7 +147,9 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    build_dev(&root)?;
+    build_dev(&root, spec.shm_size)?;
+    // Sysctls go through this container's own /proc/sys, before it is made read-only.
+    set_sysctls(&root, &spec.sysctls, spec.own_network)?;
     build_sys(&root, spec.own_network)?;
     etc_files(spec, &root)?;
     mask(&root, &spec.dir)?;
@@ -280,7 +282,46 @@ fn whiteout_secrets(upper_etc: &Path) -> Result<(), SetupError> {
 
 /// /dev: a small tmpfs with the usual device nodes bind-mounted from the host, a private devpts,
 /// /dev/shm and /dev/mqueue.
-fn build_dev(root: &Path) -> Result<(), SetupError> {
+/// Sets namespaced sysctls only: a host-wide one would change the host for every container.
+fn set_sysctls(
+    root: &Path,
+    sysctls: &[(String, String)],
+    own_network: bool,
+) -> Result<(), SetupError> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    for (k, v) in sysctls {
+        let namespaced = IPC.contains(&k.as_str())
+            || k.starts_with("fs.mqueue.")
+            || (k.starts_with("net.") && own_network);
+        if !namespaced {
+            return Err(SetupError::other(
+                "set sysctl",
+                format!(
+                    "`{k}` is not namespaced{}: setting it would change the whole host",
+                    if k.starts_with("net.") {
+                        " with `network_mode: host`"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let path = root.join("proc/sys").join(k.replace('.', "/"));
+        fs::write(&path, v).map_err(|e| SetupError::io("set sysctl", Some(k), &e))?;
+    }
+    Ok(())
+}
+
+fn build_dev(root: &Path, shm_size: Option<u64>) -> Result<(), SetupError> {
     let dev = root.join("dev");
     mnt(
         "mount /dev",
@@ -332,7 +373,7 @@ fn build_dev(root: &Path) -> Result<(), SetupError> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20))),
     )?;
     let mq = dev.join("mqueue");
     mkdir_all(&mq)?;

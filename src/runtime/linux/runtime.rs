@@ -161,6 +161,12 @@ impl LinuxRuntime {
                 read_only: svc.read_only.unwrap_or(false),
                 cgroups: Vec::new(),
                 own_network: svc.network_mode.as_deref() != Some("host"),
+                shm_size: svc.shm_size,
+                sysctls: svc
+                    .sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 process,
             },
             limits,
@@ -307,6 +313,11 @@ fn process_for(
         cap_drop: svc.cap_drop.clone(),
         privileged: svc.privileged.unwrap_or(false),
         seccomp: None,
+        rlimits: svc
+            .ulimits
+            .iter()
+            .map(|(k, u)| (k.clone(), u.soft, u.hard))
+            .collect(),
     };
     if !opts.iter().any(|o| o == "seccomp:unconfined") && !p.privileged {
         p.default_seccomp()

@@ -145,6 +145,56 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
     }
 }
 
+/// Applies `ulimits`. Raising a hard limit needs CAP_SYS_RESOURCE, which some hosts do not
+/// grant even to root: berth raises nothing the file did not ask for, and says so precisely
+/// when a value cannot be applied.
+fn set_rlimits(limits: &[(String, i64, i64)]) -> Result<(), SetupError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    for (name, soft, hard) in limits {
+        let res = match name.as_str() {
+            "nofile" => Resource::RLIMIT_NOFILE,
+            "nproc" => Resource::RLIMIT_NPROC,
+            "core" => Resource::RLIMIT_CORE,
+            "memlock" => Resource::RLIMIT_MEMLOCK,
+            "stack" => Resource::RLIMIT_STACK,
+            "cpu" => Resource::RLIMIT_CPU,
+            "fsize" => Resource::RLIMIT_FSIZE,
+            "data" => Resource::RLIMIT_DATA,
+            "as" => Resource::RLIMIT_AS,
+            "locks" => Resource::RLIMIT_LOCKS,
+            "sigpending" => Resource::RLIMIT_SIGPENDING,
+            "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+            "nice" => Resource::RLIMIT_NICE,
+            "rtprio" => Resource::RLIMIT_RTPRIO,
+            "rttime" => Resource::RLIMIT_RTTIME,
+            other => {
+                return Err(SetupError::other(
+                    "ulimits",
+                    format!("unknown limit `{other}`"),
+                ));
+            }
+        };
+        let v = |x: i64| if x < 0 { libc::RLIM_INFINITY } else { x as u64 };
+        if let Err(e) = setrlimit(res, v(*soft), v(*hard)) {
+            let current = getrlimit(res).map(|(_, h)| h).unwrap_or(0);
+            let detail = if e == nix::errno::Errno::EPERM && v(*hard) > current {
+                format!(
+                    "cannot raise the hard limit of `{name}` to {hard}: the current hard limit is {current} and raising it needs CAP_SYS_RESOURCE, which this host does not give berth"
+                )
+            } else {
+                format!("cannot set `{name}` to {soft}:{hard}")
+            };
+            return Err(SetupError {
+                step: "ulimits".into(),
+                path: None,
+                errno: e as i32,
+                detail,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Closes every descriptor from `first` up.
 fn close_from(first: i32) {
     // SAFETY: close_range only closes descriptors; none above `first` is owned by live Rust
@@ -246,6 +296,7 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
     let p = &spec.process;
     let r = (|| -> Result<(), SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
+        set_rlimits(&p.rlimits)?;
         let keep = super::security::effective_set(&p.cap_add, &p.cap_drop, p.privileged)?;
         // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it
         // (the default profile allows the capset/setuid calls that follow).

@@ -36,6 +36,9 @@ pub struct Process {
     pub privileged: bool,
     /// Seccomp BPF programs to install, in order (`None`: `seccomp=unconfined`).
     pub seccomp: Option<Vec<Vec<u64>>>,
+    /// `ulimits`: (name as Compose writes it, soft, hard).
+    #[serde(default)]
+    pub rlimits: Vec<(String, i64, i64)>,
 }
 
 impl Process {
@@ -91,5 +94,11 @@ pub struct LaunchSpec {
     pub cgroups: Vec<PathBuf>,
     /// Give the container its own network namespace (only `lo`, up). False shares the host's.
     pub own_network: bool,
+    /// Size of /dev/shm in bytes (`shm_size`; default 64 MiB, as Docker).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Namespaced sysctls to set in the container (`sysctls`).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
     pub process: Process,
 }
