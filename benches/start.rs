@@ -101,11 +101,33 @@ impl Berth {
         if std::env::var_os("NO_CGROUP_JOIN").is_none() {
             s.cgroups = cg.0.paths();
         }
-        let r = launch(&s, Stdio::null(), Stdio::null()).expect("launch");
+        let trace = std::env::var_os("BERTH_TRACE_SETUP").is_some();
+        let errf = std::env::temp_dir().join(format!("berth-bench-{name}.trace"));
+        let stderr = if trace {
+            Stdio::from(File::create(&errf).expect("trace file"))
+        } else {
+            Stdio::null()
+        };
+        if trace {
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+            eprintln!(
+                "trace launch {:.3}",
+                now.tv_sec() as f64 * 1e3 + now.tv_nsec() as f64 / 1e6
+            );
+        }
+        let r = launch(&s, Stdio::null(), stderr).expect("launch");
         let t2 = t.elapsed();
         let code = r.wait().expect("wait");
         assert_eq!(code, 0);
         let t3 = t.elapsed();
+        if trace {
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+            eprint!("{}", std::fs::read_to_string(&errf).unwrap_or_default());
+            eprintln!(
+                "trace exited {:.3}",
+                now.tv_sec() as f64 * 1e3 + now.tv_nsec() as f64 / 1e6
+            );
+        }
         cg.0.remove().expect("cgroup remove");
         let t4 = t.elapsed();
         std::fs::remove_dir_all(&s.dir).expect("remove container dir");

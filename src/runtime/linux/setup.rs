@@ -63,8 +63,22 @@ fn read_spec(sock: &OwnedFd) -> Result<LaunchSpec, SetupError> {
         .map_err(|e| SetupError::other("read launch spec", e.to_string()))
 }
 
+/// With `BERTH_TRACE_SETUP` set, prints the monotonic clock at each setup stage to stderr
+/// (the container's log): where the time of a start goes, without a profiler.
+fn trace(stage: &str) {
+    if std::env::var_os("BERTH_TRACE_SETUP").is_some()
+        && let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+    {
+        eprintln!(
+            "trace {stage} {:.3}",
+            t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6
+        );
+    }
+}
+
 /// `berth __berth-setup`: returns the process exit status.
 pub fn main() -> i32 {
+    trace("setup-main");
     // Descriptors inherited from whoever started berth (a shell, a CI runner, a jobserver)
     // must not reach the container (CVE-2024-21626): keep only stdio and the socket.
     close_from(SOCKET_FD + 1);
@@ -75,13 +89,17 @@ pub fn main() -> i32 {
         &sock,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    let spec = match read_spec(&sock).and_then(|s| enter(&s).map(|()| s)) {
+    let spec = match read_spec(&sock).and_then(|s| {
+        trace("spec-read");
+        enter(&s).map(|()| s)
+    }) {
         Ok(s) => s,
         Err(e) => {
             send(&sock, &Message::Failed(e));
             return 1;
         }
     };
+    trace("entered");
     // SAFETY: this process is single-threaded (a fresh exec of berth that started no threads),
     // so the child may run arbitrary code after fork.
     match unsafe { fork() } {
@@ -247,7 +265,9 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<(Pid, std::fs::File), Setu
     let exit_path = spec.dir.join("exit");
     let exit_file = std::fs::File::create(&exit_path)
         .map_err(|e| SetupError::io("create exit file", Some(&exit_path.to_string_lossy()), &e))?;
+    trace("pid1");
     super::rootfs::build(spec)?;
+    trace("rootfs");
     if spec.own_network {
         super::net::loopback_up()?;
     }
