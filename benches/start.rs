@@ -82,6 +82,7 @@ impl Berth {
             own_network: net,
             shm_size: None,
             sysctls: Vec::new(),
+            log: None,
             process,
         }
     }

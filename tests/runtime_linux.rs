@@ -43,6 +43,7 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         own_network: true,
         shm_size: None,
         sysctls: Vec::new(),
+        log: None,
         process: Process {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
@@ -500,14 +501,20 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     let state_of = |n: &str| o.containers.iter().find(|c| c.name == n).map(|c| c.state);
     assert_eq!(state_of(&job.name), Some(State::Exited(4)), "{o:?}");
     assert_eq!(state_of(&svc.name), Some(State::Running), "{o:?}");
-    let log = std::fs::read_to_string(
+    let raw = std::fs::read_to_string(
         state
             .path()
             .join("containers")
             .join(&job.name)
-            .join("output.log"),
+            .join("container.log"),
     )
     .unwrap_or_default();
+    // One JSON record per line, Docker's json-file format.
+    let log: String = raw
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["log"].as_str().unwrap_or_default().to_string())
+        .collect();
     // busybox's image has `nobody` as uid 65534.
     assert!(log.contains("hello from busybox"), "{log}");
     assert!(log.starts_with("65534"), "{log}");
@@ -600,4 +607,51 @@ fn a_host_wide_sysctl_or_an_unraisable_ulimit_is_a_clear_error() {
         assert_eq!(e.step, "ulimits");
         assert!(e.detail.contains("CAP_SYS_RESOURCE"), "{e}");
     }
+}
+
+#[test]
+fn init_writes_the_log_as_json_lines_and_rotates_it() {
+    if !root() {
+        return;
+    }
+    let (r, b) = run(
+        "logs",
+        "echo out-1; echo err-1 >&2; i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; printf no-newline",
+        None,
+        |s| {
+            s.log = Some(berth::runtime::linux::logs::LogSpec {
+                max_size: 4096,
+                max_files: 2,
+            })
+        },
+    );
+    assert_eq!(r.code, 0, "{}", r.out);
+    let dir = b.dir.path();
+    let read = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+            .collect()
+    };
+    let current = read("container.log");
+    let older = read("container.log.1");
+    assert!(!older.is_empty(), "rotated");
+    assert!(
+        !dir.join("container.log.2").exists(),
+        "keeps max_files files"
+    );
+    assert!(
+        std::fs::metadata(dir.join("container.log"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+            <= 4096
+    );
+    let last = current.last().expect("records");
+    assert_eq!(last["log"], "no-newline");
+    assert_eq!(last["stream"], "stdout");
+    assert!(last["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    // The earliest lines were rotated away; the latest are in order.
+    let logs: Vec<&str> = current.iter().filter_map(|v| v["log"].as_str()).collect();
+    assert!(logs.contains(&"line-299\n"), "{logs:?}");
 }

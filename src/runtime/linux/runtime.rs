@@ -162,6 +162,7 @@ impl LinuxRuntime {
                 cgroups: Vec::new(),
                 own_network: svc.network_mode.as_deref() != Some("host"),
                 shm_size: svc.shm_size,
+                log: Some(log_spec(svc)),
                 sysctls: svc
                     .sysctls
                     .iter()
@@ -326,6 +327,27 @@ fn process_for(
     Ok(p)
 }
 
+/// `logging.options.max-size` / `max-file` (Docker's json-file options), bounded by default.
+fn log_spec(svc: &Service) -> super::logs::LogSpec {
+    let mut l = super::logs::LogSpec::default();
+    let opts = svc.extra.get("logging").and_then(|v| v.get("options"));
+    if let Some(s) = opts
+        .and_then(|o| o.get("max-size"))
+        .and_then(|v| v.as_str())
+        && let Ok(n) = crate::spec::units::parse_size(s)
+    {
+        l.max_size = n.max(4096);
+    }
+    if let Some(n) = opts.and_then(|o| o.get("max-file")).and_then(|v| {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .or(v.as_u64().map(|n| n as u32))
+    }) {
+        l.max_files = n.max(1);
+    }
+    l
+}
+
 fn limits_for(svc: &Service) -> Limits {
     let res = svc.deploy.as_ref().and_then(|d| d.resources.as_ref());
     let lim = res.and_then(|r| r.limits.as_ref());
@@ -412,13 +434,14 @@ impl Runtime for LinuxRuntime {
         let cg =
             Cgroup::create(&r.cgroup, &r.limits).map_err(|e| step(name, "create cgroup", e))?;
         r.launch.cgroups = cg.paths();
+        // The service's output goes to container.log through init; what the setup process
+        // itself might print (nothing, normally) goes to setup.log.
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("output.log"))
+            .open(dir.join("setup.log"))
             .map_err(|e| step(name, "open log", e))?;
-        let err = log.try_clone().map_err(|e| step(name, "open log", e))?;
-        let running = launch(&r.launch, Stdio::from(log), Stdio::from(err)).map_err(|e| {
+        let running = launch(&r.launch, Stdio::null(), Stdio::from(log)).map_err(|e| {
             let _ = cg.remove();
             step(name, "start", e)
         })?;

@@ -11,7 +11,7 @@
 
 use std::ffi::CString;
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -147,7 +147,7 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
             send(&sock, &Message::Failed(e));
             1
         }
-        Ok((service, mut exit_file)) => {
+        Ok((service, mut exit_file, logs)) => {
             send(&sock, &Message::Ready);
             // Init keeps no descriptor of berth's, and as little memory as it can: it lives as
             // long as the container, once per container (the density target).
@@ -156,7 +156,10 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
             // SAFETY: mi_collect only frees allocator-internal memory; no Rust object is live
             // in freed blocks.
             unsafe { libmimalloc_sys::mi_collect(true) };
-            let code = init_loop(service);
+            let code = match logs {
+                None => init_loop(service),
+                Some((w, fds)) => init_loop_logging(service, w, fds),
+            };
             let _ = writeln!(exit_file, "{code}");
             code
         }
@@ -246,7 +249,13 @@ fn cstr(s: &str, what: &str) -> Result<CString, SetupError> {
 }
 
 /// Builds the root and forks the service process; returns its pid.
-fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<(Pid, std::fs::File), SetupError> {
+/// What init keeps to write the service's output to the log.
+type LogPump = (super::logs::Writer, [OwnedFd; 2]);
+
+fn start(
+    spec: &LaunchSpec,
+    sock: &OwnedFd,
+) -> Result<(Pid, std::fs::File, Option<LogPump>), SetupError> {
     // Named for `ps` inside the container, and not dumpable: nothing in the container can open
     // this process's memory or its executable through /proc (CVE-2019-5736).
     let _ = nix::sys::prctl::set_name(c"berth-init");
@@ -265,6 +274,14 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<(Pid, std::fs::File), Setu
     let exit_path = spec.dir.join("exit");
     let exit_file = std::fs::File::create(&exit_path)
         .map_err(|e| SetupError::io("create exit file", Some(&exit_path.to_string_lossy()), &e))?;
+    // The log, like the exit file, is opened while the host's paths are still there.
+    let logs = match &spec.log {
+        Some(l) => Some((
+            super::logs::Writer::open(&spec.dir, *l)?,
+            super::logs::pipes()?,
+        )),
+        None => None,
+    };
     trace("pid1");
     super::rootfs::build(spec)?;
     trace("rootfs");
@@ -302,13 +319,30 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<(Pid, std::fs::File), Setu
     // SAFETY: still single-threaded; the child only sets up and execs.
     let service = match unsafe { fork() }.map_err(|e| SetupError::sys("fork service", None, e))? {
         ForkResult::Child => {
+            if let Some((_, p)) = &logs {
+                // dup2 onto 1 and 2 clears close-on-exec there; the originals close on exec.
+                for (fd, target) in [(&p.write[0], 1), (&p.write[1], 2)] {
+                    // SAFETY: dup2 of a descriptor we own onto stdout/stderr of this process.
+                    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+                        let e = SetupError::sys(
+                            "redirect output to the log",
+                            None,
+                            nix::errno::Errno::last(),
+                        );
+                        send(sock, &Message::Failed(e));
+                        std::process::exit(127);
+                    }
+                }
+            }
             let e = exec_service(spec, &args, &env, &old);
             send(sock, &Message::Failed(e));
             std::process::exit(127);
         }
         ForkResult::Parent { child } => child,
     };
-    Ok((service, exit_file))
+    // Init keeps only the read ends: the pipes end when the service and its children do.
+    let logs = logs.map(|(w, p)| (w, p.read));
+    Ok((service, exit_file, logs))
 }
 
 /// In the service process: credentials, working directory, then exec. Returns only on failure.
@@ -397,6 +431,81 @@ fn init_loop(service: Pid) -> i32 {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }
+        }
+    }
+}
+
+/// `init_loop`, also moving the service's output into the log: signals arrive on a signalfd so
+/// that one poll waits for both.
+fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: [OwnedFd; 2]) -> i32 {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let Ok(sfd) = SignalFd::with_flags(
+        &SigSet::all(),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    ) else {
+        return init_loop(service);
+    };
+    let mut open = [true, true];
+    let mut status: Option<i32> = None;
+    loop {
+        let mut pfds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let idx: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
+        for i in &idx {
+            pfds.push(PollFd::new(fds[*i].as_fd(), PollFlags::POLLIN));
+        }
+        // Once the service has exited, only drain what is already written, then stop.
+        let timeout = if status.is_some() {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::NONE
+        };
+        let n = match poll(&mut pfds, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => 0,
+        };
+        let ready: Vec<bool> = pfds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(pfds);
+        for (k, i) in idx.iter().enumerate() {
+            if ready[k + 1] && !super::logs::pump(&fds[*i], *i, &mut w) {
+                open[*i] = false;
+            }
+        }
+        if ready[0] {
+            while let Ok(Some(si)) = sfd.read_signal() {
+                let Ok(sig) = Signal::try_from(si.ssi_signo as i32) else {
+                    continue;
+                };
+                if sig != Signal::SIGCHLD {
+                    let _ = kill(service, sig);
+                    continue;
+                }
+                loop {
+                    match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(pid, code)) if pid == service => status = Some(code),
+                        Ok(WaitStatus::Signaled(pid, s, _)) if pid == service => {
+                            status = Some(128 + s as i32)
+                        }
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        Ok(_) => continue,
+                    }
+                }
+            }
+        }
+        if let Some(code) = status
+            && (n == 0 || !open.iter().any(|o| *o))
+        {
+            for i in 0..2 {
+                if open[i] {
+                    super::logs::pump(&fds[i], i, &mut w);
+                }
+            }
+            w.flush();
+            return code;
         }
     }
 }

@@ -100,5 +100,9 @@ pub struct LaunchSpec {
     /// Namespaced sysctls to set in the container (`sysctls`).
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+    /// Write the service's output to `<dir>/container.log` as JSON lines (init does it); None
+    /// leaves the service on the setup process's stdout and stderr.
+    #[serde(default)]
+    pub log: Option<super::logs::LogSpec>,
     pub process: Process,
 }
