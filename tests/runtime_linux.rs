@@ -457,6 +457,19 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         imported[0].tag.clone().unwrap_or_default()
     );
     let project = format!("rt{}", std::process::id());
+    // Whatever happens below, the project's containers and cgroups go away.
+    struct Cleanup<'a>(&'a LinuxRuntime, String);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            if let Ok(o) = now(self.0.observe(&self.1)) {
+                for c in o.containers {
+                    let _ = now(self.0.stop(&c.name, std::time::Duration::ZERO));
+                    let _ = now(self.0.remove(&c.name));
+                }
+            }
+        }
+    }
+    let _cleanup = Cleanup(&rt, project.clone());
     let mk = |name: &str, cmd: &[&str]| ContainerSpec {
         project: project.clone(),
         service: name.into(),
