@@ -91,7 +91,9 @@ fn pid1_is_berth_init_and_namespaces_are_private() {
     }
     let (r, _b) = run(
         "ns",
-        "echo pid=$$; cat /proc/1/comm; hostname; ls /proc | grep -c '^[0-9]'; ip -o link 2>/dev/null | wc -l; cat /proc/self/mountinfo | wc -l; exit 7",
+        "echo pid=$$; cat /proc/1/comm; hostname; ls /proc | grep -c '^[0-9]'; \\
+         tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,; echo; \\
+         grep -c berth /proc/self/mountinfo; readlink /proc/self/ns/ipc; exit 7",
         None,
         |_| {},
     );
@@ -103,6 +105,13 @@ fn pid1_is_berth_init_and_namespaces_are_private() {
     // Only init, the shell, and what it runs: a handful of processes, not the host's.
     let procs: u32 = lines[3].trim().parse().expect("count");
     assert!(procs <= 4, "{}", r.out);
+    // Its own network namespace holds only the loopback interface.
+    assert_eq!(lines[4], "lo,", "{}", r.out);
+    // Its mount table is its own: none of the host's mounts (or berth's paths) show.
+    assert_eq!(lines[5], "0", "{}", r.out);
+    // Its own IPC namespace.
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").expect("ns");
+    assert_ne!(lines[6], host_ipc.to_string_lossy(), "{}", r.out);
 }
 
 #[test]
@@ -112,7 +121,7 @@ fn host_image_hides_secrets_and_keeps_writes_private() {
     }
     let (r, b) = run(
         "hostimg",
-        "echo x > /etc/berth-test && cat /etc/berth-test; test -e /etc/shadow && echo shadow-visible; ls /root /home | wc -l; test -e /etc/os-release && echo os-release",
+        "echo x > /etc/berth-test && cat /etc/berth-test; test -e /etc/shadow && echo shadow-visible; echo home=$(find /root /home -mindepth 1 | wc -l); test -e /etc/os-release && echo os-release",
         None,
         |_| {},
     );
@@ -123,6 +132,16 @@ fn host_image_hides_secrets_and_keeps_writes_private() {
     assert!(!Path::new("/etc/berth-test").exists());
     // The write landed in this container's upper layer, not the host's /etc.
     assert!(b.dir.path().join("upper/etc/berth-test").exists());
+    // The host's /root and /home are not there: empty directories of the container's own.
+    assert!(r.out.contains("home=0"), "{}", r.out);
+    // A second container does not see the first one's write.
+    let (r2, _b2) = run(
+        "hostimg2",
+        "test -e /etc/berth-test && echo SEEN; echo done",
+        None,
+        |_| {},
+    );
+    assert!(!r2.out.contains("SEEN"), "{}", r2.out);
 }
 
 #[test]
