@@ -560,6 +560,27 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
             .containers
             .is_empty()
     );
+    // Nothing of the project remains in the kernel: no cgroup (hence no process), no mount.
+    let leftover = std::process::Command::new("find")
+        .args([
+            "/sys/fs/cgroup",
+            "-maxdepth",
+            "6",
+            "-type",
+            "d",
+            "-name",
+            &project,
+        ])
+        .output()
+        .expect("find");
+    assert!(
+        leftover.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(!mounts.contains(&project));
+    assert!(!state.path().join("containers").join(&svc.name).exists());
 }
 
 #[test]
