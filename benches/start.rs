@@ -105,9 +105,9 @@ impl Berth {
         let trace = std::env::var_os("BERTH_TRACE_SETUP").is_some();
         let errf = std::env::temp_dir().join(format!("berth-bench-{name}.trace"));
         let stderr = if trace {
-            Stdio::from(File::create(&errf).expect("trace file"))
+            Some(File::create(&errf).expect("trace file"))
         } else {
-            Stdio::null()
+            None
         };
         if trace {
             let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
@@ -116,7 +116,7 @@ impl Berth {
                 now.tv_sec() as f64 * 1e3 + now.tv_nsec() as f64 / 1e6
             );
         }
-        let r = launch(&s, Stdio::null(), stderr).expect("launch");
+        let r = launch(&s, None, stderr).expect("launch");
         let t2 = t.elapsed();
         let code = r.wait().expect("wait");
         assert_eq!(code, 0);
@@ -321,7 +321,7 @@ fn main() {
         let mut s = b.spec(&format!("idle{i}"), true, &["/bin/sleep", "1000"]);
         s.cgroups = cg.0.paths();
         let out = File::create(tmp.path().join(format!("idle{i}.log"))).expect("log");
-        running.push(launch(&s, Stdio::null(), Stdio::from(out)).expect("launch"));
+        running.push(launch(&s, None, Some(out)).expect("launch"));
         cgs.push(cg);
     }
     std::thread::sleep(Duration::from_millis(300));

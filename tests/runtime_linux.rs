@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use berth::runtime::linux::cgroup::Cgroup;
 use berth::runtime::linux::launch::{LaunchError, launch, set_setup_exe};
@@ -77,7 +76,7 @@ fn run(
     let out = File::create(&out_path).expect("log");
     let err = out.try_clone().expect("log");
     let b = Box { dir, cgroup };
-    let running = launch(&s, Stdio::from(out), Stdio::from(err)).expect("launch");
+    let running = launch(&s, Some(out), Some(err)).expect("launch");
     let code = running.wait().expect("wait");
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     (Run { code, out }, b)
@@ -154,11 +153,7 @@ fn setup_failure_names_the_step() {
     let mut s = spec(dir.path(), "fail", "true");
     s.process.args = vec!["/no/such/program".into()];
     let out = File::create(dir.path().join("o")).expect("f");
-    let e = launch(
-        &s,
-        Stdio::from(out.try_clone().expect("f")),
-        Stdio::from(out),
-    );
+    let e = launch(&s, Some(out.try_clone().expect("f")), Some(out));
     match e {
         Err(LaunchError::Setup { source, .. }) => {
             assert_eq!(source.step, "exec service command");
@@ -388,12 +383,7 @@ fn sigterm_reaches_the_service_and_stubborn_ones_are_killed() {
         let mut s = spec(&d, name, cmd);
         s.process.default_seccomp().expect("seccomp");
         let out = File::create(d.join("out")).expect("out");
-        let running = launch(
-            &s,
-            Stdio::from(out.try_clone().expect("f")),
-            Stdio::from(out),
-        )
-        .expect("launch");
+        let running = launch(&s, Some(out.try_clone().expect("f")), Some(out)).expect("launch");
         std::thread::sleep(std::time::Duration::from_millis(300));
         (running, d)
     };
@@ -628,11 +618,7 @@ fn a_host_wide_sysctl_or_an_unraisable_ulimit_is_a_clear_error() {
         let mut s = spec(dir.path(), "bad", "true");
         tweak(&mut s);
         let out = File::create(dir.path().join("o")).expect("f");
-        match launch(
-            &s,
-            Stdio::from(out.try_clone().expect("f")),
-            Stdio::from(out),
-        ) {
+        match launch(&s, Some(out.try_clone().expect("f")), Some(out)) {
             Err(LaunchError::Setup { source, .. }) => source,
             Ok(r) => {
                 let code = r.wait().expect("wait");

@@ -142,35 +142,36 @@ impl Running {
     }
 }
 
-/// Starts a container: runs the setup process from the sealed copy of berth, hands it the
-/// spec, and waits until the service process is forked (or setup failed, with the step).
-///
-/// `stdout`/`stderr` become the container's output. The calling process becomes a child
-/// subreaper, so the container's init, orphaned when setup exits, is its child to wait for.
-pub fn launch(spec: &LaunchSpec, stdout: Stdio, stderr: Stdio) -> Result<Running, LaunchError> {
-    let exe = sealed_self()?;
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| LaunchError::Protocol(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| LaunchError::Spawn(e.into()))?;
-    let theirs_raw = theirs.as_raw_fd();
+/// The zygote: a single-threaded copy of berth, started once (from the sealed copy) before
+/// any container, that forks a setup process per container on request. Forking it costs a
+/// fraction of executing berth again for every container.
+struct Zygote {
+    sock: OwnedFd,
+}
+
+static ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
+
+fn spawn_helper(
+    exe: &OwnedFd,
+    arg: &str,
+    name: &str,
+    socket: OwnedFd,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<std::process::Child, LaunchError> {
+    let theirs_raw = socket.as_raw_fd();
     let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
     // The setup process becomes the container's init, which lives as long as the container:
     // tell the allocator to commit memory only as it is used and to return it at once.
     cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
         .env("MIMALLOC_PURGE_DELAY", "0")
         .env("MIMALLOC_ARENA_RESERVE", "256");
-    cmd.arg0("berth-setup")
-        .arg(super::SETUP_ARG)
+    cmd.arg0(name)
+        .arg(arg)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    // SAFETY: only dup2 runs between fork and exec (async-signal-safe); it places the setup
+    // SAFETY: only dup2/fcntl run between fork and exec (async-signal-safe); they place the
     // socket at fd 3 without close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -186,12 +187,115 @@ pub fn launch(spec: &LaunchSpec, stdout: Stdio, stderr: Stdio) -> Result<Running
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(LaunchError::Spawn)?;
-    drop(theirs);
+    let child = cmd.spawn().map_err(LaunchError::Spawn)?;
+    drop(socket);
+    Ok(child)
+}
+
+/// Asks the zygote for a setup process talking on `theirs`, with this output. False when there
+/// is no working zygote (the caller then executes the setup process itself).
+fn via_zygote(exe: &OwnedFd, theirs: &OwnedFd, out: &OwnedFd, err: &OwnedFd) -> bool {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    let mut guard = ZYGOTE.lock().unwrap_or_else(|e| e.into_inner());
+    for attempt in 0..2 {
+        if guard.is_none() {
+            if std::env::var_os("BERTH_NO_ZYGOTE").is_some() {
+                return false;
+            }
+            let Ok((ours, zt)) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            ) else {
+                return false;
+            };
+            match spawn_helper(
+                exe,
+                super::ZYGOTE_ARG,
+                "berth-zygote",
+                zt,
+                Stdio::null(),
+                Stdio::null(),
+            ) {
+                // The zygote is reaped by nobody until berth exits; it lives as long as berth.
+                Ok(child) => {
+                    std::mem::forget(child);
+                    *guard = Some(Zygote { sock: ours });
+                }
+                Err(_) => return false,
+            }
+        }
+        let Some(z) = guard.as_ref() else {
+            return false;
+        };
+        let fds = [theirs.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"L")];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        if sendmsg::<()>(z.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).is_ok() {
+            return true;
+        }
+        // The zygote died: start another one, once.
+        *guard = None;
+        if attempt == 1 {
+            return false;
+        }
+    }
+    false
+}
+
+/// Starts a container: has a setup process made (forked by the zygote, or executed from the
+/// sealed copy of berth), hands it the spec, and waits until the service process is forked
+/// (or setup failed, with the step).
+///
+/// `stdout`/`stderr` (None: /dev/null) receive what the service prints when the spec has no
+/// log. The calling process becomes a child subreaper, so the container's init, orphaned when
+/// setup exits, is its child to wait for.
+pub fn launch(
+    spec: &LaunchSpec,
+    stdout: Option<File>,
+    stderr: Option<File>,
+) -> Result<Running, LaunchError> {
+    let exe = sealed_self()?;
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| LaunchError::Protocol(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::Spawn(e.into()))?;
+    let null = || {
+        File::options()
+            .write(true)
+            .open("/dev/null")
+            .map_err(LaunchError::Spawn)
+    };
+    let out: OwnedFd = stdout.map_or_else(null, Ok)?.into();
+    let err: OwnedFd = stderr.map_or_else(null, Ok)?.into();
+    let mut child = None;
+    if !via_zygote(exe, &theirs, &out, &err) {
+        child = Some(spawn_helper(
+            exe,
+            super::SETUP_ARG,
+            "berth-setup",
+            theirs,
+            Stdio::from(out),
+            Stdio::from(err),
+        )?);
+    } else {
+        drop(theirs);
+        drop(out);
+        drop(err);
+    }
     let bytes = serde_json::to_vec(spec).map_err(|e| LaunchError::Protocol(e.to_string()))?;
     nix::sys::socket::send(ours.as_raw_fd(), &bytes, MsgFlags::empty())
         .map_err(|e| LaunchError::Protocol(format!("send spec: {e}")))?;
-    let status = child.wait().map_err(LaunchError::Spawn)?;
+    let status = match child.as_mut() {
+        Some(c) => c.wait().map_err(LaunchError::Spawn)?.to_string(),
+        None => "forked by the zygote".to_string(),
+    };
 
     let mut pid = None;
     let mut buf = vec![0u8; 64 * 1024];

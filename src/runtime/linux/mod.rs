@@ -19,12 +19,17 @@ pub mod spec;
 
 /// The hidden first argument that makes the berth binary act as the setup process.
 pub const SETUP_ARG: &str = "__berth-setup";
+/// The hidden first argument that makes the berth binary act as the zygote.
+pub const ZYGOTE_ARG: &str = "__berth-zygote";
 
 /// Runs the hidden modes of the binary. Called first thing in `main`, before any thread exists.
 pub fn dispatch() -> Option<i32> {
     let arg = std::env::args_os().nth(1)?;
     if arg == SETUP_ARG {
         return Some(setup::main());
+    }
+    if arg == ZYGOTE_ARG {
+        return Some(setup::zygote());
     }
     None
 }

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -441,7 +440,7 @@ impl Runtime for LinuxRuntime {
             .append(true)
             .open(dir.join("setup.log"))
             .map_err(|e| step(name, "open log", e))?;
-        let running = launch(&r.launch, Stdio::null(), Stdio::from(log)).map_err(|e| {
+        let running = launch(&r.launch, None, Some(log)).map_err(|e| {
             let _ = cg.remove();
             step(name, "start", e)
         })?;

@@ -119,6 +119,80 @@ pub fn main() -> i32 {
     }
 }
 
+/// `berth __berth-zygote`: waits for requests on fd 3 and forks a setup process for each. A
+/// request is one byte with three descriptors: the container's socket, its stdout, its stderr.
+pub fn zygote() -> i32 {
+    use nix::sys::socket::{ControlMessageOwned, recvmsg};
+    close_from(SOCKET_FD + 1);
+    // SAFETY: berth passes the zygote's socket as fd 3; nothing else here owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    // No parent-death signal: it would fire when the berth *thread* that started the zygote
+    // ends. The zygote ends when berth's end of the socket closes (end-of-file below).
+    // Setup processes exit as soon as they have forked a container's init: let the kernel
+    // reap them (each child sets SIGCHLD back to default first thing).
+    // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigIgn) };
+    loop {
+        let mut byte = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+        let fds: Vec<OwnedFd> = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) if msg.bytes == 0 => return 0,
+            Ok(msg) => msg
+                .cmsgs()
+                .map(|c| {
+                    c.filter_map(|m| match m {
+                        // SAFETY: SCM_RIGHTS gave this process new descriptors it now owns.
+                        ControlMessageOwned::ScmRights(v) => {
+                            Some(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))
+                        }
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect()
+                })
+                .unwrap_or_default(),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        };
+        if fds.len() != 3 {
+            continue;
+        }
+        // SAFETY: the zygote is single-threaded, so the child may run any code after fork.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                // SAFETY: restoring the default disposition installs no handler code.
+                let _ = unsafe {
+                    nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl)
+                };
+                // The container's socket at fd 3 (replacing the zygote's), output on 1 and 2.
+                for (fd, target) in [(&fds[1], 1), (&fds[2], 2), (&fds[0], SOCKET_FD)] {
+                    // SAFETY: dup2 of descriptors this process owns onto fixed numbers.
+                    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+                        std::process::exit(1);
+                    }
+                }
+                if let Ok(null) = std::fs::File::open("/dev/null") {
+                    // SAFETY: as above.
+                    unsafe { libc::dup2(null.as_raw_fd(), 0) };
+                }
+                // The zygote's socket was fd 3 and is now the container's: forget the old owner.
+                std::mem::forget(sock);
+                drop(fds);
+                std::process::exit(main());
+            }
+            Ok(ForkResult::Parent { .. }) => drop(fds),
+            Err(_) => drop(fds),
+        }
+    }
+}
+
 /// Joins the cgroup and unshares the namespaces.
 fn enter(spec: &LaunchSpec) -> Result<(), SetupError> {
     // Join the cgroup before unsharing, so the new cgroup namespace is rooted at it and every
