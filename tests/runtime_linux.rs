@@ -694,3 +694,43 @@ fn init_writes_the_log_as_json_lines_and_rotates_it() {
     let logs: Vec<&str> = current.iter().filter_map(|v| v["log"].as_str()).collect();
     assert!(logs.contains(&"line-299\n"), "{logs:?}");
 }
+
+#[test]
+fn image_symlinks_on_mount_points_are_not_followed() {
+    if !root() || !berth::image::testutil::busybox_available() {
+        return;
+    }
+    // A hostile image: /proc points at /etc and /dev at / (absolute links, which before
+    // pivot_root would resolve on the host).
+    let img = tempfile::tempdir().expect("image");
+    let r = img.path();
+    std::fs::create_dir_all(r.join("bin")).expect("bin");
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("busybox");
+    for a in ["sh", "cat", "ls", "test", "echo"] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).expect("applet");
+    }
+    std::os::unix::fs::symlink("/etc", r.join("proc")).expect("link");
+    std::os::unix::fs::symlink("/", r.join("dev")).expect("link");
+    let (out, _b) = run(
+        "symlinks",
+        "cat /proc/1/comm; test -c /dev/null && echo dev-ok; ls /dev | wc -l",
+        None,
+        |s| {
+            s.rootfs = Rootfs::Layers(vec![r.to_path_buf()]);
+            s.process.env = vec!["PATH=/bin".into()];
+        },
+    );
+    assert_eq!(out.code, 0, "{}", out.out);
+    let lines: Vec<&str> = out.out.lines().collect();
+    assert_eq!(lines[0], "berth-init", "{}", out.out);
+    assert_eq!(lines[1], "dev-ok", "{}", out.out);
+    // The container's own small /dev, not the host's root directory.
+    let n: u32 = lines[2].trim().parse().unwrap_or(999);
+    assert!(n < 20, "{}", out.out);
+    assert!(
+        std::fs::symlink_metadata(r.join("proc"))
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false),
+        "the image itself is untouched"
+    );
+}

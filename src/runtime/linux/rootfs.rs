@@ -74,6 +74,24 @@ fn mnt(
         .map_err(|e| SetupError::sys(step, Some(&p2s(target)), e))
 }
 
+/// Makes `p` a real directory. An image may ship `/proc` or `/dev` as a symlink (to `/`, to
+/// `/etc`...): mounting on it would follow the link, and before pivot_root an absolute link
+/// resolves on the host's tree. The link is replaced (the overlay records a whiteout), never
+/// followed (the class of CVE-2021-30465).
+fn real_dir(p: &Path) -> Result<(), SetupError> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => {
+            fs::remove_file(p)
+                .map_err(|e| SetupError::io("replace non-directory", Some(&p2s(p)), &e))?;
+            fs::create_dir(p).map_err(|e| SetupError::io("create directory", Some(&p2s(p)), &e))
+        }
+        Err(_) => {
+            fs::create_dir(p).map_err(|e| SetupError::io("create directory", Some(&p2s(p)), &e))
+        }
+    }
+}
+
 fn mkdir_all(p: &Path) -> Result<(), SetupError> {
     fs::create_dir_all(p).map_err(|e| SetupError::io("create directory", Some(&p2s(p)), &e))
 }
@@ -134,7 +152,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     }
 
     for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
-        mkdir_all(&root.join(d))?;
+        real_dir(&root.join(d))?;
     }
     let _ = fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777));
 
