@@ -80,6 +80,8 @@ pub enum State {
     Paused,
     /// Exited with this status.
     Exited(i32),
+    /// Killed by the kernel's OOM killer for going over its memory limit (exit status 137).
+    OomKilled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -497,6 +497,9 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         "job",
         &["sh", "-c", "id -u; echo hello from busybox; exit 4"],
     );
+    // 32 MiB of memory, 200 MB wanted: the OOM killer ends it, and observe says so.
+    let hog = mk("hog", &["sh", "-c", "head -c 200m /dev/zero | tail"]);
+    now(rt.create(&hog)).expect("create hog");
     let svc = mk("svc", &["sleep", "30"]);
     now(rt.create(&job)).expect("create job");
     now(rt.create(&svc)).expect("create svc");
@@ -506,6 +509,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         "{o:?}"
     );
     now(rt.start(&job.name)).expect("start job");
+    now(rt.start(&hog.name)).expect("start hog");
     now(rt.start(&svc.name)).expect("start svc");
     // Wait for the job to finish (its init is this test's child: reap it).
     for _ in 0..200 {
@@ -523,6 +527,26 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     let state_of = |n: &str| o.containers.iter().find(|c| c.name == n).map(|c| c.state);
     assert_eq!(state_of(&job.name), Some(State::Exited(4)), "{o:?}");
     assert_eq!(state_of(&svc.name), Some(State::Running), "{o:?}");
+    for _ in 0..200 {
+        let o = now(rt.observe(&project)).expect("observe");
+        if o.containers
+            .iter()
+            .any(|c| c.name == hog.name && c.state != State::Running)
+        {
+            break;
+        }
+        let _ = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = now(rt.observe(&project)).expect("observe");
+    assert_eq!(
+        o.containers
+            .iter()
+            .find(|c| c.name == hog.name)
+            .map(|c| c.state),
+        Some(State::OomKilled),
+        "{o:?}"
+    );
     let raw = std::fs::read_to_string(
         state
             .path()
@@ -541,7 +565,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     assert!(log.contains("hello from busybox"), "{log}");
     assert!(log.starts_with("65534"), "{log}");
     now(rt.stop(&svc.name, std::time::Duration::from_secs(2))).expect("stop");
-    for n in [&job.name, &svc.name] {
+    for n in [&job.name, &svc.name, &hog.name] {
         now(rt.remove(n)).expect("remove");
     }
     assert!(

@@ -156,7 +156,14 @@ impl Cgroup {
                     .find(|(c, _)| c.is_empty())
                     .map(|(_, p)| p.trim_start_matches('/').to_string())
                     .unwrap_or_default();
-                let base = Path::new(CGROUP_ROOT).join(base_rel);
+                let mut base = Path::new(CGROUP_ROOT).join(base_rel);
+                // cgroup v2's no-internal-process rule: a cgroup that holds processes (a login
+                // session's scope, where berth usually runs) cannot hand controllers to
+                // children. Then the containers go below the root cgroup, which is exempt and
+                // which root may write.
+                if enable_v2_controllers(&base).is_err() {
+                    base = PathBuf::from(CGROUP_ROOT);
+                }
                 let dir = base.join(&rel);
                 // Each level below the base must delegate the controllers to the next.
                 let mut cur = base.clone();
@@ -204,6 +211,48 @@ impl Cgroup {
             return Err(e);
         }
         Ok(cg)
+    }
+
+    /// The existing cgroup `berth/<relative>` (None if it is not there), without creating it.
+    pub fn open(relative: &str) -> Result<Option<Cgroup>, CgroupError> {
+        let version = detect()?;
+        let own = own_paths()?;
+        let rel = Path::new("berth").join(relative);
+        let mut dirs = Vec::new();
+        match &version {
+            Version::V2 => {
+                let base_rel = own
+                    .iter()
+                    .find(|(c, _)| c.is_empty())
+                    .map(|(_, p)| p.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                let candidates = [
+                    Path::new(CGROUP_ROOT).join(base_rel).join(&rel),
+                    Path::new(CGROUP_ROOT).join(&rel),
+                ];
+                match candidates.into_iter().find(|d| d.is_dir()) {
+                    Some(d) => dirs.push((String::new(), d)),
+                    None => return Ok(None),
+                }
+            }
+            Version::V1 { mounts } => {
+                for (ctrl, mount) in mounts {
+                    let base_rel = own
+                        .iter()
+                        .find(|(c, _)| c == ctrl)
+                        .map(|(_, p)| p.trim_start_matches('/').to_string())
+                        .unwrap_or_default();
+                    let d = mount.join(base_rel).join(&rel);
+                    if d.is_dir() {
+                        dirs.push((ctrl.clone(), d));
+                    }
+                }
+                if dirs.is_empty() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(Cgroup { version, dirs }))
     }
 
     fn dir_of(&self, controller: &'static str) -> Result<&Path, CgroupError> {

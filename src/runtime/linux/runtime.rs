@@ -394,6 +394,15 @@ impl Runtime for LinuxRuntime {
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
                 {
+                    // 137 is SIGKILL; the cgroup says whether the OOM killer sent it.
+                    Some(137)
+                        if Cgroup::open(&r.cgroup)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|cg| cg.oom_kills() > 0) =>
+                    {
+                        State::OomKilled
+                    }
                     Some(code) => State::Exited(code),
                     None if r.pid.is_some() => State::Exited(-1),
                     None => State::Created,
@@ -477,7 +486,7 @@ impl Runtime for LinuxRuntime {
                 "the container is running; stop it first",
             ));
         }
-        if let Ok(cg) = Cgroup::create(&r.cgroup, &Limits::default()) {
+        if let Ok(Some(cg)) = Cgroup::open(&r.cgroup) {
             cg.remove().map_err(|e| step(name, "remove cgroup", e))?;
         }
         fs::remove_dir_all(self.dir(name)).map_err(|e| step(name, "remove container directory", e))
