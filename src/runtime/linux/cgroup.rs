@@ -118,6 +118,17 @@ fn own_paths() -> Result<Vec<(String, String)>, CgroupError> {
     Ok(out)
 }
 
+/// This process's cgroup directory in the hierarchy of `controller` ("" for v2) mounted at
+/// `mount`: where berth's `berth/...` tree starts.
+fn own_base(own: &[(String, String)], controller: &str, mount: &Path) -> PathBuf {
+    let rel = own
+        .iter()
+        .find(|(c, _)| c == controller)
+        .map(|(_, p)| p.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    mount.join(rel)
+}
+
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|e| CgroupError::Write {
         path: path.to_path_buf(),
@@ -151,12 +162,7 @@ impl Cgroup {
         let mut dirs = Vec::new();
         match &version {
             Version::V2 => {
-                let base_rel = own
-                    .iter()
-                    .find(|(c, _)| c.is_empty())
-                    .map(|(_, p)| p.trim_start_matches('/').to_string())
-                    .unwrap_or_default();
-                let mut base = Path::new(CGROUP_ROOT).join(base_rel);
+                let mut base = own_base(&own, "", Path::new(CGROUP_ROOT));
                 // cgroup v2's no-internal-process rule: a cgroup that holds processes (a login
                 // session's scope, where berth usually runs) cannot hand controllers to
                 // children. Then the containers go below the root cgroup, which is exempt and
@@ -176,13 +182,7 @@ impl Cgroup {
             }
             Version::V1 { mounts } => {
                 for (ctrl, mount) in mounts {
-                    let base_rel = own
-                        .iter()
-                        .find(|(c, _)| c == ctrl)
-                        .map(|(_, p)| p.trim_start_matches('/').to_string())
-                        .unwrap_or_default();
-                    let base = mount.join(base_rel);
-                    let mut cur = base.clone();
+                    let mut cur = own_base(&own, ctrl, mount);
                     for comp in rel.components() {
                         let parent = cur.clone();
                         cur = cur.join(comp);
@@ -221,13 +221,8 @@ impl Cgroup {
         let mut dirs = Vec::new();
         match &version {
             Version::V2 => {
-                let base_rel = own
-                    .iter()
-                    .find(|(c, _)| c.is_empty())
-                    .map(|(_, p)| p.trim_start_matches('/').to_string())
-                    .unwrap_or_default();
                 let candidates = [
-                    Path::new(CGROUP_ROOT).join(base_rel).join(&rel),
+                    own_base(&own, "", Path::new(CGROUP_ROOT)).join(&rel),
                     Path::new(CGROUP_ROOT).join(&rel),
                 ];
                 match candidates.into_iter().find(|d| d.is_dir()) {
@@ -237,12 +232,7 @@ impl Cgroup {
             }
             Version::V1 { mounts } => {
                 for (ctrl, mount) in mounts {
-                    let base_rel = own
-                        .iter()
-                        .find(|(c, _)| c == ctrl)
-                        .map(|(_, p)| p.trim_start_matches('/').to_string())
-                        .unwrap_or_default();
-                    let d = mount.join(base_rel).join(&rel);
+                    let d = own_base(&own, ctrl, mount).join(&rel);
                     if d.is_dir() {
                         dirs.push((ctrl.clone(), d));
                     }
