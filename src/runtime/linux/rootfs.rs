@@ -165,12 +165,16 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    super::setup::trace("rootfs-base");
     build_dev(&root, spec.shm_size)?;
+    super::setup::trace("rootfs-dev");
     // Sysctls go through this container's own /proc/sys, before it is made read-only.
     set_sysctls(&root, &spec.sysctls, spec.own_network)?;
     build_sys(&root, spec.own_network)?;
     etc_files(spec, &root)?;
+    super::setup::trace("rootfs-sys-etc");
     mask(&root, &spec.dir)?;
+    super::setup::trace("rootfs-masks");
 
     // pivot_root into the new root and drop the old one entirely: nothing of the host's mount
     // tree stays reachable (chroot would leave it one `..` away).

@@ -29,10 +29,11 @@ fn caps_err(step: &str, e: caps::errors::CapsError) -> SetupError {
 /// Shrinks the bounding set to `keep`. Must run while the process still has CAP_SETPCAP,
 /// i.e. before it changes to a non-root user.
 pub fn limit_bounding(keep: &CapsHashSet) -> Result<(), SetupError> {
+    // A capability the running kernel does not know cannot be dropped; it is not there.
+    let supported = caps::runtime::thread_all_supported();
     for cap in caps::all() {
         if !keep.contains(&cap) {
-            // A capability the running kernel does not know cannot be dropped; it is not there.
-            if !caps::runtime::thread_all_supported().contains(&cap) {
+            if !supported.contains(&cap) {
                 continue;
             }
             caps::drop(None, CapSet::Bounding, cap)

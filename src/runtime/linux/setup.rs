@@ -65,7 +65,7 @@ fn read_spec(sock: &OwnedFd) -> Result<LaunchSpec, SetupError> {
 
 /// With `BERTH_TRACE_SETUP` set, prints the monotonic clock at each setup stage to stderr
 /// (the container's log): where the time of a start goes, without a profiler.
-fn trace(stage: &str) {
+pub(super) fn trace(stage: &str) {
     if std::env::var_os("BERTH_TRACE_SETUP").is_some()
         && let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
     {
@@ -230,10 +230,12 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
             // SAFETY: mi_collect only frees allocator-internal memory; no Rust object is live
             // in freed blocks.
             unsafe { libmimalloc_sys::mi_collect(true) };
+            trace("init-loop");
             let code = match logs {
                 None => init_loop(service),
                 Some((w, fds)) => init_loop_logging(service, w, fds),
             };
+            trace("service-exited");
             let _ = writeln!(exit_file, "{code}");
             code
         }
@@ -425,6 +427,7 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
     let r = (|| -> Result<(), SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
         set_rlimits(&p.rlimits)?;
+        trace("svc-rlimits");
         let keep = super::security::effective_set(&p.cap_add, &p.cap_drop, p.privileged)?;
         // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it
         // (the default profile allows the capset/setuid calls that follow).
@@ -435,12 +438,14 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
         }
         // The bounding set shrinks while this process still holds CAP_SETPCAP (before setuid).
         super::security::limit_bounding(&keep)?;
+        trace("svc-bounding");
         let groups: Vec<Gid> = p.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).map_err(|e| SetupError::sys("setgroups", None, e))?;
         let (g, u) = (Gid::from_raw(p.gid), Uid::from_raw(p.uid));
         nix::unistd::setresgid(g, g, g).map_err(|e| SetupError::sys("setgid", None, e))?;
         nix::unistd::setresuid(u, u, u).map_err(|e| SetupError::sys("setuid", None, e))?;
         super::security::set_process_caps(p.uid, &keep)?;
+        trace("svc-caps");
         // The working directory is resolved inside the container's root, after pivot_root, never
         // through a host path or an inherited descriptor (CVE-2024-21626).
         let cwd = if p.cwd.is_empty() {
@@ -467,6 +472,7 @@ fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &Sig
     if let Err(e) = r {
         return e;
     }
+    trace("service-exec");
     let prog = &args[0];
     let err = if prog.as_bytes().contains(&b'/') {
         nix::unistd::execve(prog, args, env)
