@@ -758,3 +758,29 @@ fn image_symlinks_on_mount_points_are_not_followed() {
         "the image itself is untouched"
     );
 }
+
+#[test]
+fn tty_gives_the_service_a_terminal_and_logs_its_output() {
+    if !root() {
+        return;
+    }
+    let (r, b) = run(
+        "tty",
+        "test -t 0 && test -t 1 && echo on-a-tty; tty",
+        None,
+        |s| {
+            s.process.tty = true;
+            s.log = Some(berth::runtime::linux::logs::LogSpec::default());
+        },
+    );
+    assert_eq!(r.code, 0, "{}", r.out);
+    let log: String = std::fs::read_to_string(b.dir.path().join("container.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["log"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(log.contains("on-a-tty"), "{log}");
+    // The container's own devpts: its first terminal.
+    assert!(log.contains("/dev/pts/0"), "{log}");
+}

@@ -313,6 +313,7 @@ fn process_for(
         cap_drop: svc.cap_drop.clone(),
         privileged: svc.privileged.unwrap_or(false),
         seccomp: None,
+        tty: svc.tty.unwrap_or(false),
         rlimits: svc
             .ulimits
             .iter()

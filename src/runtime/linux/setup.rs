@@ -326,7 +326,27 @@ fn cstr(s: &str, what: &str) -> Result<CString, SetupError> {
 
 /// Builds the root and forks the service process; returns its pid.
 /// What init keeps to write the service's output to the log.
-type LogPump = (super::logs::Writer, [OwnedFd; 2]);
+type LogPump = (super::logs::Writer, Vec<(OwnedFd, usize)>);
+
+/// A terminal for the service: the master (kept by init) and the slave's path inside the
+/// container (opened by the service, which makes it its controlling terminal).
+fn open_pty() -> Result<(OwnedFd, String), SetupError> {
+    use nix::fcntl::OFlag;
+    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| SetupError::sys("open terminal", Some("/dev/ptmx"), e))?;
+    nix::pty::grantpt(&m).map_err(|e| SetupError::sys("grantpt", None, e))?;
+    nix::pty::unlockpt(&m).map_err(|e| SetupError::sys("unlockpt", None, e))?;
+    let slave = nix::pty::ptsname_r(&m).map_err(|e| SetupError::sys("ptsname", None, e))?;
+    let fd = OwnedFd::from(m);
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| SetupError::sys("terminal flags", None, e))?;
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| SetupError::sys("terminal flags", None, e))?;
+    Ok((fd, slave))
+}
 
 fn start(
     spec: &LaunchSpec,
@@ -392,10 +412,40 @@ fn start(
         .map(|a| cstr(a, "service environment"))
         .collect::<Result<_, _>>()?;
 
+    // A terminal is opened in the container's own devpts, after pivot_root.
+    let tty = if spec.process.tty && logs.is_some() {
+        Some(open_pty()?)
+    } else {
+        None
+    };
     // SAFETY: still single-threaded; the child only sets up and execs.
     let service = match unsafe { fork() }.map_err(|e| SetupError::sys("fork service", None, e))? {
         ForkResult::Child => {
-            if let Some((_, p)) = &logs {
+            if let Some((_, slave)) = &tty {
+                // The service is a session leader (setsid in exec_service): opening the slave
+                // without O_NOCTTY makes it the controlling terminal.
+                let r = nix::unistd::setsid()
+                    .map_err(|e| SetupError::sys("setsid", None, e))
+                    .and_then(|_| {
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(slave)
+                            .map_err(|e| SetupError::io("open terminal", Some(slave), &e))
+                    });
+                match r {
+                    Ok(f) => {
+                        for target in 0..3 {
+                            // SAFETY: dup2 of a descriptor we own onto stdio.
+                            unsafe { libc::dup2(f.as_raw_fd(), target) };
+                        }
+                    }
+                    Err(e) => {
+                        send(sock, &Message::Failed(e));
+                        std::process::exit(127);
+                    }
+                }
+            } else if let Some((_, p)) = &logs {
                 // dup2 onto 1 and 2 clears close-on-exec there; the originals close on exec.
                 for (fd, target) in [(&p.write[0], 1), (&p.write[1], 2)] {
                     // SAFETY: dup2 of a descriptor we own onto stdout/stderr of this process.
@@ -417,7 +467,14 @@ fn start(
         ForkResult::Parent { child } => child,
     };
     // Init keeps only the read ends: the pipes end when the service and its children do.
-    let logs = logs.map(|(w, p)| (w, p.read));
+    // Init keeps only what it reads: the terminal's master, or the pipes' read ends.
+    let logs = logs.map(|(w, p)| match tty {
+        Some((master, _)) => (w, vec![(master, 0)]),
+        None => {
+            let [out, err] = p.read;
+            (w, vec![(out, 0), (err, 1)])
+        }
+    });
     Ok((service, exit_file, logs))
 }
 
@@ -425,7 +482,10 @@ fn start(
 fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &SigSet) -> SetupError {
     let p = &spec.process;
     let r = (|| -> Result<(), SetupError> {
-        nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
+        // A service on a terminal is already the leader of its own session.
+        if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {
+            nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
+        }
         set_rlimits(&p.rlimits)?;
         trace("svc-rlimits");
         let keep = super::security::effective_set(&p.cap_add, &p.cap_drop, p.privileged)?;
@@ -517,7 +577,7 @@ fn init_loop(service: Pid) -> i32 {
 
 /// `init_loop`, also moving the service's output into the log: signals arrive on a signalfd so
 /// that one poll waits for both.
-fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: [OwnedFd; 2]) -> i32 {
+fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: Vec<(OwnedFd, usize)>) -> i32 {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let Ok(sfd) = SignalFd::with_flags(
@@ -526,13 +586,13 @@ fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: [OwnedFd; 2]
     ) else {
         return init_loop(service);
     };
-    let mut open = [true, true];
+    let mut open = vec![true; fds.len()];
     let mut status: Option<i32> = None;
     loop {
         let mut pfds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        let idx: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
+        let idx: Vec<usize> = (0..fds.len()).filter(|i| open[*i]).collect();
         for i in &idx {
-            pfds.push(PollFd::new(fds[*i].as_fd(), PollFlags::POLLIN));
+            pfds.push(PollFd::new(fds[*i].0.as_fd(), PollFlags::POLLIN));
         }
         // Once the service has exited, only drain what is already written, then stop.
         let timeout = if status.is_some() {
@@ -551,7 +611,8 @@ fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: [OwnedFd; 2]
             .collect();
         drop(pfds);
         for (k, i) in idx.iter().enumerate() {
-            if ready[k + 1] && !super::logs::pump(&fds[*i], *i, &mut w) {
+            let (fd, stream) = &fds[*i];
+            if ready[k + 1] && !super::logs::pump(fd, *stream, &mut w) {
                 open[*i] = false;
             }
         }
@@ -579,9 +640,9 @@ fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: [OwnedFd; 2]
         if let Some(code) = status
             && (n == 0 || !open.iter().any(|o| *o))
         {
-            for i in 0..2 {
+            for (i, (fd, stream)) in fds.iter().enumerate() {
                 if open[i] {
-                    super::logs::pump(&fds[i], i, &mut w);
+                    super::logs::pump(fd, *stream, &mut w);
                 }
             }
             w.flush();

@@ -36,6 +36,10 @@ pub struct Process {
     pub privileged: bool,
     /// Seccomp BPF programs to install, in order (`None`: `seccomp=unconfined`).
     pub seccomp: Option<Vec<Vec<u64>>>,
+    /// `tty: true`: the service runs on a terminal of the container's own devpts (its output
+    /// still goes to the log, through init).
+    #[serde(default)]
+    pub tty: bool,
     /// `ulimits`: (name as Compose writes it, soft, hard).
     #[serde(default)]
     pub rlimits: Vec<(String, i64, i64)>,
