@@ -784,3 +784,44 @@ fn tty_gives_the_service_a_terminal_and_logs_its_output() {
     // The container's own devpts: its first terminal.
     assert!(log.contains("/dev/pts/0"), "{log}");
 }
+
+#[test]
+fn read_only_root_and_domainname() {
+    if !root() {
+        return;
+    }
+    let (r, _b) = run(
+        "ro",
+        "touch /etc/x 2>/dev/null && echo WROTE-ROOT; touch /dev/shm/x && echo shm-ok; domainname 2>/dev/null || cat /proc/sys/kernel/domainname",
+        None,
+        |s| {
+            s.read_only = true;
+            s.domainname = Some("example.test".into());
+        },
+    );
+    assert!(!r.out.contains("WROTE-ROOT"), "{}", r.out);
+    assert!(r.out.contains("shm-ok"), "{}", r.out);
+    assert!(r.out.contains("example.test"), "{}", r.out);
+}
+
+#[test]
+fn stdin_open_keeps_stdin_open() {
+    if !root() {
+        return;
+    }
+    // With stdin_open, `read` waits (killed by timeout) instead of seeing end of file at once.
+    let (r, _b) = run(
+        "stdin",
+        "if timeout 1 sh -c 'read x'; then echo got-eof; else echo waited; fi",
+        None,
+        |s| s.process.stdin_open = true,
+    );
+    assert!(r.out.contains("waited"), "{}", r.out);
+    let (r, _b) = run(
+        "nostdin",
+        "if timeout 1 sh -c 'read x'; then echo got-eof; else echo eof-or-fail; fi",
+        None,
+        |_| {},
+    );
+    assert!(!r.out.contains("waited"), "{}", r.out);
+}

@@ -186,14 +186,26 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     std::env::set_current_dir("/").map_err(|e| SetupError::io("chdir /", None, &e))?;
 
     if spec.read_only {
-        mnt(
-            "make root read-only",
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            None,
-        )?;
+        // The root, and with `image: host` each OS directory's own overlay on it.
+        let mut targets = vec![PathBuf::from("/")];
+        if spec.rootfs == Rootfs::Host {
+            for name in HOST_DIRS {
+                let p = Path::new("/").join(name);
+                if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    targets.push(p);
+                }
+            }
+        }
+        for t in targets {
+            mnt(
+                "make root read-only",
+                None,
+                &t,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
     }
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| SetupError::sys("sethostname", None, e))?;

@@ -314,6 +314,11 @@ fn process_for(
         privileged: svc.privileged.unwrap_or(false),
         seccomp: None,
         tty: svc.tty.unwrap_or(false),
+        stdin_open: svc
+            .extra
+            .get("stdin_open")
+            .and_then(|v| crate::spec::de::bool_of(v).ok())
+            .unwrap_or(false),
         rlimits: svc
             .ulimits
             .iter()

@@ -221,7 +221,7 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd) -> i32 {
             send(&sock, &Message::Failed(e));
             1
         }
-        Ok((service, mut exit_file, logs)) => {
+        Ok((service, mut exit_file, logs, _stdin_keep)) => {
             send(&sock, &Message::Ready);
             // Init keeps no descriptor of berth's, and as little memory as it can: it lives as
             // long as the container, once per container (the density target).
@@ -348,10 +348,11 @@ fn open_pty() -> Result<(OwnedFd, String), SetupError> {
     Ok((fd, slave))
 }
 
-fn start(
-    spec: &LaunchSpec,
-    sock: &OwnedFd,
-) -> Result<(Pid, std::fs::File, Option<LogPump>), SetupError> {
+/// What `start` hands init: the service, the exit-status file, the log pump, and the write
+/// end of a `stdin_open` pipe (held, never written).
+type Started = (Pid, std::fs::File, Option<LogPump>, Option<OwnedFd>);
+
+fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Started, SetupError> {
     // Named for `ps` inside the container, and not dumpable: nothing in the container can open
     // this process's memory or its executable through /proc (CVE-2019-5736).
     let _ = nix::sys::prctl::set_name(c"berth-init");
@@ -418,6 +419,15 @@ fn start(
     } else {
         None
     };
+    // stdin_open: a pipe whose write end init keeps (and never writes to).
+    let stdin_pipe = if spec.process.stdin_open && !spec.process.tty {
+        Some(
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| SetupError::sys("create stdin pipe", None, e))?,
+        )
+    } else {
+        None
+    };
     // SAFETY: still single-threaded; the child only sets up and execs.
     let service = match unsafe { fork() }.map_err(|e| SetupError::sys("fork service", None, e))? {
         ForkResult::Child => {
@@ -460,6 +470,10 @@ fn start(
                     }
                 }
             }
+            if let Some((r, _)) = &stdin_pipe {
+                // SAFETY: dup2 of a descriptor we own onto stdin.
+                unsafe { libc::dup2(r.as_raw_fd(), 0) };
+            }
             let e = exec_service(spec, &args, &env, &old);
             send(sock, &Message::Failed(e));
             std::process::exit(127);
@@ -475,7 +489,7 @@ fn start(
             (w, vec![(out, 0), (err, 1)])
         }
     });
-    Ok((service, exit_file, logs))
+    Ok((service, exit_file, logs, stdin_pipe.map(|(_, w)| w)))
 }
 
 /// In the service process: credentials, working directory, then exec. Returns only on failure.

@@ -40,6 +40,10 @@ pub struct Process {
     /// still goes to the log, through init).
     #[serde(default)]
     pub tty: bool,
+    /// `stdin_open: true`: stdin is a pipe init holds open (reads wait instead of seeing end of
+    /// file), as with `docker run -i`.
+    #[serde(default)]
+    pub stdin_open: bool,
     /// `ulimits`: (name as Compose writes it, soft, hard).
     #[serde(default)]
     pub rlimits: Vec<(String, i64, i64)>,
