@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use super::spec::Limits;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// The v1 controllers berth places containers in. `freezer` is for `pause`.
-const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "cpuset", "freezer"];
+/// The v1 controllers berth places containers in. `freezer` is for `pause`. Each is a
+/// hierarchy the setup process must join, and on v1 every join waits for the kernel's
+/// threadgroup lock: cpuset joins the list when berth supports `cpuset`.
+const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
