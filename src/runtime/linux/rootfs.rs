@@ -55,8 +55,16 @@ const READ_ONLY: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
-/// Device nodes every container gets (bind-mounted from the host's /dev).
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Device nodes every container gets: created in its own /dev (as runc does outside a user
+/// namespace), cheaper than a bind mount each. (name, major, minor)
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 fn p2s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -365,19 +373,17 @@ fn build_dev(root: &Path, shm_size: Option<u64>) -> Result<(), SetupError> {
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
-    for d in DEVICES {
+    for (d, major, minor) in DEVICES {
         let target = dev.join(d);
-        fs::File::create(&target)
-            .map_err(|e| SetupError::io("create device node", Some(&p2s(&target)), &e))?;
-        let src = Path::new("/dev").join(d);
-        mnt(
-            "bind device",
-            Some(&p2s(&src)),
+        mknod(
             &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|e| SetupError::sys("create device node", Some(&p2s(&target)), e))?;
+        // mknod applies the umask; the nodes are for everyone.
+        let _ = fs::set_permissions(&target, fs::Permissions::from_mode(0o666));
     }
     for (name, to) in [
         ("fd", "/proc/self/fd"),
