@@ -159,6 +159,7 @@ fn host_image_hides_secrets_and_keeps_writes_private() {
 
 #[test]
 fn setup_failure_names_the_step() {
+    let _shared = CPU_QUIET.read().unwrap_or_else(|e| e.into_inner());
     if !root() {
         return;
     }
@@ -386,6 +387,7 @@ fn cpu_limit_holds_a_busy_loop_near_half_a_core() {
 
 #[test]
 fn sigterm_reaches_the_service_and_stubborn_ones_are_killed() {
+    let _shared = CPU_QUIET.read().unwrap_or_else(|e| e.into_inner());
     if !root() {
         return;
     }
@@ -462,6 +464,7 @@ fn now<F: std::future::Future>(f: F) -> F::Output {
 
 #[test]
 fn runtime_trait_runs_a_busybox_image_from_the_store() {
+    let _shared = CPU_QUIET.read().unwrap_or_else(|e| e.into_inner());
     use berth::plan::State;
     use berth::runtime::linux::runtime::LinuxRuntime;
     use berth::runtime::{ContainerSpec, Runtime};
@@ -648,6 +651,7 @@ fn ulimits_sysctls_and_shm_size() {
 
 #[test]
 fn a_host_wide_sysctl_or_an_unraisable_ulimit_is_a_clear_error() {
+    let _shared = CPU_QUIET.read().unwrap_or_else(|e| e.into_inner());
     if !root() {
         return;
     }
