@@ -307,7 +307,10 @@ fn main() {
     }
 
     // Memory of idle containers beyond their service: each init's PSS.
-    let n = 10;
+    let n: usize = std::env::var("IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let mut running = Vec::new();
     let mut cgs = Vec::new();
     for i in 0..n {
