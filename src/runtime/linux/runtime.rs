@@ -498,3 +498,116 @@ impl Runtime for LinuxRuntime {
         fs::remove_dir_all(self.dir(name)).map_err(|e| step(name, "remove container directory", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ImageConfig;
+
+    fn cfg(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        ImageConfig {
+            entrypoint: ep.map(v),
+            cmd: cmd.map(v),
+            env: vec!["PATH=/image/bin".into(), "A=image".into()],
+            ..ImageConfig::default()
+        }
+    }
+
+    fn svc(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> Service {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Service {
+            entrypoint: ep.map(v),
+            command: cmd.map(v),
+            ..Service::default()
+        }
+    }
+
+    fn args(s: &Service, c: &ImageConfig) -> Result<Vec<String>, RuntimeError> {
+        process_for("t", s, c, &[]).map(|p| p.args)
+    }
+
+    #[test]
+    fn command_and_entrypoint_merge_like_docker() {
+        let image = cfg(Some(&["/ep"]), Some(&["default"]));
+        assert_eq!(args(&svc(None, None), &image).unwrap(), ["/ep", "default"]);
+        assert_eq!(
+            args(&svc(None, Some(&["mine"])), &image).unwrap(),
+            ["/ep", "mine"]
+        );
+        // A new entrypoint drops the image's CMD.
+        assert_eq!(args(&svc(Some(&["/new"]), None), &image).unwrap(), ["/new"]);
+        assert_eq!(
+            args(&svc(Some(&["/new"]), Some(&["x"])), &image).unwrap(),
+            ["/new", "x"]
+        );
+        assert!(args(&svc(None, None), &cfg(None, None)).is_err());
+    }
+
+    #[test]
+    fn environment_layers_over_the_image() {
+        let mut s = svc(Some(&["/x"]), None);
+        s.environment.insert("A".into(), Some("service".into()));
+        s.environment.insert("UNSET".into(), None);
+        let p = process_for("t", &s, &cfg(None, None), &[]).unwrap();
+        assert!(p.env.contains(&"A=service".to_string()));
+        assert!(!p.env.iter().any(|e| e.starts_with("A=image")));
+        assert!(p.env.contains(&"PATH=/image/bin".to_string()));
+        assert!(!p.env.iter().any(|e| e.starts_with("UNSET")));
+        assert!(p.seccomp.is_some(), "the default profile applies");
+    }
+
+    #[test]
+    fn users_resolve_in_the_image() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\napp:x:1000:\nwheel:x:10:app\ndocker:x:999:other,app\n",
+        )
+        .unwrap();
+        let roots = [d.path().to_path_buf()];
+        assert_eq!(
+            resolve_user("app", &roots).unwrap(),
+            (1000, 1000, vec![10, 999])
+        );
+        assert_eq!(resolve_user("app:wheel", &roots).unwrap().1, 10);
+        assert_eq!(
+            resolve_user("1000:5", &roots).unwrap(),
+            (1000, 5, vec![10, 999])
+        );
+        assert_eq!(resolve_user("4242", &roots).unwrap(), (4242, 0, vec![]));
+        assert!(
+            resolve_user("ghost", &roots)
+                .unwrap_err()
+                .contains("no user `ghost`")
+        );
+    }
+
+    #[test]
+    fn limits_prefer_the_service_keys_then_deploy() {
+        let mut s = Service {
+            mem_limit: Some(64),
+            ..Service::default()
+        };
+        s.deploy = Some(crate::spec::model::Deploy {
+            resources: Some(crate::spec::model::Resources {
+                limits: Some(crate::spec::model::ResourceSpec {
+                    cpus: Some(0.5),
+                    memory: Some(128),
+                    pids: Some(10),
+                    ..Default::default()
+                }),
+                reservations: None,
+            }),
+            ..Default::default()
+        });
+        let l = limits_for(&s);
+        assert_eq!((l.memory, l.cpus, l.pids), (Some(64), Some(0.5), Some(10)));
+    }
+}
