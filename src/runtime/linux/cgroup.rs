@@ -70,10 +70,7 @@ pub fn detect() -> Result<Version, CgroupError> {
         return Ok(Version::V2);
     }
     // v1: find each controller's mount point in mountinfo.
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| CgroupError::Read {
-        path: "/proc/self/mountinfo".into(),
-        source: e,
-    })?;
+    let info = read(Path::new("/proc/self/mountinfo"))?;
     let mut mounts = Vec::new();
     for line in info.lines() {
         // ... mount_point ... - fstype source super_options
@@ -99,10 +96,7 @@ pub fn detect() -> Result<Version, CgroupError> {
 
 /// This process's cgroup path in each hierarchy (`/proc/self/cgroup`): controller -> path.
 fn own_paths() -> Result<Vec<(String, String)>, CgroupError> {
-    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| CgroupError::Read {
-        path: "/proc/self/cgroup".into(),
-        source: e,
-    })?;
+    let text = read(Path::new("/proc/self/cgroup"))?;
     let mut out = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
