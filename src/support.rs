@@ -18,7 +18,8 @@ pub enum Support {
     Ignored(&'static str),
 }
 
-const RUNTIME: &str = "the container runtime";
+/// The runtime applies these already; no verb starts containers until the reconciler lands.
+const RUNTIME: &str = "`berth up` (the runtime applies it; the verbs come with the reconciler)";
 const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
 const DISK: &str = "disks and volumes";
