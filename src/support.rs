@@ -19,7 +19,7 @@ pub enum Support {
 }
 
 /// The runtime applies these already; no verb starts containers until the reconciler lands.
-const RUNTIME: &str = "`berth up` (the runtime applies it; the verbs come with the reconciler)";
+const RUNTIME: &str = "`berth up`: the runtime applies it, the verbs come with the reconciler";
 const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
 const DISK: &str = "disks and volumes";
