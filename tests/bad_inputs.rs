@@ -54,11 +54,18 @@ fn parse_expect(text: &str) -> Vec<Expect> {
     out
 }
 
-fn cases() -> Vec<std::path::PathBuf> {
+fn cases() -> Vec<(String, std::path::PathBuf)> {
     let mut v: Vec<_> = std::fs::read_dir(common::repo().join("tests/bad"))
         .expect("tests/bad")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, p)
+        })
         .collect();
     v.sort();
     v
@@ -86,11 +93,7 @@ fn at_least_thirty_cases() {
 fn each_bad_input_fails_with_its_snapshot() {
     let bless = std::env::var_os("BLESS").is_some();
     let mut failures = Vec::new();
-    for dir in cases() {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (name, dir) in cases() {
         let t = std::time::Instant::now();
         let (code, stderr) = run_case(&dir);
         let took = t.elapsed();
@@ -136,11 +139,7 @@ fn each_bad_input_fails_with_its_snapshot() {
 #[test]
 fn schema_and_loader_agree_on_bad_inputs() {
     let mut failures = Vec::new();
-    for dir in cases() {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (name, dir) in cases() {
         let expect = std::fs::read_to_string(dir.join("expect.txt")).unwrap_or_default();
         let blocks = parse_expect(&expect);
         // The schema sees one file as written; only cases about compose.yaml itself count.

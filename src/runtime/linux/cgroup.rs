@@ -125,6 +125,14 @@ fn own_base(own: &[(String, String)], controller: &str, mount: &Path) -> PathBuf
     mount.join(rel)
 }
 
+/// The host's version, this process's cgroup paths, and `berth/<relative>`: what both creating
+/// and opening a container's cgroup start from.
+type Located = (Version, Vec<(String, String)>, PathBuf);
+
+fn locate(relative: &str) -> Result<Located, CgroupError> {
+    Ok((detect()?, own_paths()?, Path::new("berth").join(relative)))
+}
+
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|e| CgroupError::Write {
         path: path.to_path_buf(),
@@ -152,9 +160,7 @@ impl Cgroup {
     /// Creates `berth/<relative>` below this process's cgroup in every hierarchy, and writes
     /// the limits.
     pub fn create(relative: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        let version = detect()?;
-        let own = own_paths()?;
-        let rel = Path::new("berth").join(relative);
+        let (version, own, rel) = locate(relative)?;
         let mut dirs = Vec::new();
         match &version {
             Version::V2 => {
@@ -211,9 +217,7 @@ impl Cgroup {
 
     /// The existing cgroup `berth/<relative>` (None if it is not there), without creating it.
     pub fn open(relative: &str) -> Result<Option<Cgroup>, CgroupError> {
-        let version = detect()?;
-        let own = own_paths()?;
-        let rel = Path::new("berth").join(relative);
+        let (version, own, rel) = locate(relative)?;
         let mut dirs = Vec::new();
         match &version {
             Version::V2 => {
