@@ -96,6 +96,22 @@ fn image(tags: &[&str], layers: Vec<Vec<u8>>, gzip: bool) -> TestImage {
 }
 
 /// Every path under `dir` with its kind and size: what "the store is unchanged" compares.
+/// A store holding one good image, and a snapshot of it to compare against after a refused
+/// import.
+fn store_with_one_image(root: &Path) -> (ImageStore, BTreeSet<(PathBuf, String, u64)>) {
+    let store = ImageStore::open(root).unwrap();
+    let good = root.join("good.tar");
+    testutil::docker_save(
+        &good,
+        &[image(&["good"], vec![base_layer()], false)],
+        DockerLayout::Legacy,
+        false,
+    );
+    store.import(&good).unwrap();
+    let before = snapshot(store.dir());
+    (store, before)
+}
+
 fn snapshot(dir: &Path) -> BTreeSet<(PathBuf, String, u64)> {
     let mut out = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -355,16 +371,7 @@ fn every_docker_save_layout_and_compression() {
 fn corrupt_blobs_are_refused_and_the_store_is_unchanged() {
     require_root!();
     let t = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(t.path()).unwrap();
-    let good = t.path().join("good.tar");
-    testutil::docker_save(
-        &good,
-        &[image(&["good"], vec![base_layer()], false)],
-        DockerLayout::Legacy,
-        false,
-    );
-    store.import(&good).unwrap();
-    let before = snapshot(store.dir());
+    let (store, before) = store_with_one_image(t.path());
 
     let img = image(&["bad"], vec![base_layer(), upper_layer()], true);
     // OCI: a layer blob with one byte flipped no longer matches its name.
@@ -423,16 +430,7 @@ fn corrupt_blobs_are_refused_and_the_store_is_unchanged() {
 fn truncated_tarballs_are_refused_and_the_store_is_unchanged() {
     require_root!();
     let t = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(t.path()).unwrap();
-    let good = t.path().join("good.tar");
-    testutil::docker_save(
-        &good,
-        &[image(&["good"], vec![base_layer()], false)],
-        DockerLayout::Legacy,
-        false,
-    );
-    store.import(&good).unwrap();
-    let before = snapshot(store.dir());
+    let (store, before) = store_with_one_image(t.path());
     let img = image(&["cut"], vec![base_layer(), upper_layer()], false);
     for (name, gzip, oci) in [
         ("plain", false, false),
