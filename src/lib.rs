@@ -7,6 +7,7 @@ pub mod cli;
 pub mod graph;
 pub mod image;
 pub mod plan;
+pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod support;

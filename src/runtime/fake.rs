@@ -1,11 +1,11 @@
 //! An in-memory `Runtime` for the reconciler's tests: containers are entries in a map, every
 //! call is recorded, and failures can be injected per container and step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{ContainerSpec, Runtime, RuntimeError};
+use super::{ContainerSpec, HealthSpec, Runtime, RuntimeError};
 use crate::plan::{Observed, ObservedContainer, State};
 
 #[derive(Debug, Default)]
@@ -13,6 +13,38 @@ struct Inner {
     containers: BTreeMap<String, (String, ObservedContainer)>,
     calls: Vec<String>,
     fail: Vec<(String, &'static str)>,
+    /// Per service: how long `start` takes.
+    start_delay: BTreeMap<String, Duration>,
+    /// Per service: the process exits with this status this long after it starts.
+    exit_after: BTreeMap<String, (Duration, i32)>,
+    /// Per container: when its process will exit, and with what.
+    exits_at: BTreeMap<String, (Instant, i32)>,
+    /// Per service: the exit statuses of its next probes (0 once the queue is empty).
+    probes: BTreeMap<String, VecDeque<i32>>,
+    health: BTreeMap<String, HealthSpec>,
+    /// When each step finished, for ordering assertions.
+    finished: Vec<(String, Instant)>,
+}
+
+impl Inner {
+    /// Applies the exits that are due.
+    fn refresh(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, i32)> = self
+            .exits_at
+            .iter()
+            .filter(|(_, (t, _))| *t <= now)
+            .map(|(n, (_, c))| (n.clone(), *c))
+            .collect();
+        for (n, code) in due {
+            self.exits_at.remove(&n);
+            if let Some((_, c)) = self.containers.get_mut(&n)
+                && c.state == State::Running
+            {
+                c.state = State::Exited(code);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +60,40 @@ impl FakeRuntime {
     /// Makes `step` ("create", "start", "stop", "remove") fail for `container`.
     pub fn fail(&self, container: &str, step: &'static str) {
         self.lock().fail.push((container.to_string(), step));
+    }
+
+    /// Makes every `start` of `service`'s containers take `d`.
+    pub fn start_delay(&self, service: &str, d: Duration) {
+        self.lock().start_delay.insert(service.to_string(), d);
+    }
+
+    /// Makes `service`'s process exit with `code`, `after` it starts.
+    pub fn exit_after(&self, service: &str, after: Duration, code: i32) {
+        self.lock()
+            .exit_after
+            .insert(service.to_string(), (after, code));
+    }
+
+    /// The exit statuses of `service`'s next health probes.
+    pub fn probes(&self, service: &str, codes: &[i32]) {
+        self.lock()
+            .probes
+            .insert(service.to_string(), codes.iter().copied().collect());
+    }
+
+    /// When `step name` last finished.
+    pub fn finished(&self, call: &str) -> Option<Instant> {
+        self.lock()
+            .finished
+            .iter()
+            .rev()
+            .find(|(c, _)| c == call)
+            .map(|(_, t)| *t)
+    }
+
+    /// Removes every injected failure.
+    pub fn clear_failures(&self) {
+        self.lock().fail.clear();
     }
 
     /// Every call so far, as `step name`.
@@ -67,7 +133,8 @@ impl FakeRuntime {
 
 impl Runtime for FakeRuntime {
     async fn observe(&self, project: &str) -> Result<Observed, RuntimeError> {
-        let g = self.lock();
+        let mut g = self.lock();
+        g.refresh();
         Ok(Observed {
             containers: g
                 .containers
@@ -82,6 +149,9 @@ impl Runtime for FakeRuntime {
         let mut g = self.step(&spec.name, "create")?;
         if g.containers.contains_key(&spec.name) {
             return Err(RuntimeError::Exists(spec.name.clone()));
+        }
+        if let Some(h) = HealthSpec::resolve(spec.definition.healthcheck.as_ref(), None) {
+            g.health.insert(spec.name.clone(), h);
         }
         g.containers.insert(
             spec.name.clone(),
@@ -100,12 +170,27 @@ impl Runtime for FakeRuntime {
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        let delay = {
+            let g = self.lock();
+            g.containers
+                .get(name)
+                .and_then(|(_, c)| g.start_delay.get(&c.service).copied())
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let mut g = self.step(name, "start")?;
         let c = g
             .containers
             .get_mut(name)
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
         c.1.state = State::Running;
+        let service = c.1.service.clone();
+        if let Some(&(after, code)) = g.exit_after.get(&service) {
+            g.exits_at
+                .insert(name.to_string(), (Instant::now() + after, code));
+        }
+        g.finished.push((format!("start {name}"), Instant::now()));
         Ok(())
     }
 
@@ -118,15 +203,64 @@ impl Runtime for FakeRuntime {
         if c.1.state == State::Running {
             c.1.state = State::Exited(143);
         }
+        g.exits_at.remove(name);
         Ok(())
     }
 
     async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
         let mut g = self.step(name, "remove")?;
+        g.health.remove(name);
         g.containers
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+
+    async fn wait(&self, name: &str) -> Result<State, RuntimeError> {
+        loop {
+            {
+                let mut g = self.lock();
+                g.refresh();
+                let c = g
+                    .containers
+                    .get(name)
+                    .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+                if c.1.state != State::Running {
+                    return Ok(c.1.state);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn healthcheck(&self, name: &str) -> Result<Option<HealthSpec>, RuntimeError> {
+        Ok(self.lock().health.get(name).cloned())
+    }
+
+    async fn probe(
+        &self,
+        name: &str,
+        _argv: &[String],
+        _timeout: Duration,
+    ) -> Result<(i32, String), RuntimeError> {
+        let mut g = self.step(name, "probe")?;
+        g.refresh();
+        let service = match g.containers.get(name) {
+            Some((_, c)) if c.state == State::Running => c.service.clone(),
+            _ => {
+                return Err(RuntimeError::Step {
+                    container: name.to_string(),
+                    step: "probe",
+                    message: "the container is not running".into(),
+                });
+            }
+        };
+        let code = g
+            .probes
+            .get_mut(&service)
+            .and_then(|q| q.pop_front())
+            .unwrap_or(0);
+        Ok((code, String::new()))
     }
 }
 

@@ -8,7 +8,7 @@ pub mod linux;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::plan::Observed;
+use crate::plan::{Observed, State};
 use crate::spec::model::Service;
 
 /// Everything needed to create one container of a service.
@@ -37,6 +37,81 @@ pub enum RuntimeError {
     },
 }
 
+/// A container's health check, with Docker's defaults filled in and the test as an argv
+/// (`CMD-SHELL x` is `/bin/sh -c x`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthSpec {
+    pub argv: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+    pub start_interval: Duration,
+}
+
+impl HealthSpec {
+    /// The effective check: the file's fields over the image's (each field on its own, as
+    /// Docker merges them), `None` when there is no test, the test is `NONE`, or it is disabled.
+    pub fn resolve(
+        file: Option<&crate::spec::model::Healthcheck>,
+        image: Option<&crate::image::Healthcheck>,
+    ) -> Option<HealthSpec> {
+        if file.is_some_and(|f| f.disable) {
+            return None;
+        }
+        let test = file
+            .map(|f| f.test.clone())
+            .filter(|t| !t.is_empty())
+            .or_else(|| image.map(|i| i.test.clone()))
+            .unwrap_or_default();
+        let argv = match test.first().map(String::as_str) {
+            Some("CMD") => test[1..].to_vec(),
+            Some("CMD-SHELL") => {
+                let mut v = vec!["/bin/sh".to_string(), "-c".to_string()];
+                v.push(test[1..].join(" "));
+                v
+            }
+            _ => return None,
+        };
+        if argv.is_empty() {
+            return None;
+        }
+        let pick = |f: Option<crate::spec::units::Duration>, i: Option<Duration>, d: u64| {
+            f.map(|f| f.as_std())
+                .filter(|d| !d.is_zero())
+                .or(i)
+                .unwrap_or(Duration::from_secs(d))
+        };
+        Some(HealthSpec {
+            argv,
+            interval: pick(
+                file.and_then(|f| f.interval),
+                image.and_then(|i| i.interval),
+                30,
+            ),
+            timeout: pick(
+                file.and_then(|f| f.timeout),
+                image.and_then(|i| i.timeout),
+                30,
+            ),
+            retries: file
+                .and_then(|f| f.retries)
+                .or(image.and_then(|i| i.retries))
+                .unwrap_or(3),
+            start_period: pick(
+                file.and_then(|f| f.start_period),
+                image.and_then(|i| i.start_period),
+                0,
+            ),
+            start_interval: pick(
+                file.and_then(|f| f.start_interval),
+                image.and_then(|i| i.start_interval),
+                5,
+            ),
+        })
+    }
+}
+
 /// The operations the reconciler needs. Methods return futures so a real runtime can wait on
 /// the kernel without blocking the supervisor's event loop.
 pub trait Runtime: Send + Sync {
@@ -55,4 +130,17 @@ pub trait Runtime: Send + Sync {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Removes a stopped container and everything berth made for it.
     fn remove(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Resolves when the container's process has ended (at once if it is not running), with
+    /// the state it ended in.
+    fn wait(&self, name: &str) -> impl Future<Output = Result<State, RuntimeError>> + Send;
+    /// The container's effective health check (file over image), if it has one.
+    fn healthcheck(&self, name: &str) -> Result<Option<HealthSpec>, RuntimeError>;
+    /// Runs one health probe inside the running container: its exit status (a probe that
+    /// outlives `timeout` is killed and counts as a failure) and the start of its output.
+    fn probe(
+        &self,
+        name: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(i32, String), RuntimeError>> + Send;
 }

@@ -15,7 +15,7 @@ use super::launch::launch;
 use super::spec::{LaunchSpec, Limits, Process, Rootfs};
 use crate::image::ImageStore;
 use crate::plan::{Observed, ObservedContainer, State};
-use crate::runtime::{ContainerSpec, Runtime, RuntimeError};
+use crate::runtime::{ContainerSpec, HealthSpec, Runtime, RuntimeError};
 use crate::spec::model::Service;
 
 /// What berth remembers about one container.
@@ -37,8 +37,17 @@ struct Record {
     pid: Option<i32>,
     /// The init's start time (field 22 of /proc/<pid>/stat), so a recycled pid is not taken for it.
     starttime: Option<u64>,
+    /// The effective health check (the file's over the image's).
+    #[serde(default)]
+    health: Option<HealthSpec>,
+    /// When the record was made and when the container last started (seconds since the epoch).
+    #[serde(default)]
+    created_at: u64,
+    #[serde(default)]
+    started_at: Option<u64>,
 }
 
+#[derive(Debug, Clone)]
 pub struct LinuxRuntime {
     root: PathBuf,
     images: ImageStore,
@@ -175,6 +184,9 @@ impl LinuxRuntime {
             image_id,
             pid: None,
             starttime: None,
+            health: HealthSpec::resolve(svc.healthcheck.as_ref(), config.healthcheck.as_ref()),
+            created_at: now_unix(),
+            started_at: None,
         })
     }
 }
@@ -381,11 +393,35 @@ fn signal_by_name(s: Option<&str>) -> nix::sys::signal::Signal {
     nix::sys::signal::Signal::from_str(&n).unwrap_or(nix::sys::signal::Signal::SIGTERM)
 }
 
-impl Runtime for LinuxRuntime {
-    async fn observe(&self, project: &str) -> Result<Observed, RuntimeError> {
+impl LinuxRuntime {
+    /// The state a container's record and the kernel show.
+    fn state_of(&self, r: &Record) -> State {
+        if Self::alive(r) {
+            return State::Running;
+        }
+        match fs::read_to_string(self.dir(&r.name).join("exit"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            // 137 is SIGKILL; the cgroup says whether the OOM killer sent it.
+            Some(137)
+                if Cgroup::open(&r.cgroup)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|cg| cg.oom_kills() > 0) =>
+            {
+                State::OomKilled
+            }
+            Some(code) => State::Exited(code),
+            None if r.pid.is_some() => State::Exited(-1),
+            None => State::Created,
+        }
+    }
+
+    fn observe_sync(&self, project: &str) -> Observed {
         let mut out = Observed::default();
         let Ok(rd) = fs::read_dir(self.root.join("containers")) else {
-            return Ok(out);
+            return out;
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -393,27 +429,7 @@ impl Runtime for LinuxRuntime {
             if r.project != project {
                 continue;
             }
-            let state = if Self::alive(&r) {
-                State::Running
-            } else {
-                match fs::read_to_string(self.dir(&name).join("exit"))
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                {
-                    // 137 is SIGKILL; the cgroup says whether the OOM killer sent it.
-                    Some(137)
-                        if Cgroup::open(&r.cgroup)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|cg| cg.oom_kills() > 0) =>
-                    {
-                        State::OomKilled
-                    }
-                    Some(code) => State::Exited(code),
-                    None if r.pid.is_some() => State::Exited(-1),
-                    None => State::Created,
-                }
-            };
+            let state = self.state_of(&r);
             out.containers.push(ObservedContainer {
                 name: r.name,
                 service: r.service,
@@ -423,10 +439,10 @@ impl Runtime for LinuxRuntime {
             });
         }
         out.containers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        out
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    fn create_sync(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let dir = self.dir(&spec.name);
         if dir.join("container.json").exists() {
             return Err(RuntimeError::Exists(spec.name.clone()));
@@ -436,14 +452,14 @@ impl Runtime for LinuxRuntime {
         self.write(&record)
     }
 
-    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+    fn start_sync(&self, name: &str) -> Result<(), RuntimeError> {
         let mut r = self.read(name)?;
         if Self::alive(&r) {
             return Ok(());
         }
         let dir = self.dir(name);
-        // A restart starts from the image again: the previous run's writable layer is dropped
-        // only on recreate, as Docker does; keep it, clear the exit status.
+        // A restart keeps the writable layer (it is dropped only on recreate, as Docker does);
+        // the previous run's exit status goes.
         let _ = fs::remove_file(dir.join("exit"));
         let cg =
             Cgroup::create(&r.cgroup, &r.limits).map_err(|e| step(name, "create cgroup", e))?;
@@ -461,29 +477,11 @@ impl Runtime for LinuxRuntime {
         })?;
         r.pid = Some(running.pid);
         r.starttime = starttime(running.pid);
+        r.started_at = Some(now_unix());
         self.write(&r)
     }
 
-    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let r = self.read(name)?;
-        let Some(pid) = r.pid.filter(|_| Self::alive(&r)) else {
-            return Ok(());
-        };
-        let pid = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(pid, signal_by_name(r.stop_signal.as_deref()));
-        let deadline = std::time::Instant::now() + grace;
-        while Self::alive(&r) {
-            // If the init is our child (this berth started it), reap it so it can disappear.
-            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-            if std::time::Instant::now() >= deadline {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+    fn remove_sync(&self, name: &str) -> Result<(), RuntimeError> {
         let r = self.read(name)?;
         if Self::alive(&r) {
             return Err(step(
@@ -496,6 +494,117 @@ impl Runtime for LinuxRuntime {
             cg.remove().map_err(|e| step(name, "remove cgroup", e))?;
         }
         fs::remove_dir_all(self.dir(name)).map_err(|e| step(name, "remove container directory", e))
+    }
+
+    /// Runs blocking work (file system, the launch handshake) on tokio's blocking pool, so the
+    /// reconciler's timers and other services' steps keep going meanwhile.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LinuxRuntime) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| step("-", "runtime task", e))?
+    }
+
+    /// Resolves when the init `pid` (checked against the record's start time) has ended; a
+    /// pidfd makes this work for containers this process did not start (adoption).
+    async fn exited(&self, r: &Record) -> Result<(), RuntimeError> {
+        let Some(pid) = r.pid else { return Ok(()) };
+        let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+            return Ok(());
+        };
+        let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(()),
+        };
+        // The pid may have been recycled between the record and the pidfd: check after opening.
+        if !Self::alive(r) {
+            return Ok(());
+        }
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open and the same
+        // descriptor for the AsyncFd's whole life.
+        let afd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| step(&r.name, "wait (pidfd)", e.to_string()))?;
+        let _ = afd
+            .readable()
+            .await
+            .map_err(|e| step(&r.name, "wait (pidfd)", e))?;
+        // Reap it if it is our child (this process started it); not our child: nothing to do.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        Ok(())
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Runtime for LinuxRuntime {
+    async fn observe(&self, project: &str) -> Result<Observed, RuntimeError> {
+        let project = project.to_string();
+        self.blocking(move |rt| Ok(rt.observe_sync(&project))).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let spec = spec.clone();
+        self.blocking(move |rt| rt.create_sync(&spec)).await
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        let name = name.to_string();
+        self.blocking(move |rt| rt.start_sync(&name)).await
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let r = self.read(name)?;
+        let Some(pid) = r.pid.filter(|_| Self::alive(&r)) else {
+            return Ok(());
+        };
+        let npid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(npid, signal_by_name(r.stop_signal.as_deref()));
+        if tokio::time::timeout(grace, self.exited(&r)).await.is_err() {
+            // SIGKILL of the init ends every process of the container's PID namespace.
+            let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGKILL);
+            self.exited(&r).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let name = name.to_string();
+        self.blocking(move |rt| rt.remove_sync(&name)).await
+    }
+
+    async fn wait(&self, name: &str) -> Result<State, RuntimeError> {
+        let r = self.read(name)?;
+        self.exited(&r).await?;
+        Ok(self.state_of(&r))
+    }
+
+    fn healthcheck(&self, name: &str) -> Result<Option<HealthSpec>, RuntimeError> {
+        Ok(self.read(name)?.health)
+    }
+
+    async fn probe(
+        &self,
+        name: &str,
+        _argv: &[String],
+        _timeout: Duration,
+    ) -> Result<(i32, String), RuntimeError> {
+        Err(step(
+            name,
+            "health probe",
+            "exec into containers is not available yet",
+        ))
     }
 }
 
