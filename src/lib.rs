@@ -10,6 +10,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;
+pub mod state;
 pub mod support;
 
 use spec::{Diagnostics, LoadError, LoadOptions, Loaded};

@@ -2,7 +2,12 @@
 //! calls into the library, prints. `anyhow` lives here and nowhere below.
 
 mod config;
+mod down;
 mod image;
+mod logs;
+mod project;
+mod ps;
+mod up;
 mod version;
 
 use std::path::PathBuf;
@@ -28,7 +33,8 @@ pub struct Cli {
 #[derive(Debug, Args, Clone, Default)]
 pub struct Global {
     /// Project file(s); later files merge over earlier ones [default: berth.yaml, compose.yaml, ...]
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    // Not `global`: after the verb, `-f` is the verb's own (`logs -f` follows), as in Compose.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Project name [default: the `name:` in the file, or the directory's name]
     #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
@@ -71,13 +77,16 @@ pub enum Verb {
     /// Show berth's version
     Version(version::VersionArgs),
     /// Create and start the project's containers
-    Up(Later),
+    Up(up::UpArgs),
     /// Stop and remove what `up` created
-    Down(Later),
+    Down(down::DownArgs),
     /// List the project's containers
-    Ps(Later),
+    Ps(ps::PsArgs),
     /// Show container output
-    Logs(Later),
+    Logs(logs::LogsArgs),
+    /// The project's supervisor (started by `up -d`)
+    #[command(name = "__supervise", hide = true)]
+    Supervise(up::SuperviseArgs),
     /// Run a command in a running container
     Exec(Later),
     /// Run a one-off command in a new container of a service
@@ -150,13 +159,14 @@ impl Verb {
             | Verb::Version(_)
             | Verb::Images(_)
             | Verb::Image(_)
-            | Verb::Rmi { .. } => {
+            | Verb::Rmi { .. }
+            | Verb::Up(_)
+            | Verb::Down(_)
+            | Verb::Ps(_)
+            | Verb::Logs(_)
+            | Verb::Supervise(_) => {
                 return None;
             }
-            Verb::Up(_) => "up",
-            Verb::Down(_) => "down",
-            Verb::Ps(_) => "ps",
-            Verb::Logs(_) => "logs",
             Verb::Exec(_) => "exec",
             Verb::Run(_) => "run",
             Verb::Create(_) => "create",
@@ -212,6 +222,11 @@ pub fn main() -> i32 {
         Verb::Images(a) => image::list(a),
         Verb::Image(a) => image::run(a),
         Verb::Rmi { images } => image::remove(images),
+        Verb::Up(a) => up::run(&cli.global, a),
+        Verb::Down(a) => down::run(&cli.global, a),
+        Verb::Ps(a) => ps::run(&cli.global, a),
+        Verb::Logs(a) => logs::run(&cli.global, a),
+        Verb::Supervise(a) => up::supervise(&cli.global, a),
         _ => Ok(0),
     };
     match result {
@@ -251,5 +266,14 @@ fn report(e: &anyhow::Error) {
             }
             eprintln!("berth: {msg}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod restart;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

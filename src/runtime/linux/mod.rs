@@ -22,6 +22,13 @@ pub const SETUP_ARG: &str = "__berth-setup";
 /// The hidden first argument that makes the berth binary act as the zygote.
 pub const ZYGOTE_ARG: &str = "__berth-zygote";
 
+/// The start time of a process (field 22 of /proc/<pid>/stat, in clock ticks since boot), or
+/// `None` when it does not exist or is a zombie. A pid plus its start time names one process
+/// for good: a recycled pid has another start time.
+pub fn process_starttime(pid: i32) -> Option<u64> {
+    runtime::starttime(pid)
+}
+
 /// Runs the hidden modes of the binary. Called first thing in `main`, before any thread exists.
 pub fn dispatch() -> Option<i32> {
     let arg = std::env::args_os().nth(1)?;

@@ -45,6 +45,9 @@ struct Record {
     created_at: u64,
     #[serde(default)]
     started_at: Option<u64>,
+    /// The image as the file names it.
+    #[serde(default)]
+    image: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +64,7 @@ fn step(container: &str, step: &'static str, e: impl std::fmt::Display) -> Runti
     }
 }
 
-fn starttime(pid: i32) -> Option<u64> {
+pub(super) fn starttime(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -187,6 +190,7 @@ impl LinuxRuntime {
             health: HealthSpec::resolve(svc.healthcheck.as_ref(), config.healthcheck.as_ref()),
             created_at: now_unix(),
             started_at: None,
+            image: Some(image.to_string()),
         })
     }
 }
@@ -393,7 +397,53 @@ fn signal_by_name(s: Option<&str>) -> nix::sys::signal::Signal {
     nix::sys::signal::Signal::from_str(&n).unwrap_or(nix::sys::signal::Signal::SIGTERM)
 }
 
+/// What `ps` shows about one container.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub name: String,
+    pub project: String,
+    pub service: String,
+    pub index: u32,
+    pub image: String,
+    pub command: Vec<String>,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    /// The init's host pid while it runs.
+    pub pid: Option<i32>,
+    pub state: State,
+    /// When the exit status was written (seconds since the epoch).
+    pub finished_at: Option<u64>,
+    /// The container's directory: its log files are there.
+    pub dir: PathBuf,
+}
+
 impl LinuxRuntime {
+    /// Details of one container, for `ps`, `logs` and `exec`.
+    pub fn info(&self, name: &str) -> Result<Info, RuntimeError> {
+        let r = self.read(name)?;
+        let state = self.state_of(&r);
+        let dir = self.dir(name);
+        let finished_at = fs::metadata(dir.join("exit"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        Ok(Info {
+            name: r.name.clone(),
+            project: r.project.clone(),
+            service: r.service.clone(),
+            index: r.index,
+            image: r.image.clone().unwrap_or_else(|| "host".into()),
+            command: r.launch.process.args.clone(),
+            created_at: r.created_at,
+            started_at: r.started_at,
+            pid: r.pid.filter(|_| state == State::Running),
+            state,
+            finished_at,
+            dir,
+        })
+    }
+
     /// The state a container's record and the kernel show.
     fn state_of(&self, r: &Record) -> State {
         if Self::alive(r) {

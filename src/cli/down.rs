@@ -1,0 +1,85 @@
+//! `berth down`: stop the supervisor, then stop and remove every container of the project
+//! (dependents first), and the project's state. Nothing of another project is touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::Global;
+use super::project::{Display, Progress, name_only, runtime, stop_supervisor, tokio};
+use crate::reconcile::{Options, Target, teardown};
+use crate::runtime::Runtime;
+use crate::state::ProjectState;
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Also remove named volumes and private disks (arrives with the disks)
+    #[arg(short, long)]
+    pub volumes: bool,
+    /// Stop grace period in seconds, instead of each service's stop_grace_period
+    #[arg(short, long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Accepted for Compose compatibility: berth removes every container the project made,
+    /// orphans included
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Progress output
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+}
+
+pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
+    let (name, loaded) = name_only(g)?;
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("berth down needs root, as berth up does");
+    }
+    let st = ProjectState::new(&super::image::state_root(), &name);
+    let rt = runtime()?;
+    let tk = tokio()?;
+    stop_supervisor(&st);
+    let lock = st.lock(Duration::from_secs(60))?;
+    // The graph orders the stops; without a file (it was deleted), everything goes at once.
+    let target = match loaded {
+        Some(l) => l.target,
+        None => {
+            let project = crate::spec::model::Project {
+                name: name.clone(),
+                ..Default::default()
+            };
+            let graph = crate::graph::Graph::new(&project)
+                .map_err(|_| anyhow::anyhow!("empty project graph"))?;
+            Target {
+                project,
+                dir: std::env::current_dir().unwrap_or_default(),
+                graph,
+            }
+        }
+    };
+    let containers = tk.block_on(rt.observe(&name))?.containers;
+    let display = Display::new(a.progress);
+    let opts = Options {
+        timeout: a.timeout.map(Duration::from_secs),
+        ..Options::default()
+    };
+    let failures = tk.block_on(teardown(
+        rt.clone(),
+        Arc::new(target),
+        containers,
+        true,
+        opts,
+        display.sink.clone(),
+    ));
+    display.finish();
+    for f in &failures {
+        eprintln!("berth: {f}");
+    }
+    if failures.is_empty() {
+        drop(lock);
+        st.remove()?;
+        Ok(0)
+    } else {
+        Ok(1)
+    }
+}

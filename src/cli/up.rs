@@ -1,0 +1,396 @@
+//! `berth up`: converge the host toward the file, then either stream the logs in the
+//! foreground (Ctrl-C stops the project; a second Ctrl-C kills it) or, with `-d`, leave the
+//! project's supervisor running in the background. Also the hidden `__supervise` verb that is
+//! that supervisor.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::Global;
+use super::logs::{Style, follow};
+use super::project::{Display, Progress, load, runtime, stop_supervisor, tokio};
+use crate::plan::{Action, State, diff};
+use crate::reconcile::supervisor::{Supervisor, load_target, log};
+use crate::reconcile::{Options, Target, apply, teardown};
+use crate::runtime::Runtime;
+use crate::state::{ProjectState, Status};
+
+#[derive(Debug, Args, Default)]
+pub struct UpArgs {
+    /// Detached: leave the project running under its supervisor and return
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Wait until services are running or healthy (implies -d)
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub wait_timeout: Option<u64>,
+    /// Recreate containers even if their configuration did not change
+    #[arg(long, conflicts_with = "no_recreate")]
+    pub force_recreate: bool,
+    /// Leave existing containers as they are, even if their configuration changed
+    #[arg(long)]
+    pub no_recreate: bool,
+    /// Don't start the services the named ones depend on
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Create, don't start
+    #[arg(long)]
+    pub no_start: bool,
+    /// Replicas of a service, overriding `scale` in the file (SERVICE=N)
+    #[arg(long, value_name = "SERVICE=N")]
+    pub scale: Vec<String>,
+    /// Remove containers of services no longer in the file
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Stop grace period in seconds for containers that are replaced
+    #[arg(short, long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Progress output
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+    /// No colours in the log
+    #[arg(long)]
+    pub no_color: bool,
+    /// Services (default: all)
+    pub services: Vec<String>,
+}
+
+fn apply_scale(target: &mut Target, scale: &[String]) -> anyhow::Result<()> {
+    for s in scale {
+        let Some((svc, n)) = s.split_once('=') else {
+            bail!("--scale {s}: expected SERVICE=N");
+        };
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("--scale {s}: {n} is not a number"))?;
+        let Some(def) = target.project.services.get_mut(svc) else {
+            bail!("--scale {s}: no service {svc:?} in the project");
+        };
+        if n > 1 && def.container_name.is_some() {
+            bail!(
+                "--scale {s}: service {svc} sets container_name, so it can have only one container"
+            );
+        }
+        def.scale = Some(n);
+    }
+    Ok(())
+}
+
+pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
+    let mut l = load(g)?;
+    apply_scale(&mut l.target, &a.scale)?;
+    for s in &a.services {
+        if !l.target.project.services.contains_key(s) {
+            bail!("no such service: {s}");
+        }
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!(
+            "berth runs containers with the kernel's namespaces and cgroups, which needs root: run `sudo berth up`"
+        );
+    }
+    let rt = runtime()?;
+    let tk = tokio()?;
+    stop_supervisor(&l.state);
+    let lock = l.state.lock(Duration::from_secs(60))?;
+    l.state.write_record(&l.record)?;
+    let target = Arc::new(l.target);
+    let observed = tk.block_on(rt.observe(&target.project.name))?;
+    let mut plan = diff(&target.project, &target.dir, &target.graph, &observed);
+
+    // Which services this `up` is about: the named ones and, unless --no-deps, what they need.
+    let scope: Option<BTreeSet<String>> = (!a.services.is_empty()).then(|| {
+        if a.no_deps {
+            a.services.iter().cloned().collect()
+        } else {
+            target.graph.with_dependencies(&a.services)
+        }
+    });
+    let in_scope = |s: &str| scope.as_ref().is_none_or(|sc| sc.contains(s));
+    let mut orphans = BTreeSet::new();
+    plan.actions.retain(|act| {
+        let s = act.service();
+        if !target.project.services.contains_key(s) {
+            orphans.insert(s.to_string());
+            return a.remove_orphans;
+        }
+        if a.no_recreate && matches!(act, Action::Recreate { .. }) {
+            return false;
+        }
+        in_scope(s)
+    });
+    if !orphans.is_empty() && !a.remove_orphans {
+        eprintln!(
+            "berth: warning: containers of services no longer in the file: {}; `berth up --remove-orphans` removes them",
+            orphans.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if a.force_recreate {
+        for c in &observed.containers {
+            if !target.project.services.contains_key(&c.service) || !in_scope(&c.service) {
+                continue;
+            }
+            let already = plan.actions.iter().any(|act| {
+                matches!(act, Action::Recreate { name, .. } | Action::Remove { name, .. } if *name == c.name)
+            });
+            if already {
+                continue;
+            }
+            plan.actions
+                .retain(|act| !matches!(act, Action::Start { name, .. } if *name == c.name));
+            let hash = crate::plan::config_hash(&target.project.services[&c.service], &target.dir);
+            plan.actions.push(Action::Recreate {
+                service: c.service.clone(),
+                index: c.index,
+                name: c.name.clone(),
+                config_hash: hash,
+            });
+        }
+    }
+    // The user asked for these to run again.
+    for act in &plan.actions {
+        if let Action::Start { name, .. } | Action::Recreate { name, .. } = act {
+            let _ = l.state.set_stopped(name, false);
+        }
+    }
+
+    let detach = a.detach || a.wait;
+    let opts = Options {
+        timeout: a.timeout.map(Duration::from_secs),
+        no_start: a.no_start,
+        wait: a.wait,
+    };
+    let display = Display::new(a.progress);
+    let converge = apply(
+        rt.clone(),
+        target.clone(),
+        &plan,
+        &observed.containers,
+        opts.clone(),
+        display.sink.clone(),
+    );
+    let failures = if let Some(secs) = a.wait_timeout.filter(|_| a.wait) {
+        match tk.block_on(tokio::time::timeout(Duration::from_secs(secs), converge)) {
+            Ok(f) => f,
+            Err(_) => {
+                display.finish();
+                spawn_supervisor(&l.state, lock)?;
+                bail!("--wait-timeout: the project was not ready after {secs}s");
+            }
+        }
+    } else {
+        tk.block_on(converge)
+    };
+    display.finish();
+    for f in &failures {
+        eprintln!("berth: {f}");
+    }
+    let mut code = i32::from(!failures.is_empty());
+
+    if detach {
+        if a.wait && code == 0 {
+            // A one-shot job is done when it exited 0 (Compose reports such a job as failed);
+            // any other container that already ended, ended badly.
+            let now = tk.block_on(rt.observe(&target.project.name))?;
+            for c in &now.containers {
+                if !in_scope(&c.service) {
+                    continue;
+                }
+                match c.state {
+                    State::Exited(0) | State::Running | State::Created => {}
+                    s => {
+                        eprintln!("berth: container {} is not running: {s:?}", c.name);
+                        code = 1;
+                    }
+                }
+            }
+        }
+        spawn_supervisor(&l.state, lock)?;
+        return Ok(code);
+    }
+
+    // Foreground: the supervisor runs in this process, the logs stream, Ctrl-C stops it all.
+    let record = l.state.record()?;
+    let pname = target.project.name.clone();
+    let width = target
+        .project
+        .services
+        .iter()
+        .flat_map(|(s, d)| {
+            let pname = pname.clone();
+            (1..=d.replicas()).map(move |i| crate::plan::container_name(&pname, s, d, i).len())
+        })
+        .max()
+        .unwrap_or(0);
+    let style = Style {
+        color: !a.no_color
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none(),
+        prefix: true,
+        timestamps: false,
+        width,
+    };
+    let st = l.state.clone();
+    let project = target.project.name.clone();
+    tk.block_on(async {
+        let sup = Supervisor::new(rt.clone(), st.clone(), record, target.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut r1 = stop_rx.clone();
+        let mut r2 = stop_rx.clone();
+        let sup_task = tokio::spawn(sup.run(async move {
+            let _ = r1.wait_for(|s| *s).await;
+        }));
+        let logs = tokio::spawn(follow(rt.clone(), project.clone(), Vec::new(), style, async move {
+            let _ = r2.wait_for(|s| *s).await;
+        }));
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
+        let _ = stop_tx.send(true);
+        let _ = sup_task.await;
+        let _ = logs.await;
+        let containers = rt.observe(&project).await.map(|o| o.containers).unwrap_or_default();
+        let display = Display::new(a.progress);
+        let stopping = teardown(
+            rt.clone(),
+            target.clone(),
+            containers,
+            false,
+            opts.clone(),
+            display.sink.clone(),
+        );
+        tokio::pin!(stopping);
+        let failures = tokio::select! {
+            f = &mut stopping => f,
+            _ = tokio::signal::ctrl_c() => {
+                // A second Ctrl-C: no more grace.
+                let containers = rt.observe(&project).await.map(|o| o.containers).unwrap_or_default();
+                let kill = Options { timeout: Some(Duration::ZERO), ..Options::default() };
+                teardown(rt.clone(), target.clone(), containers, false, kill, display.sink.clone()).await
+            }
+        };
+        display.finish();
+        for f in failures {
+            eprintln!("berth: {f}");
+        }
+    });
+    drop(lock);
+    Ok(code)
+}
+
+/// Starts the project's supervisor in the background, handing it this command's lock (the
+/// open lock file is inherited, so the project is never unlocked in between).
+fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the berth binary")?;
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(st.log_path())
+        .with_context(|| format!("opening {}", st.log_path().display()))?;
+    let fd = lock.fd.as_raw_fd();
+    // The lock's descriptor must survive exec in the child.
+    nix::fcntl::fcntl(
+        &lock.fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .context("passing the project lock to the supervisor")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("-p")
+        .arg(&st.name)
+        .arg("__supervise")
+        .arg("--lock-fd")
+        .arg(fd.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone().context("log file")?)
+        .stderr(logf);
+    // SAFETY: setsid and close_range are async-signal-safe, and exec follows at once. The
+    // child leaves the terminal's session so a Ctrl-C or hangup there does not reach the
+    // supervisor, and it inherits no descriptor but the lock (a long-lived process must not
+    // hold whatever its caller had open: a build tool's lock, a pipe someone waits on).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            let fd = fd as libc::c_uint;
+            let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
+            if fd > 3 {
+                libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, fd - 1, cloexec);
+            }
+            libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, cloexec);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the supervisor")?;
+    st.write_supervisor(child.id() as i32)?;
+    drop(lock);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The project lock, already held (inherited from `berth up -d`)
+    #[arg(long)]
+    pub lock_fd: Option<i32>,
+}
+
+/// The supervisor's process: `berth -p NAME __supervise`.
+pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
+    let name = g
+        .project_name
+        .clone()
+        .context("__supervise needs -p PROJECT")?;
+    let st = ProjectState::new(&super::image::state_root(), &name);
+    let record = st.record()?;
+    let _lock = match a.lock_fd {
+        // SAFETY: the descriptor was inherited from `berth up`, which handed it over for this
+        // process alone; nothing else in this process owns it.
+        Some(fd) => crate::state::Lock {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        },
+        None => st.lock(Duration::from_secs(60))?,
+    };
+    st.write_supervisor(std::process::id() as i32)?;
+    let target = match load_target(&record) {
+        Ok(t) => t,
+        Err(e) => {
+            st.write_status(&Status {
+                invalid: Some(e.to_string()),
+                ..st.status()
+            })?;
+            bail!("the project file does not load: {e}");
+        }
+    };
+    let rt = runtime()?;
+    let tk = tokio()?;
+    log(format!(
+        "supervising project {name} (pid {})",
+        std::process::id()
+    ));
+    tk.block_on(async {
+        let sup = Supervisor::new(rt, st.clone(), record, Arc::new(target));
+        sup.run(async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await;
+    });
+    log("supervisor stopped; the containers keep running");
+    if st.supervisor() == Some(std::process::id() as i32) {
+        st.clear_supervisor();
+    }
+    Ok(0)
+}

@@ -1,0 +1,481 @@
+//! The per-project supervisor: one loop fed by triggers (a container ended, a health status
+//! changed, a restart's backoff is over, the project file was saved), each handled in turn,
+//! as kube-runtime's controllers do. It restarts containers by policy with a doubling backoff,
+//! runs health checks, and re-plans when the file changes: only services whose configuration
+//! hash changed are recreated. A supervisor started again (after `kill -9`) adopts what runs:
+//! it waits on the containers' pidfds, it never starts a second copy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::health::{Status as Health, Tracker};
+use super::restart::{Policy, RESET_AFTER};
+use super::{Event, Options, Sink, Target, apply};
+use crate::plan::{Action, State, diff};
+use crate::runtime::Runtime;
+use crate::state::{ProjectRecord, ProjectState, Status};
+
+#[derive(Debug)]
+enum Trigger {
+    Exited {
+        name: String,
+        state: State,
+        generation: u64,
+    },
+    Health {
+        name: String,
+        status: Health,
+        generation: u64,
+    },
+    RestartDue {
+        name: String,
+        generation: u64,
+    },
+    FileChanged,
+}
+
+/// Prints one line of the supervisor's log (stderr: the log file when detached).
+pub fn log(msg: impl std::fmt::Display) {
+    let t = crate::runtime::linux::logs::timestamp(std::time::SystemTime::now());
+    eprintln!("{} {msg}", &t[..23.min(t.len())]);
+}
+
+/// A sink that writes progress to the supervisor's log.
+pub fn log_sink() -> Sink {
+    Arc::new(|e: Event| {
+        let what = if e.container.is_empty() {
+            e.service.clone()
+        } else {
+            e.container.clone()
+        };
+        log(format!("{what}: {:?}", e.phase));
+    })
+}
+
+#[derive(Default)]
+struct Watch {
+    generation: u64,
+    tasks: Vec<AbortHandle>,
+    /// Restarts so far in the current run of failures, and when it last started.
+    attempts: u32,
+    started: Option<Instant>,
+}
+
+pub struct Supervisor<R> {
+    rt: Arc<R>,
+    state: ProjectState,
+    record: ProjectRecord,
+    target: Arc<Target>,
+    status: Status,
+    watches: BTreeMap<String, Watch>,
+    next_gen: u64,
+    tx: mpsc::UnboundedSender<Trigger>,
+    rx: mpsc::UnboundedReceiver<Trigger>,
+    sink: Sink,
+}
+
+/// Loads the project the record describes: the target of a supervisor.
+pub fn load_target(record: &ProjectRecord) -> Result<Target, crate::spec::LoadError> {
+    let p = crate::load_project(&record.load_options())?;
+    Ok(Target {
+        project: p.loaded.project,
+        dir: p.loaded.project_dir,
+        graph: p.graph,
+    })
+}
+
+impl<R: Runtime + 'static> Supervisor<R> {
+    pub fn new(
+        rt: Arc<R>,
+        state: ProjectState,
+        record: ProjectRecord,
+        target: Arc<Target>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut status = state.status();
+        status.invalid = None;
+        Supervisor {
+            rt,
+            state,
+            record,
+            target,
+            status,
+            watches: BTreeMap::new(),
+            next_gen: 1,
+            tx,
+            rx,
+            sink: log_sink(),
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.state.write_status(&self.status) {
+            log(format!("cannot write status: {e}"));
+        }
+    }
+
+    /// Runs until `shutdown` resolves. Containers are left as they are.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let _watcher = self.watch_files();
+        self.arm_all().await;
+        tokio::pin!(shutdown);
+        loop {
+            let t = tokio::select! {
+                t = self.rx.recv() => t,
+                _ = &mut shutdown => None,
+            };
+            let Some(t) = t else { break };
+            self.handle(t).await;
+        }
+        for w in self.watches.values() {
+            for t in &w.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    fn watch_files(&self) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let files = self.record.watched();
+        let tx = self.tx.clone();
+        let wanted = files.clone();
+        let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev
+                && !ev.kind.is_access()
+                && ev.paths.iter().any(|p| wanted.contains(p))
+            {
+                let _ = tx.send(Trigger::FileChanged);
+            }
+        })
+        .map_err(|e| log(format!("cannot watch the project files: {e}")))
+        .ok()?;
+        // Editors save by writing a new file and renaming it over the old one: watch the
+        // directories, and pick the files out of their events.
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(|p| p.to_path_buf()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
+                log(format!("cannot watch {}: {e}", d.display()));
+            }
+        }
+        Some(w)
+    }
+
+    /// Watches every container of the project afresh (after start and after each re-plan).
+    async fn arm_all(&mut self) {
+        for w in self.watches.values_mut() {
+            for t in w.tasks.drain(..) {
+                t.abort();
+            }
+        }
+        let observed = match self.rt.observe(&self.target.project.name).await {
+            Ok(o) => o,
+            Err(e) => {
+                log(format!("observe: {e}"));
+                return;
+            }
+        };
+        let names: Vec<String> = observed.containers.iter().map(|c| c.name.clone()).collect();
+        self.watches.retain(|n, _| names.contains(n));
+        self.status.containers.retain(|n, _| names.contains(n));
+        for c in observed.containers {
+            if c.state == State::Running {
+                self.arm(&c.name);
+            } else if !matches!(c.state, State::Created) {
+                // Ended while nobody watched (between two supervisors): the policy decides,
+                // counting the restarts it already had (a crash loop that gave up stays down).
+                let had = self
+                    .status
+                    .containers
+                    .get(&c.name)
+                    .map_or(0, |s| s.restarts);
+                let w = self.watches.entry(c.name.clone()).or_default();
+                if w.started.is_none() {
+                    w.attempts = had;
+                }
+                let generation = self.fresh_gen(&c.name);
+                let _ = self.tx.send(Trigger::Exited {
+                    name: c.name,
+                    state: c.state,
+                    generation,
+                });
+            }
+        }
+        self.save();
+    }
+
+    fn fresh_gen(&mut self, name: &str) -> u64 {
+        self.next_gen += 1;
+        let g = self.next_gen;
+        let w = self.watches.entry(name.to_string()).or_default();
+        for t in w.tasks.drain(..) {
+            t.abort();
+        }
+        w.generation = g;
+        g
+    }
+
+    /// Waits for the container's end and runs its health checks.
+    fn arm(&mut self, name: &str) {
+        let generation = self.fresh_gen(name);
+        let mut tasks = Vec::new();
+        let rt = self.rt.clone();
+        let tx = self.tx.clone();
+        let n = name.to_string();
+        tasks.push(
+            tokio::spawn(async move {
+                if let Ok(state) = rt.wait(&n).await {
+                    let _ = tx.send(Trigger::Exited {
+                        name: n,
+                        state,
+                        generation,
+                    });
+                }
+            })
+            .abort_handle(),
+        );
+        if let Ok(Some(spec)) = self.rt.healthcheck(name) {
+            let rt = self.rt.clone();
+            let tx = self.tx.clone();
+            let n = name.to_string();
+            self.status.containers.entry(n.clone()).or_default().health = Some(Health::Starting);
+            tasks.push(
+                tokio::spawn(async move {
+                    let mut t = Tracker::new(Instant::now());
+                    let mut last = Health::Starting;
+                    loop {
+                        tokio::time::sleep(t.next_delay(&spec, Instant::now())).await;
+                        let Ok((code, out)) = rt.probe(&n, &spec.argv, spec.timeout).await else {
+                            return;
+                        };
+                        let s = t.record(&spec, Instant::now(), code, &out);
+                        if s != last {
+                            last = s;
+                            let _ = tx.send(Trigger::Health {
+                                name: n.clone(),
+                                status: s,
+                                generation,
+                            });
+                        }
+                    }
+                })
+                .abort_handle(),
+            );
+        }
+        if let Some(w) = self.watches.get_mut(name) {
+            w.tasks = tasks;
+            if w.started.is_none() {
+                w.started = Some(Instant::now());
+            }
+        }
+    }
+
+    fn current(&self, name: &str, generation: u64) -> bool {
+        self.watches
+            .get(name)
+            .is_some_and(|w| w.generation == generation)
+    }
+
+    /// The service a container belongs to, in the current target.
+    fn service_of(&self, name: &str) -> Option<&str> {
+        let p = &self.target.project;
+        p.services
+            .iter()
+            .find(|(s, def)| {
+                (1..=def.replicas().max(1))
+                    .any(|i| crate::plan::container_name(&p.name, s, def, i) == name)
+            })
+            .map(|(s, _)| s.as_str())
+    }
+
+    fn policy(&self, name: &str) -> Option<Policy> {
+        let s = self.service_of(name)?;
+        Some(Policy::of(&self.target.project.services[s]))
+    }
+
+    async fn handle(&mut self, t: Trigger) {
+        match t {
+            Trigger::Exited {
+                name,
+                state,
+                generation,
+            } if self.current(&name, generation) => self.exited(&name, state),
+            Trigger::Health {
+                name,
+                status,
+                generation,
+            } if self.current(&name, generation) => {
+                log(format!("{name}: {}", status.as_str()));
+                self.status
+                    .containers
+                    .entry(name.clone())
+                    .or_default()
+                    .health = Some(status);
+                self.save();
+                if status == Health::Unhealthy
+                    && self.policy(&name).is_some_and(|p| p.on_unhealthy)
+                    && !self.state.is_stopped(&name)
+                {
+                    log(format!("{name}: unhealthy, restarting it (restart policy)"));
+                    let service = self.service_of(&name).unwrap_or_default().to_string();
+                    let grace = self.target.grace(&service, &Options::default());
+                    if let Err(e) = self.rt.stop(&name, grace).await {
+                        log(format!("{name}: stop: {e}"));
+                    }
+                    // The container's watcher reports the exit; the policy restarts it.
+                }
+            }
+            Trigger::RestartDue { name, generation } if self.current(&name, generation) => {
+                self.restart_now(&name).await
+            }
+            Trigger::FileChanged => self.file_changed().await,
+            _ => {} // a trigger from a watch that has been replaced
+        }
+    }
+
+    fn exited(&mut self, name: &str, state: State) {
+        let code = match state {
+            State::Exited(c) => c,
+            State::OomKilled => 137,
+            _ => 0,
+        };
+        let policy = if self.state.is_stopped(name) {
+            None
+        } else {
+            self.policy(name)
+        };
+        let w = self.watches.entry(name.to_string()).or_default();
+        if w.started.is_some_and(|s| s.elapsed() >= RESET_AFTER) {
+            w.attempts = 0;
+        }
+        let attempts = w.attempts;
+        let again = policy.as_ref().is_some_and(|p| p.restarts(state, attempts));
+        let st = self.status.containers.entry(name.to_string()).or_default();
+        st.last_exit = Some(code);
+        st.health = None;
+        st.restarting = again;
+        self.save();
+        let Some(policy) = policy.filter(|_| again) else {
+            log(format!("{name}: exited with {code}; not restarted"));
+            return;
+        };
+        let delay = policy.backoff(attempts);
+        log(format!(
+            "{name}: exited with {code}; restart {} in {delay:?}",
+            attempts + 1
+        ));
+        let generation = self.fresh_gen(name);
+        let tx = self.tx.clone();
+        let n = name.to_string();
+        let h = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Trigger::RestartDue {
+                name: n,
+                generation,
+            });
+        });
+        if let Some(w) = self.watches.get_mut(name) {
+            w.tasks.push(h.abort_handle());
+        }
+    }
+
+    async fn restart_now(&mut self, name: &str) {
+        let r = self.rt.start(name).await;
+        let w = self.watches.entry(name.to_string()).or_default();
+        w.attempts += 1;
+        w.started = Some(Instant::now());
+        let attempts = w.attempts;
+        let st = self.status.containers.entry(name.to_string()).or_default();
+        st.restarting = false;
+        st.restarts = st.restarts.saturating_add(1);
+        match r {
+            Ok(()) => {
+                log(format!("{name}: restarted ({attempts})"));
+                self.arm(name);
+                self.save();
+            }
+            Err(e) => {
+                log(format!("{name}: restart failed: {e}"));
+                self.exited(name, State::Exited(-1));
+            }
+        }
+    }
+
+    async fn file_changed(&mut self) {
+        // Debounce: an editor's save is several events; act once they have settled.
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut more = false;
+            while let Ok(t) = self.rx.try_recv() {
+                match t {
+                    Trigger::FileChanged => more = true,
+                    other => Box::pin(self.handle(other)).await,
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        let target = match load_target(&self.record) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                let msg = e.to_string();
+                log(format!(
+                    "the project file does not load; the last good version keeps running:\n{msg}"
+                ));
+                self.status.invalid = Some(msg);
+                self.save();
+                return;
+            }
+        };
+        self.status.invalid = None;
+        self.target = target.clone();
+        let observed = match self.rt.observe(&target.project.name).await {
+            Ok(o) => o,
+            Err(e) => {
+                log(format!("observe: {e}"));
+                return;
+            }
+        };
+        let mut plan = diff(&target.project, &target.dir, &target.graph, &observed);
+        // An edit changes what changed: containers that are down (a finished job, a crash loop
+        // that gave up, one the user stopped) stay as they are.
+        plan.actions.retain(|a| !matches!(a, Action::Start { .. }));
+        if plan.is_empty() {
+            log("project file saved; nothing to change");
+            self.save();
+            return;
+        }
+        log(format!(
+            "project file saved; applying {} step(s)",
+            plan.actions.len()
+        ));
+        for w in self.watches.values_mut() {
+            for t in w.tasks.drain(..) {
+                t.abort();
+            }
+        }
+        let failures = apply(
+            self.rt.clone(),
+            target,
+            &plan,
+            &observed.containers,
+            Options::default(),
+            self.sink.clone(),
+        )
+        .await;
+        for f in failures {
+            log(format!("failed: {f}"));
+        }
+        self.arm_all().await;
+    }
+}
