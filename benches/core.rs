@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
                 index: 1,
                 config_hash: config_hash(s, Path::new(dir.path())),
                 state: State::Running,
+                oneoff: false,
             })
             .collect(),
     };

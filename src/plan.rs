@@ -92,6 +92,9 @@ pub struct ObservedContainer {
     pub index: u32,
     pub config_hash: String,
     pub state: State,
+    /// A one-off container (`berth run`): plans leave it alone.
+    #[serde(default)]
+    pub oneoff: bool,
 }
 
 /// What exists now, for one project.
@@ -205,7 +208,7 @@ pub fn container_name(project: &str, service: &str, svc: &Service, index: u32) -
 pub fn diff(desired: &Project, project_dir: &Path, graph: &Graph, observed: &Observed) -> Plan {
     let mut actions = Vec::new();
     let mut by_service: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
-    for c in &observed.containers {
+    for c in observed.containers.iter().filter(|c| !c.oneoff) {
         by_service.entry(c.service.as_str()).or_default().push(c);
     }
     let mut recreated: Vec<&str> = Vec::new();
@@ -365,6 +368,7 @@ mod tests {
                     index: i,
                     config_hash: config_hash(s, dir),
                     state: State::Running,
+                    oneoff: false,
                 });
             }
         }

@@ -500,6 +500,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         index: 1,
         name: format!("{project}-{name}-1"),
         config_hash: "h1".into(),
+        oneoff: false,
         definition: Service {
             image: Some(image.clone()),
             command: Some(cmd.iter().map(|s| s.to_string()).collect()),

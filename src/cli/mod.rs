@@ -4,6 +4,7 @@
 mod config;
 mod down;
 mod image;
+mod lifecycle;
 mod logs;
 mod project;
 mod ps;
@@ -94,27 +95,29 @@ pub enum Verb {
     /// Create containers without starting them
     Create(Later),
     /// Start existing containers
-    Start(Later),
+    Start(lifecycle::ServicesArgs),
     /// Stop running containers
-    Stop(Later),
+    Stop(lifecycle::StopArgs),
     /// Restart containers
-    Restart(Later),
+    Restart(lifecycle::StopArgs),
     /// Send a signal to containers
-    Kill(Later),
+    Kill(lifecycle::KillArgs),
     /// Remove stopped containers
-    Rm(Later),
+    Rm(lifecycle::RmArgs),
     /// Pause containers (cgroup freezer)
-    Pause(Later),
+    Pause(lifecycle::NamesArgs),
     /// Resume paused containers
-    Unpause(Later),
+    Unpause(lifecycle::NamesArgs),
     /// Show the processes of containers
-    Top(Later),
+    Top(lifecycle::NamesArgs),
     /// Show the host port of a published port
     Port(Later),
     /// Live resource use of containers
     Stats(Later),
-    /// Wait for containers to stop
-    Wait(Later),
+    /// Wait for containers to stop; prints their exit codes
+    Wait(lifecycle::NamesArgs),
+    /// Set the number of replicas of services (SERVICE=N)
+    Scale(lifecycle::ScaleArgs),
     /// Stream container events
     Events(Later),
     /// Copy files between a container and the host
@@ -164,23 +167,24 @@ impl Verb {
             | Verb::Down(_)
             | Verb::Ps(_)
             | Verb::Logs(_)
-            | Verb::Supervise(_) => {
+            | Verb::Supervise(_)
+            | Verb::Start(_)
+            | Verb::Stop(_)
+            | Verb::Restart(_)
+            | Verb::Kill(_)
+            | Verb::Rm(_)
+            | Verb::Pause(_)
+            | Verb::Unpause(_)
+            | Verb::Top(_)
+            | Verb::Wait(_)
+            | Verb::Scale(_) => {
                 return None;
             }
             Verb::Exec(_) => "exec",
             Verb::Run(_) => "run",
             Verb::Create(_) => "create",
-            Verb::Start(_) => "start",
-            Verb::Stop(_) => "stop",
-            Verb::Restart(_) => "restart",
-            Verb::Kill(_) => "kill",
-            Verb::Rm(_) => "rm",
-            Verb::Pause(_) => "pause",
-            Verb::Unpause(_) => "unpause",
-            Verb::Top(_) => "top",
             Verb::Port(_) => "port",
             Verb::Stats(_) => "stats",
-            Verb::Wait(_) => "wait",
             Verb::Events(_) => "events",
             Verb::Cp(_) => "cp",
             Verb::Ls(_) => "ls",
@@ -227,6 +231,16 @@ pub fn main() -> i32 {
         Verb::Ps(a) => ps::run(&cli.global, a),
         Verb::Logs(a) => logs::run(&cli.global, a),
         Verb::Supervise(a) => up::supervise(&cli.global, a),
+        Verb::Start(a) => lifecycle::start(&cli.global, a),
+        Verb::Stop(a) => lifecycle::stop(&cli.global, a),
+        Verb::Restart(a) => lifecycle::restart(&cli.global, a),
+        Verb::Kill(a) => lifecycle::kill(&cli.global, a),
+        Verb::Rm(a) => lifecycle::rm(&cli.global, a),
+        Verb::Pause(a) => lifecycle::pause(&cli.global, a, true),
+        Verb::Unpause(a) => lifecycle::pause(&cli.global, a, false),
+        Verb::Top(a) => lifecycle::top(&cli.global, a),
+        Verb::Wait(a) => lifecycle::wait(&cli.global, a),
+        Verb::Scale(a) => lifecycle::scale(&cli.global, a),
         _ => Ok(0),
     };
     match result {

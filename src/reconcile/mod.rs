@@ -492,6 +492,7 @@ async fn create_and_start<R: Runtime>(
         name: name.clone(),
         config_hash: config_hash.to_string(),
         definition: def.clone(),
+        oneoff: false,
     };
     if let Err(e) = ctx.rt.create(&spec).await {
         let f = runtime_failure(service, &name, e);

@@ -124,9 +124,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
         let _watcher = self.watch_files();
         self.arm_all().await;
         tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let t = tokio::select! {
                 t = self.rx.recv() => t,
+                _ = tick.tick() => {
+                    self.resync().await;
+                    continue;
+                }
                 _ = &mut shutdown => None,
             };
             let Some(t) = t else { break };
@@ -211,6 +217,27 @@ impl<R: Runtime + 'static> Supervisor<R> {
             }
         }
         self.save();
+    }
+
+    /// Watches containers that run without a watch: started again by `berth start` or
+    /// `restart` after their exit was seen (the CLI verbs do not go through the supervisor).
+    async fn resync(&mut self) {
+        let Ok(observed) = self.rt.observe(&self.target.project.name).await else {
+            return;
+        };
+        for c in observed.containers {
+            let idle = self
+                .watches
+                .get(&c.name)
+                .is_none_or(|w| w.tasks.iter().all(|t| t.is_finished()));
+            if c.state == State::Running && idle {
+                if let Some(s) = self.status.containers.get_mut(&c.name) {
+                    s.restarting = false;
+                }
+                self.arm(&c.name);
+                self.save();
+            }
+        }
     }
 
     fn fresh_gen(&mut self, name: &str) -> u64 {

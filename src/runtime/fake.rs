@@ -163,6 +163,7 @@ impl Runtime for FakeRuntime {
                     index: spec.index,
                     config_hash: spec.config_hash.clone(),
                     state: State::Created,
+                    oneoff: spec.oneoff,
                 },
             ),
         );
@@ -304,6 +305,7 @@ mod tests {
                         name: name.clone(),
                         config_hash: config_hash.clone(),
                         definition: svc.clone(),
+                        oneoff: false,
                     }))?;
                     now(rt.start(&name))?;
                 }
@@ -323,6 +325,7 @@ mod tests {
                         name: name.clone(),
                         config_hash: config_hash.clone(),
                         definition: svc.clone(),
+                        oneoff: false,
                     }))?;
                     now(rt.start(name))?;
                 }

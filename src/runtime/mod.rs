@@ -21,6 +21,8 @@ pub struct ContainerSpec {
     pub name: String,
     pub config_hash: String,
     pub definition: Service,
+    /// A one-off container (`berth run`), outside the project's desired state.
+    pub oneoff: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

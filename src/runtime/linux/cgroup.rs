@@ -377,6 +377,50 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// The cgroup whose directories were recorded when it was made, as far as they still
+    /// exist. A later berth command may run in another cgroup than the one that made it (on
+    /// cgroup v2 every login session has its own), so it finds the cgroup by its recorded
+    /// paths, not by its own position.
+    pub fn at(dirs: &[(String, PathBuf)]) -> Result<Option<Cgroup>, CgroupError> {
+        let dirs: Vec<(String, PathBuf)> =
+            dirs.iter().filter(|(_, d)| d.is_dir()).cloned().collect();
+        if dirs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Cgroup {
+            version: detect()?,
+            dirs,
+        }))
+    }
+
+    /// Freezes (`pause`) or thaws (`unpause`) every process of the cgroup: `freezer.state`
+    /// on v1, `cgroup.freeze` on v2.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        match self.version {
+            Version::V2 => write(
+                &self.dir_of("")?.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            ),
+            Version::V1 { .. } => write(
+                &self.dir_of("freezer")?.join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            ),
+        }
+    }
+
+    /// Whether the cgroup is frozen (or freezing).
+    pub fn frozen(&self) -> bool {
+        match self.version {
+            Version::V2 => self.dir_of("").is_ok_and(|d| {
+                fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
+            }),
+            Version::V1 { .. } => self.dir_of("freezer").is_ok_and(|d| {
+                fs::read_to_string(d.join("freezer.state"))
+                    .is_ok_and(|t| t.trim() == "FROZEN" || t.trim() == "FREEZING")
+            }),
+        }
+    }
+
     /// The processes in the cgroup.
     pub fn procs(&self) -> Vec<u32> {
         let mut out = Vec::new();

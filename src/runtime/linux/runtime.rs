@@ -48,6 +48,12 @@ struct Record {
     /// The image as the file names it.
     #[serde(default)]
     image: Option<String>,
+    /// The cgroup's directories (controller, path), recorded when it was made.
+    #[serde(default)]
+    cgroup_dirs: Vec<(String, PathBuf)>,
+    /// A one-off container (`berth run`): not part of the project's desired state.
+    #[serde(default)]
+    oneoff: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +197,8 @@ impl LinuxRuntime {
             created_at: now_unix(),
             started_at: None,
             image: Some(image.to_string()),
+            cgroup_dirs: Vec::new(),
+            oneoff: spec.oneoff,
         })
     }
 }
@@ -444,9 +452,50 @@ impl LinuxRuntime {
         })
     }
 
+    /// Sends `sig` to the container's init, which forwards it to the service (`berth kill`).
+    pub fn signal(&self, name: &str, sig: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
+        let r = self.read(name)?;
+        let pid = r
+            .pid
+            .filter(|_| Self::alive(&r))
+            .ok_or_else(|| step(name, "kill", "the container is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .map_err(|e| step(name, "kill", e))
+    }
+
+    /// Freezes or thaws every process of the container (`pause` / `unpause`).
+    pub fn freeze(&self, name: &str, frozen: bool) -> Result<(), RuntimeError> {
+        let r = self.read(name)?;
+        if !Self::alive(&r) {
+            return Err(step(name, "pause", "the container is not running"));
+        }
+        let cg = Self::cgroup_of(&r)
+            .ok_or_else(|| step(name, "pause", "the container has no cgroup"))?;
+        cg.freeze(frozen).map_err(|e| step(name, "pause", e))
+    }
+
+    /// The host pids of the container's processes.
+    pub fn processes(&self, name: &str) -> Result<Vec<u32>, RuntimeError> {
+        let r = self.read(name)?;
+        Ok(Self::cgroup_of(&r).map(|cg| cg.procs()).unwrap_or_default())
+    }
+
     /// The state a container's record and the kernel show.
+    /// The container's cgroup, found by its recorded paths (or, for records made before the
+    /// paths were kept, by its name below this process's cgroup).
+    fn cgroup_of(r: &Record) -> Option<Cgroup> {
+        if r.cgroup_dirs.is_empty() {
+            Cgroup::open(&r.cgroup).ok().flatten()
+        } else {
+            Cgroup::at(&r.cgroup_dirs).ok().flatten()
+        }
+    }
+
     fn state_of(&self, r: &Record) -> State {
         if Self::alive(r) {
+            if Self::cgroup_of(r).is_some_and(|cg| cg.frozen()) {
+                return State::Paused;
+            }
             return State::Running;
         }
         match fs::read_to_string(self.dir(&r.name).join("exit"))
@@ -454,12 +503,7 @@ impl LinuxRuntime {
             .and_then(|t| t.trim().parse().ok())
         {
             // 137 is SIGKILL; the cgroup says whether the OOM killer sent it.
-            Some(137)
-                if Cgroup::open(&r.cgroup)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|cg| cg.oom_kills() > 0) =>
-            {
+            Some(137) if Self::cgroup_of(r).is_some_and(|cg| cg.oom_kills() > 0) => {
                 State::OomKilled
             }
             Some(code) => State::Exited(code),
@@ -486,6 +530,7 @@ impl LinuxRuntime {
                 index: r.index,
                 config_hash: r.config_hash,
                 state,
+                oneoff: r.oneoff,
             });
         }
         out.containers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -514,6 +559,7 @@ impl LinuxRuntime {
         let cg =
             Cgroup::create(&r.cgroup, &r.limits).map_err(|e| step(name, "create cgroup", e))?;
         r.launch.cgroups = cg.paths();
+        r.cgroup_dirs = cg.dirs.clone();
         // The service's output goes to container.log through init; what the setup process
         // itself might print (nothing, normally) goes to setup.log.
         let log = fs::OpenOptions::new()
@@ -540,7 +586,7 @@ impl LinuxRuntime {
                 "the container is running; stop it first",
             ));
         }
-        if let Ok(Some(cg)) = Cgroup::open(&r.cgroup) {
+        if let Some(cg) = Self::cgroup_of(&r) {
             cg.remove().map_err(|e| step(name, "remove cgroup", e))?;
         }
         fs::remove_dir_all(self.dir(name)).map_err(|e| step(name, "remove container directory", e))
@@ -620,6 +666,12 @@ impl Runtime for LinuxRuntime {
             return Ok(());
         };
         let npid = nix::unistd::Pid::from_raw(pid);
+        // A paused container gets its signal only once it is thawed.
+        if let Some(cg) = Self::cgroup_of(&r)
+            && cg.frozen()
+        {
+            let _ = cg.freeze(false);
+        }
         let _ = nix::sys::signal::kill(npid, signal_by_name(r.stop_signal.as_deref()));
         if tokio::time::timeout(grace, self.exited(&r)).await.is_err() {
             // SIGKILL of the init ends every process of the container's PID namespace.
