@@ -8,6 +8,7 @@ mod lifecycle;
 mod logs;
 mod project;
 mod ps;
+mod run;
 mod up;
 mod version;
 
@@ -91,7 +92,7 @@ pub enum Verb {
     /// Run a command in a running container
     Exec(Later),
     /// Run a one-off command in a new container of a service
-    Run(Later),
+    Run(run::RunArgs),
     /// Create containers without starting them
     Create(Later),
     /// Start existing containers
@@ -177,11 +178,11 @@ impl Verb {
             | Verb::Unpause(_)
             | Verb::Top(_)
             | Verb::Wait(_)
-            | Verb::Scale(_) => {
+            | Verb::Scale(_)
+            | Verb::Run(_) => {
                 return None;
             }
             Verb::Exec(_) => "exec",
-            Verb::Run(_) => "run",
             Verb::Create(_) => "create",
             Verb::Port(_) => "port",
             Verb::Stats(_) => "stats",
@@ -241,6 +242,7 @@ pub fn main() -> i32 {
         Verb::Top(a) => lifecycle::top(&cli.global, a),
         Verb::Wait(a) => lifecycle::wait(&cli.global, a),
         Verb::Scale(a) => lifecycle::scale(&cli.global, a),
+        Verb::Run(a) => run::run(&cli.global, a),
         _ => Ok(0),
     };
     match result {
