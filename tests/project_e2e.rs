@@ -406,3 +406,85 @@ fn a_killed_supervisor_is_replaced_without_duplicates() {
         &pids,
     );
 }
+
+#[test]
+fn scale_run_and_logs_follow() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "s",
+        "name: e2e-scale
+services:
+  web:
+    image: host
+    command: [sh, -c, 'echo started; i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.2; done']
+",
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let first = pid(&env.container(&p, "e2e-scale-web-1"));
+
+    // scale web=3 and back to one; the first replica is never touched.
+    env.ok(&p, &["scale", "web=3"]);
+    let ps = env.ps(&p);
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    assert!(ps.iter().all(|c| c["State"] == "running"));
+    let third = pid(&env.container(&p, "e2e-scale-web-3"));
+    env.ok(&p, &["scale", "web=1"]);
+    let ps = env.ps(&p);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(pid(&ps[0]), first);
+    assert!(eventually(Duration::from_secs(2), || !alive(third)));
+    assert!(!env.state.join("containers/e2e-scale-web-3").exists());
+
+    // run --rm: its output and exit status, then nothing left of it.
+    let o = env.berth(
+        &p,
+        &[
+            "run",
+            "--rm",
+            "web",
+            "sh",
+            "-c",
+            "echo one-off $(hostname); exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("one-off e2e-scale-web-run-"));
+    let dirs: Vec<String> = std::fs::read_dir(env.state.join("containers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, ["e2e-scale-web-1"]);
+
+    // logs -f follows: lines written after it started arrive while it runs.
+    let max_tick = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.rsplit("tick ").next()?.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let before = max_tick(&env.ok(&p, &["logs", "--no-color"]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["logs", "-f", "--no-color"])
+        .current_dir(&p)
+        .env("BERTH_ROOT", &env.state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("e2e-scale-web-1 | started"), "{text}");
+    // A tick every 200 ms: following for 1.5 s shows several that came after `before`.
+    assert!(max_tick(&text) >= before + 4, "before {before}: {text}");
+    env.ok(&p, &["down", "-t", "1"]);
+    assert_gone(&env, "e2e-scale", &["e2e-scale-web-1"], &[first]);
+}

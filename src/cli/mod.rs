@@ -215,6 +215,15 @@ impl Verb {
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.verb, Verb::Supervise(_)) {
+        // `berth ps | head` should end quietly, as any Unix tool does, instead of panicking on
+        // a write to a closed pipe (Rust ignores SIGPIPE by default). The supervisor keeps it
+        // ignored: a closed log reader must not kill it.
+        // SAFETY: restoring a default signal disposition; no handler runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Some((name, part)) = cli.verb.later() {
         eprintln!(
             "berth {name}: not implemented yet; it arrives with {part}. `berth config` and `berth version` work today."

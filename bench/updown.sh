@@ -1,0 +1,66 @@
+#!/bin/bash
+# up -d / down of generated projects of N `sleep` services, and the host memory per running
+# container (PSS of every berth process of the project: supervisor and inits, divided by N),
+# side by side with podman-compose on the same file when podman and its bb image are present
+# (see ../shared/peer-bench: 00-build-image.sh makes localhost/bb; common.sh makes podman run).
+#
+# Usage (root): cargo build --release && bench/updown.sh            # N = 10 50 200, 5 runs
+#               NS="10 50" RUNS=3 PODMAN=0 bench/updown.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BERTH=${BERTH:-$PWD/target/release/berth}
+NS=${NS:-"10 50 200"}; RUNS=${RUNS:-5}; PODMAN=${PODMAN:-1}
+WORK=$(mktemp -d /tmp/berth-updown.XXXXXX)
+export BERTH_ROOT=$WORK/state
+IMAGE=host
+PEER=/work/shared/peer-bench
+have_podman=0
+if [ "$PODMAN" = 1 ] && command -v podman-compose >/dev/null && [ -f "$PEER/common.sh" ]; then
+  # shellcheck disable=SC1091
+  source "$PEER/common.sh"; set +e
+  if podman image exists localhost/bb 2>/dev/null; then
+    podman save -o "$WORK/bb.tar" localhost/bb >/dev/null && "$BERTH" image import "$WORK/bb.tar" >/dev/null \
+      && IMAGE=localhost/bb && have_podman=1
+  fi
+  set -e
+fi
+cleanup() {
+  for d in "$WORK"/p*; do [ -d "$d" ] && (cd "$d" && "$BERTH" down -t 0 --progress quiet >/dev/null 2>&1 || true); done
+  [ "$have_podman" = 1 ] && hugetlb_v1_off 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ms() { local a=${1/./} b=${2/./}; echo $(( (10#$b - 10#$a) / 1000 )); }
+median() { sort -n | awk '{v[NR]=$1} END{print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}'; }
+pss() { local t=0 v; for p in "$@"; do v=$(awk '$1=="Pss:"{print $2}' /proc/$p/smaps_rollup 2>/dev/null); t=$((t+${v:-0})); done; echo $t; }
+
+printf '%-16s %6s %12s %12s %18s\n' tool N "up -d (ms)" "down (ms)" "KiB/container"
+for N in $NS; do
+  P=p$N; D=$WORK/$P; mkdir -p "$D"
+  { echo "name: bench$N"; echo 'services:'
+    for i in $(seq "$N"); do printf '  s%d:\n    image: %s\n    command: [sleep, "3600"]\n' "$i" "$IMAGE"; done
+  } > "$D/compose.yml"
+  ups=(); downs=(); mems=()
+  for r in $(seq "$RUNS"); do
+    t0=$EPOCHREALTIME; (cd "$D" && "$BERTH" up -d --progress quiet); t1=$EPOCHREALTIME
+    ups+=("$(ms "$t0" "$t1")")
+    sleep 1
+    sup=$(cut -d' ' -f1 "$BERTH_ROOT/projects/bench$N/supervisor.pid")
+    inits=$(cd "$D" && "$BERTH" ps --format json | python3 -c 'import sys,json; print(" ".join(str(json.loads(l)["Pid"]) for l in sys.stdin))')
+    kids=$(ps -o pid= --ppid "$sup" | tr "\n" " " || true)
+    mems+=("$(( $(pss $sup $kids $inits) / N ))")
+    t0=$EPOCHREALTIME; (cd "$D" && "$BERTH" down -t 0 --progress quiet); t1=$EPOCHREALTIME
+    downs+=("$(ms "$t0" "$t1")")
+  done
+  printf '%-16s %6s %12s %12s %18s\n' berth "$N" "$(printf '%s\n' "${ups[@]}" | median)" \
+    "$(printf '%s\n' "${downs[@]}" | median)" "$(printf '%s\n' "${mems[@]}" | median)"
+  if [ "$have_podman" = 1 ] && [ "$N" -le 50 ]; then
+    hugetlb_v1_on
+    t0=$EPOCHREALTIME; podman-compose -p "pc$N" -f "$D/compose.yml" up -d >/dev/null 2>&1; t1=$EPOCHREALTIME
+    up=$(ms "$t0" "$t1")
+    t0=$EPOCHREALTIME; podman-compose -p "pc$N" -f "$D/compose.yml" down -t 0 >/dev/null 2>&1; t1=$EPOCHREALTIME
+    podman network rm -f "pc${N}_default" >/dev/null 2>&1 || true
+    hugetlb_v1_off
+    printf '%-16s %6s %12s %12s %18s\n' podman-compose "$N" "$up" "$(ms "$t0" "$t1")" "(see peer-bench)"
+  fi
+done
