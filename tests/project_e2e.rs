@@ -468,7 +468,7 @@ services:
             .unwrap_or(0)
     };
     let before = max_tick(&env.ok(&p, &["logs", "--no-color"]));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["logs", "-f", "--no-color"])
         .current_dir(&p)
         .env("BERTH_ROOT", &env.state)

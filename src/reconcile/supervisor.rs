@@ -89,6 +89,46 @@ pub fn load_target(record: &ProjectRecord) -> Result<Target, crate::spec::LoadEr
     })
 }
 
+/// Loads the project in the supervisor: the whole check (schema included) runs in a
+/// short-lived `berth config -q`, whose messages are the error; then the file is read here
+/// without the schema, so the compiled schema never lives in the supervisor. The allocator
+/// gives what the load used back to the kernel.
+pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
+    if let Ok(exe) = std::env::current_exe() {
+        let mut cmd = std::process::Command::new(exe);
+        for f in &record.files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.arg("-p").arg(&record.name);
+        cmd.arg("--project-directory").arg(&record.working_dir);
+        for e in &record.env_files {
+            cmd.arg("--env-file").arg(e);
+        }
+        for p in &record.profiles {
+            cmd.arg("--profile").arg(p);
+        }
+        cmd.args(["config", "-q"])
+            .current_dir(&record.working_dir)
+            .stdin(std::process::Stdio::null());
+        if let Ok(out) = cmd.output()
+            && !out.status.success()
+        {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+    }
+    let mut opts = record.load_options();
+    opts.skip_schema = true;
+    let r = crate::load_project(&opts).map_err(|e| e.to_string());
+    // SAFETY: mi_collect only returns the allocator's free memory to the OS.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    let p = r?;
+    Ok(Target {
+        project: p.loaded.project,
+        dir: p.loaded.project_dir,
+        graph: p.graph,
+    })
+}
+
 impl<R: Runtime + 'static> Supervisor<R> {
     pub fn new(
         rt: Arc<R>,
@@ -452,10 +492,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 break;
             }
         }
-        let target = match load_target(&self.record) {
+        let target = match load_in_supervisor(&self.record) {
             Ok(t) => Arc::new(t),
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 log(format!(
                     "the project file does not load; the last good version keeps running:\n{msg}"
                 ));

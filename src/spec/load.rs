@@ -42,6 +42,10 @@ pub struct LoadOptions {
     pub cwd: PathBuf,
     /// `--no-interpolate`.
     pub no_interpolate: bool,
+    /// Leave out the JSON Schema check (the typed decode and the cross-reference checks still
+    /// run). For the long-lived supervisor, which has the file checked in a short-lived process
+    /// first: the compiled schema is most of the memory a load costs, and would stay.
+    pub skip_schema: bool,
 }
 
 impl LoadOptions {

@@ -82,7 +82,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // tree) are independent: run them on both cores. The decode's result is used only if the
     // schema found nothing (it never panics on a malformed tree; it reports).
     let (schema_diags, (project, inactive), decode_diags) = std::thread::scope(|s| {
-        let schema = s.spawn(|| schema::validate(&raw.root));
+        let schema = s.spawn(|| {
+            if opts.skip_schema {
+                Diagnostics::default()
+            } else {
+                schema::validate(&raw.root)
+            }
+        });
         let mut d = Diagnostics::default();
         let normalized = normalize::normalize(&raw, &mut d);
         let schema_diags = schema.join().unwrap_or_else(|_| {
