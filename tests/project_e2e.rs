@@ -488,3 +488,298 @@ services:
     env.ok(&p, &["down", "-t", "1"]);
     assert_gone(&env, "e2e-scale", &["e2e-scale-web-1"], &[first]);
 }
+
+/// A clock reading each service prints when it starts (ns since the epoch, from `date`).
+fn stamp(logs: &str, container: &str, word: &str) -> u128 {
+    logs.lines()
+        .filter(|l| {
+            l.split_once(" |")
+                .is_some_and(|(name, _)| name.trim_end() == container)
+        })
+        .find_map(|l| {
+            let rest = l.split_once(&format!("{word} "))?.1;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no `{word}` stamp of {container} in:\n{logs}"))
+}
+
+#[test]
+fn health_gates_and_completed_jobs_order_the_start() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "h",
+        "name: e2e-health
+services:
+  db:
+    image: host
+    command: [sh, -c, 'echo start $$(date +%s%N); sleep 1; touch /tmp/ready; echo ready $$(date +%s%N); exec sleep 1000']
+    healthcheck:
+      test: [CMD-SHELL, 'test -e /tmp/ready']
+      interval: 200ms
+      start_interval: 200ms
+      start_period: 5s
+      retries: 3
+  migrate:
+    image: host
+    command: [sh, -c, 'echo start $$(date +%s%N); sleep 0.3; echo done $$(date +%s%N)']
+    depends_on:
+      db: {condition: service_healthy}
+  web:
+    image: host
+    command: [sh, -c, 'echo start $$(date +%s%N); exec sleep 1000']
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+  worker:
+    image: host
+    command: [sh, -c, 'echo start $$(date +%s%N); exec sleep 1000']
+    depends_on: [db]
+",
+    );
+    let _d = Down(&env, p.clone());
+    // --wait returns 0: db healthy, web and worker running, the job completed with 0.
+    env.ok(&p, &["up", "-d", "--wait", "--progress", "plain"]);
+    let ps = env.ps(&p);
+    let by = |n: &str| {
+        ps.iter()
+            .find(|c| c["Name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} missing in {ps:?}"))
+    };
+    assert_eq!(by("e2e-health-db-1")["State"], "running");
+    assert_eq!(by("e2e-health-db-1")["Health"], "healthy");
+    assert_eq!(by("e2e-health-migrate-1")["State"], "exited");
+    assert_eq!(by("e2e-health-migrate-1")["ExitCode"], 0);
+    assert_eq!(by("e2e-health-web-1")["State"], "running");
+    assert_eq!(by("e2e-health-worker-1")["State"], "running");
+
+    let logs = env.ok(&p, &["logs", "--no-color"]);
+    let db_start = stamp(&logs, "e2e-health-db-1", "start");
+    let db_ready = stamp(&logs, "e2e-health-db-1", "ready");
+    let migrate_start = stamp(&logs, "e2e-health-migrate-1", "start");
+    let migrate_done = stamp(&logs, "e2e-health-migrate-1", "done");
+    let web_start = stamp(&logs, "e2e-health-web-1", "start");
+    let worker_start = stamp(&logs, "e2e-health-worker-1", "start");
+    // The job waits for db's health, web for the job's success; worker only for db's start,
+    // so it does not wait for the health check (no level barrier).
+    assert!(
+        migrate_start > db_ready,
+        "migrate started before db was healthy"
+    );
+    assert!(
+        web_start > migrate_done,
+        "web started before migrate completed"
+    );
+    assert!(worker_start > db_start);
+    assert!(
+        worker_start < db_ready,
+        "worker waited for db's health check"
+    );
+
+    let pids: Vec<i64> = env.ps(&p).iter().map(pid).filter(|p| *p > 0).collect();
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(
+        &env,
+        "e2e-health",
+        &[
+            "e2e-health-db-1",
+            "e2e-health-migrate-1",
+            "e2e-health-web-1",
+            "e2e-health-worker-1",
+        ],
+        &pids,
+    );
+}
+
+#[test]
+fn up_wait_fails_when_a_job_fails_or_a_service_turns_unhealthy() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "j",
+        "name: e2e-job
+services:
+  job:
+    image: host
+    command: [sh, -c, 'sleep 0.2; exit 4']
+  app:
+    image: host
+    command: [sleep, '1000']
+    depends_on:
+      job: {condition: service_completed_successfully}
+",
+    );
+    let _d = Down(&env, p.clone());
+    let o = env.berth(&p, &["up", "-d", "--wait", "--progress", "plain"]);
+    assert!(!o.status.success(), "a failed job must fail --wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("e2e-job-job-1"), "{err}");
+    env.ok(&p, &["down", "-t", "0"]);
+
+    let q = env.project(
+        "u",
+        "name: e2e-unhealthy
+services:
+  api:
+    image: host
+    command: [sleep, '1000']
+    healthcheck:
+      test: [CMD-SHELL, 'echo no database; exit 1']
+      interval: 100ms
+      retries: 2
+",
+    );
+    let _e = Down(&env, q.clone());
+    let o = env.berth(&q, &["up", "-d", "--wait", "--progress", "plain"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unhealthy"), "{err}");
+    assert!(
+        err.contains("no database"),
+        "the check's output is shown: {err}"
+    );
+    env.ok(&q, &["down", "-t", "0"]);
+    assert_gone(&env, "e2e-unhealthy", &["e2e-unhealthy-api-1"], &[]);
+}
+
+#[test]
+fn exec_runs_inside_the_container() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "x",
+        "name: e2e-exec
+services:
+  web:
+    image: host
+    hostname: exec-host
+    command: [sleep, '1000']
+    mem_limit: 48m
+    environment:
+      COLOR: blue
+  idle:
+    image: host
+    command: [sh, -c, 'exit 0']
+",
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let web = pid(&env.container(&p, "e2e-exec-web-1"));
+
+    // Its hostname, its PID namespace (init is 1, the service 2; nothing of the host), its
+    // environment, and only stdio open.
+    let out = env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "hostname; ls /proc | grep -c '^[0-9]'; cat /proc/1/comm; echo $COLOR; ls /proc/self/fd | tr '\\n' ' '",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "exec-host", "{out}");
+    // init, the service, sh, and ls/grep: a handful, not the host's hundreds.
+    let n: u32 = lines[1].parse().unwrap();
+    assert!((3..=6).contains(&n), "{n} processes visible: {out}");
+    assert_eq!(lines[2], "berth-init");
+    assert_eq!(lines[3], "blue");
+    assert_eq!(
+        lines[4].trim(),
+        "0 1 2 3",
+        "only stdio (and ls's own fd): {out}"
+    );
+
+    // -e, -u, -w; the exit status is the command's; stdin reaches it.
+    let out = env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "-e",
+            "COLOR=red",
+            "-u",
+            "nobody",
+            "-w",
+            "/tmp",
+            "web",
+            "sh",
+            "-c",
+            "echo $COLOR; id -un; pwd",
+        ],
+    );
+    assert_eq!(out, "red\nnobody\n/tmp\n");
+    let o = env.berth(&p, &["exec", "-T", "web", "sh", "-c", "exit 9"]);
+    assert_eq!(o.status.code(), Some(9));
+    let o = env.berth(&p, &["exec", "-T", "web", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["exec", "-T", "web", "sh", "-c", "read x; echo got $x"])
+        .current_dir(&p)
+        .env("BERTH_ROOT", &env.state)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
+
+    // Its limits: a detached exec's process is in the container's cgroup, whose memory limit
+    // is the service's.
+    env.ok(&p, &["exec", "-d", "web", "sleep", "321"]);
+    let cg = Cgroup::open("e2e-exec/e2e-exec-web-1")
+        .unwrap()
+        .expect("cgroup");
+    let procs = cg.procs();
+    let sleeper = procs
+        .iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("sleep\x00321"))
+        })
+        .copied()
+        .unwrap_or_else(|| panic!("the exec'd process is not in the cgroup: {procs:?}"));
+    let memdir = cg
+        .dirs
+        .iter()
+        .find(|(c, _)| c == "memory" || c.is_empty())
+        .map(|(_, d)| d.clone())
+        .expect("memory cgroup");
+    let limit = ["memory.max", "memory.limit_in_bytes"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(memdir.join(f)).ok())
+        .unwrap();
+    assert_eq!(limit.trim(), (48 * 1024 * 1024).to_string());
+    // The exec'd process is in the container's PID namespace.
+    let ns = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
+    assert_eq!(ns(sleeper as i64), ns(web));
+
+    // A stopped service: a clear error.
+    assert!(eventually(Duration::from_secs(5), || env
+        .container(&p, "e2e-exec-idle-1")["State"]
+        == "exited"));
+    let o = env.berth(&p, &["exec", "-T", "idle", "true"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not running"));
+
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(
+        &env,
+        "e2e-exec",
+        &["e2e-exec-web-1", "e2e-exec-idle-1"],
+        &[web, sleeper as i64],
+    );
+}

@@ -72,16 +72,16 @@ pub struct ScaleArgs {
 
 /// The project (with its graph when the file loads) and its containers of `services` (all
 /// when empty). One-off containers are included only when `oneoff`.
-struct Selection {
-    name: String,
-    target: Arc<Target>,
-    containers: Vec<ObservedContainer>,
-    rt: Arc<LinuxRuntime>,
-    tk: tokio::runtime::Runtime,
-    state: ProjectState,
+pub(super) struct Selection {
+    pub(super) name: String,
+    pub(super) target: Arc<Target>,
+    pub(super) containers: Vec<ObservedContainer>,
+    pub(super) rt: Arc<LinuxRuntime>,
+    pub(super) tk: tokio::runtime::Runtime,
+    pub(super) state: ProjectState,
 }
 
-fn select(g: &Global, services: &[String]) -> anyhow::Result<Selection> {
+pub(super) fn select(g: &Global, services: &[String]) -> anyhow::Result<Selection> {
     let (name, loaded) = name_only(g)?;
     let rt = runtime()?;
     let tk = tokio()?;

@@ -3,6 +3,7 @@
 
 mod config;
 mod down;
+mod exec;
 mod image;
 mod lifecycle;
 mod logs;
@@ -90,7 +91,7 @@ pub enum Verb {
     #[command(name = "__supervise", hide = true)]
     Supervise(up::SuperviseArgs),
     /// Run a command in a running container
-    Exec(Later),
+    Exec(exec::ExecArgs),
     /// Run a one-off command in a new container of a service
     Run(run::RunArgs),
     /// Create containers without starting them
@@ -179,10 +180,10 @@ impl Verb {
             | Verb::Top(_)
             | Verb::Wait(_)
             | Verb::Scale(_)
-            | Verb::Run(_) => {
+            | Verb::Run(_)
+            | Verb::Exec(_) => {
                 return None;
             }
-            Verb::Exec(_) => "exec",
             Verb::Create(_) => "create",
             Verb::Port(_) => "port",
             Verb::Stats(_) => "stats",
@@ -252,6 +253,7 @@ pub fn main() -> i32 {
         Verb::Wait(a) => lifecycle::wait(&cli.global, a),
         Verb::Scale(a) => lifecycle::scale(&cli.global, a),
         Verb::Run(a) => run::run(&cli.global, a),
+        Verb::Exec(a) => exec::run(&cli.global, a),
         _ => Ok(0),
     };
     match result {

@@ -63,6 +63,38 @@ pub struct UpArgs {
     pub services: Vec<String>,
 }
 
+/// Writes what `up` learnt of the health of the containers it started: healthy where it
+/// waited for it, unknown (the supervisor probes) for every other container it (re)started.
+fn record_health(
+    st: &ProjectState,
+    plan: &crate::plan::Plan,
+    healthy: &BTreeSet<String>,
+    failures: &[crate::reconcile::Failure],
+) {
+    use crate::reconcile::health::Status as Health;
+    let mut status = st.status();
+    for act in &plan.actions {
+        if let Action::Start { name, .. }
+        | Action::Recreate { name, .. }
+        | Action::Restart { name, .. } = act
+        {
+            status.containers.entry(name.clone()).or_default().health = None;
+        }
+    }
+    for name in healthy {
+        status.containers.entry(name.clone()).or_default().health = Some(Health::Healthy);
+    }
+    for f in failures {
+        if let Some(c) = &f.container
+            && f.step == "health check"
+            && f.message.starts_with("is unhealthy")
+        {
+            status.containers.entry(c.clone()).or_default().health = Some(Health::Unhealthy);
+        }
+    }
+    let _ = st.write_status(&status);
+}
+
 fn apply_scale(target: &mut Target, scale: &[String]) -> anyhow::Result<()> {
     for s in scale {
         let Some((svc, n)) = s.split_once('=') else {
@@ -169,13 +201,28 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         wait: a.wait,
     };
     let display = Display::new(a.progress);
+    // The health each container reached while `up` waited on it, for `ps` and the supervisor.
+    let healthy = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let sink: crate::reconcile::Sink = {
+        let inner = display.sink.clone();
+        let healthy = healthy.clone();
+        Arc::new(move |e: crate::reconcile::Event| {
+            if e.phase == crate::reconcile::Phase::Healthy {
+                healthy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(e.container.clone());
+            }
+            inner(e)
+        })
+    };
     let converge = apply(
         rt.clone(),
         target.clone(),
         &plan,
         &observed.containers,
         opts.clone(),
-        display.sink.clone(),
+        sink,
     );
     let failures = if let Some(secs) = a.wait_timeout.filter(|_| a.wait) {
         match tk.block_on(tokio::time::timeout(Duration::from_secs(secs), converge)) {
@@ -190,6 +237,12 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         tk.block_on(converge)
     };
     display.finish();
+    record_health(
+        &l.state,
+        &plan,
+        &healthy.lock().unwrap_or_else(|e| e.into_inner()),
+        &failures,
+    );
     for f in &failures {
         eprintln!("berth: {f}");
     }

@@ -314,11 +314,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
             let rt = self.rt.clone();
             let tx = self.tx.clone();
             let n = name.to_string();
-            self.status.containers.entry(n.clone()).or_default().health = Some(Health::Starting);
+            // A health already known for this run (from `up --wait`, or the supervisor this one
+            // replaces) stands until a probe says otherwise; an exit clears it.
+            let entry = self.status.containers.entry(n.clone()).or_default();
+            let known = *entry.health.get_or_insert(Health::Starting);
             tasks.push(
                 tokio::spawn(async move {
                     let mut t = Tracker::new(Instant::now());
-                    let mut last = Health::Starting;
+                    t.status = known;
+                    let mut last = known;
                     loop {
                         tokio::time::sleep(t.next_delay(&spec, Instant::now())).await;
                         let Ok((code, out)) = rt.probe(&n, &spec.argv, spec.timeout).await else {

@@ -156,6 +156,7 @@ fn spawn_helper(
     arg: &str,
     name: &str,
     socket: OwnedFd,
+    stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<std::process::Child, LaunchError> {
@@ -168,7 +169,7 @@ fn spawn_helper(
         .env("MIMALLOC_ARENA_RESERVE", "256");
     cmd.arg0(name)
         .arg(arg)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
     // SAFETY: only dup2/fcntl run between fork and exec (async-signal-safe); they place the
@@ -194,7 +195,7 @@ fn spawn_helper(
 
 /// Asks the zygote for a setup process talking on `theirs`, with this output. False when there
 /// is no working zygote (the caller then executes the setup process itself).
-fn via_zygote(exe: &OwnedFd, theirs: &OwnedFd, out: &OwnedFd, err: &OwnedFd) -> bool {
+fn via_zygote(exe: &OwnedFd, tag: &[u8; 1], fds: &[&OwnedFd]) -> bool {
     use nix::sys::socket::{ControlMessage, sendmsg};
     let mut guard = ZYGOTE.lock().unwrap_or_else(|e| e.into_inner());
     for attempt in 0..2 {
@@ -217,6 +218,7 @@ fn via_zygote(exe: &OwnedFd, theirs: &OwnedFd, out: &OwnedFd, err: &OwnedFd) -> 
                 zt,
                 Stdio::null(),
                 Stdio::null(),
+                Stdio::null(),
             ) {
                 // The zygote is reaped by nobody until berth exits; it lives as long as berth.
                 Ok(child) => {
@@ -229,8 +231,8 @@ fn via_zygote(exe: &OwnedFd, theirs: &OwnedFd, out: &OwnedFd, err: &OwnedFd) -> 
         let Some(z) = guard.as_ref() else {
             return false;
         };
-        let fds = [theirs.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()];
-        let iov = [std::io::IoSlice::new(b"L")];
+        let fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let iov = [std::io::IoSlice::new(tag)];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         if sendmsg::<()>(z.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).is_ok() {
             return true;
@@ -275,12 +277,13 @@ pub fn launch(
     let out: OwnedFd = stdout.map_or_else(null, Ok)?.into();
     let err: OwnedFd = stderr.map_or_else(null, Ok)?.into();
     let mut child = None;
-    if !via_zygote(exe, &theirs, &out, &err) {
+    if !via_zygote(exe, b"L", &[&theirs, &out, &err]) {
         child = Some(spawn_helper(
             exe,
             super::SETUP_ARG,
             "berth-setup",
             theirs,
+            Stdio::null(),
             Stdio::from(out),
             Stdio::from(err),
         )?);
@@ -310,7 +313,7 @@ pub fn launch(
             serde_json::from_slice(&buf[..n]).map_err(|e| LaunchError::Protocol(e.to_string()))?;
         match msg {
             Message::Pid(p) => pid = Some(p),
-            Message::Ready => {
+            Message::Ready | Message::Terminal | Message::Exited(_) => {
                 // Later messages (an exec failure) arrive before end-of-file; keep reading.
             }
             Message::Failed(e) => {
@@ -333,5 +336,153 @@ pub fn launch(
         None => Err(LaunchError::Protocol(format!(
             "setup exited ({status}) without starting the container"
         ))),
+    }
+}
+
+/// A process started in a running container by [`exec`].
+#[derive(Debug)]
+pub struct Exec {
+    /// Its host pid (to signal it).
+    pub pid: i32,
+    /// The master of its terminal, when it has one.
+    pub terminal: Option<OwnedFd>,
+    sock: OwnedFd,
+    /// The helper, when it was executed rather than forked by the zygote (to reap it).
+    helper: Option<std::process::Child>,
+}
+
+/// Receives one message and the descriptor that may travel with it.
+fn recv_message(sock: &OwnedFd) -> Result<Option<(Message, Option<OwnedFd>)>, LaunchError> {
+    use nix::sys::socket::{ControlMessageOwned, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd) = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                let mut fd = None;
+                if let Ok(c) = m.cmsgs() {
+                    for cm in c {
+                        if let ControlMessageOwned::ScmRights(v) = cm {
+                            for raw in v {
+                                // SAFETY: SCM_RIGHTS gave this process a new descriptor.
+                                fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+                            }
+                        }
+                    }
+                }
+                (m.bytes, fd)
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(LaunchError::Protocol(format!("recv: {e}"))),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let msg: Message =
+            serde_json::from_slice(&buf[..n]).map_err(|e| LaunchError::Protocol(e.to_string()))?;
+        return Ok(Some((msg, fd)));
+    }
+}
+
+/// Starts a process inside a running container (`berth exec`, health probes) with these
+/// descriptors as its stdin, stdout and stderr (unused when it gets a terminal). Returns once
+/// it has executed its command, or with the step that failed.
+pub fn exec(
+    spec: &super::spec::ExecSpec,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<Exec, LaunchError> {
+    let exe = sealed_self()?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::Spawn(e.into()))?;
+    let mut helper = None;
+    if !via_zygote(exe, b"E", &[&theirs, &stdin, &stdout, &stderr]) {
+        helper = Some(spawn_helper(
+            exe,
+            super::EXEC_ARG,
+            "berth-exec",
+            theirs,
+            Stdio::from(stdin),
+            Stdio::from(stdout),
+            Stdio::from(stderr),
+        )?);
+    } else {
+        drop((theirs, stdin, stdout, stderr));
+    }
+    let bytes = serde_json::to_vec(spec).map_err(|e| LaunchError::Protocol(e.to_string()))?;
+    nix::sys::socket::send(ours.as_raw_fd(), &bytes, MsgFlags::empty())
+        .map_err(|e| LaunchError::Protocol(format!("send exec spec: {e}")))?;
+    let mut ex = Exec {
+        pid: 0,
+        terminal: None,
+        sock: ours,
+        helper,
+    };
+    loop {
+        match recv_message(&ex.sock)? {
+            None => {
+                ex.reap();
+                return Err(LaunchError::Protocol(
+                    "the exec helper ended without starting the process".into(),
+                ));
+            }
+            Some((Message::Pid(p), _)) => ex.pid = p,
+            Some((Message::Terminal, fd)) => ex.terminal = fd,
+            Some((Message::Ready, _)) => return Ok(ex),
+            Some((Message::Failed(e), _)) => {
+                ex.reap();
+                return Err(LaunchError::Setup {
+                    name: spec.name.clone(),
+                    source: e,
+                });
+            }
+            Some((Message::Exited(_), _)) => {}
+        }
+    }
+}
+
+impl Exec {
+    /// Waits for the process to end; returns its exit status (128 + signal when killed).
+    pub fn wait(mut self) -> Result<i32, LaunchError> {
+        let r = loop {
+            match recv_message(&self.sock) {
+                Ok(Some((Message::Exited(code), _))) => break Ok(code),
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    break Err(LaunchError::Protocol(
+                        "the exec helper ended without a status".into(),
+                    ));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.reap();
+        r
+    }
+
+    /// The socket's descriptor, readable when the status (or end-of-file) has arrived: for a
+    /// caller that polls it beside other descriptors.
+    pub fn status_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.sock.as_fd()
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut c) = self.helper.take() {
+            let _ = c.wait();
+        }
     }
 }

@@ -22,6 +22,9 @@ pub const SETUP_ARG: &str = "__berth-setup";
 /// The hidden first argument that makes the berth binary act as the zygote.
 pub const ZYGOTE_ARG: &str = "__berth-zygote";
 
+/// The hidden first argument that makes the berth binary start a process in a container.
+pub const EXEC_ARG: &str = "__berth-exec";
+
 /// The start time of a process (field 22 of /proc/<pid>/stat, in clock ticks since boot), or
 /// `None` when it does not exist or is a zombie. A pid plus its start time names one process
 /// for good: a recycled pid has another start time.
@@ -34,6 +37,9 @@ pub fn dispatch() -> Option<i32> {
     let arg = std::env::args_os().nth(1)?;
     if arg == SETUP_ARG {
         return Some(setup::main());
+    }
+    if arg == EXEC_ARG {
+        return Some(setup::exec_main());
     }
     if arg == ZYGOTE_ARG {
         return Some(setup::zygote());

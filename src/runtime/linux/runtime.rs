@@ -474,6 +474,80 @@ impl LinuxRuntime {
         cg.freeze(frozen).map_err(|e| step(name, "pause", e))
     }
 
+    /// What a process started in the running container `name` gets: the service's process
+    /// with `opts` applied.
+    pub fn exec_spec(
+        &self,
+        name: &str,
+        opts: &ExecOptions,
+    ) -> Result<super::spec::ExecSpec, RuntimeError> {
+        let r = self.read(name)?;
+        let (Some(pid), Some(starttime)) = (r.pid, r.starttime) else {
+            return Err(step(name, "exec", "the container is not running"));
+        };
+        if !Self::alive(&r) {
+            return Err(step(name, "exec", "the container is not running"));
+        }
+        let cg = Self::cgroup_of(&r);
+        if cg.as_ref().is_some_and(|c| c.frozen()) {
+            return Err(step(
+                name,
+                "exec",
+                "the container is paused; `berth unpause` it first",
+            ));
+        }
+        let mut p = r.launch.process.clone();
+        p.args = opts.argv.clone();
+        for e in &opts.env {
+            let key = e.split('=').next().unwrap_or(e);
+            p.env.retain(|x| x.split('=').next() != Some(key));
+            p.env.push(e.clone());
+        }
+        if let Some(u) = &opts.user {
+            // The container's own files first (its writable layer), then its image's.
+            let mut roots = vec![r.launch.dir.join("upper")];
+            match &r.launch.rootfs {
+                Rootfs::Host => roots.push(PathBuf::from("/")),
+                Rootfs::Layers(l) => roots.extend(l.iter().rev().cloned()),
+            }
+            let (uid, gid, groups) =
+                resolve_user(u, &roots).map_err(|e| step(name, "resolve user", e))?;
+            (p.uid, p.gid, p.groups) = (uid, gid, groups);
+        }
+        if let Some(w) = &opts.workdir {
+            p.cwd = w.clone();
+        }
+        p.tty = opts.tty;
+        p.stdin_open = false;
+        if opts.tty && !p.env.iter().any(|e| e.starts_with("TERM=")) {
+            p.env.push("TERM=xterm".into());
+        }
+        if opts.privileged {
+            p.privileged = true;
+            p.seccomp = None;
+        }
+        Ok(super::spec::ExecSpec {
+            name: name.to_string(),
+            pid,
+            starttime,
+            cgroups: cg.map(|c| c.paths()).unwrap_or_default(),
+            own_network: r.launch.own_network,
+            process: p,
+        })
+    }
+
+    /// Starts a process in the running container `name` with these descriptors as its stdio.
+    pub fn exec(
+        &self,
+        name: &str,
+        opts: &ExecOptions,
+        stdio: [std::os::fd::OwnedFd; 3],
+    ) -> Result<super::launch::Exec, RuntimeError> {
+        let spec = self.exec_spec(name, opts)?;
+        let [i, o, e] = stdio;
+        super::launch::exec(&spec, i, o, e).map_err(|e| step(name, "exec", e))
+    }
+
     /// The host pids of the container's processes.
     pub fn processes(&self, name: &str) -> Result<Vec<u32>, RuntimeError> {
         let r = self.read(name)?;
@@ -638,6 +712,109 @@ impl LinuxRuntime {
     }
 }
 
+/// How `berth exec` (or a health probe) changes the service's process.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub argv: Vec<String>,
+    /// `-e KEY=VALUE`, over the container's environment.
+    pub env: Vec<String>,
+    /// `-u`: name or uid[:gid], resolved in the container's files.
+    pub user: Option<String>,
+    /// `-w`: working directory inside the container.
+    pub workdir: Option<String>,
+    /// Run on a terminal of the container's devpts.
+    pub tty: bool,
+    /// `--privileged`: every capability, no seccomp filter.
+    pub privileged: bool,
+}
+
+/// Most of a probe's output that is kept (Docker keeps 4 KiB).
+const PROBE_OUTPUT: usize = 4096;
+
+/// Runs one health probe: its exit status and the start of its output. A probe that outlives
+/// `timeout` is killed and fails (-1, as Docker reports it); one whose command cannot be
+/// executed fails with 127 and the reason as its output.
+fn run_probe(
+    name: &str,
+    spec: &super::spec::ExecSpec,
+    timeout: Duration,
+) -> Result<(i32, String), RuntimeError> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| step(name, "health probe", e))?;
+    // The write end must block for the probe (only the read end is ours to poll).
+    let _ = nix::fcntl::fcntl(
+        &w,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    );
+    let null: std::os::fd::OwnedFd = fs::File::open("/dev/null")
+        .map_err(|e| step(name, "health probe", e))?
+        .into();
+    let w2 = w.try_clone().map_err(|e| step(name, "health probe", e))?;
+    let ex = match super::launch::exec(spec, null, w, w2) {
+        Ok(ex) => ex,
+        Err(super::launch::LaunchError::Setup { source, .. })
+            if source.step.starts_with("exec") || source.step == "chdir to working_dir" =>
+        {
+            return Ok((127, source.to_string()));
+        }
+        Err(e) => return Err(step(name, "health probe", e)),
+    };
+    let mut out = Vec::new();
+    let reader = fs::File::from(r);
+    let drain = |out: &mut Vec<u8>| {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = (&reader).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let room = PROBE_OUTPUT.saturating_sub(out.len());
+            out.extend_from_slice(&buf[..n.min(room)]);
+        }
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            timed_out = true;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(ex.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            break;
+        }
+        let ms = u16::try_from(left.as_millis().min(1000)).unwrap_or(1000);
+        let (done, output) = {
+            let mut fds = [
+                PollFd::new(ex.status_fd(), PollFlags::POLLIN),
+                PollFd::new(reader.as_fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if output {
+            drain(&mut out);
+        }
+        if done {
+            break;
+        }
+    }
+    let code = ex.wait().map_err(|e| step(name, "health probe", e))?;
+    drain(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if timed_out {
+        return Ok((
+            -1,
+            format!("the check ran longer than its timeout ({timeout:?})"),
+        ));
+    }
+    Ok((code, text))
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -699,14 +876,20 @@ impl Runtime for LinuxRuntime {
     async fn probe(
         &self,
         name: &str,
-        _argv: &[String],
-        _timeout: Duration,
+        argv: &[String],
+        timeout: Duration,
     ) -> Result<(i32, String), RuntimeError> {
-        Err(step(
+        let spec = self.exec_spec(
             name,
-            "health probe",
-            "exec into containers is not available yet",
-        ))
+            &ExecOptions {
+                argv: argv.to_vec(),
+                ..ExecOptions::default()
+            },
+        )?;
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || run_probe(&n, &spec, timeout))
+            .await
+            .map_err(|e| step(name, "health probe", e))?
     }
 }
 

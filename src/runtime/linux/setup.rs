@@ -32,6 +32,10 @@ pub enum Message {
     /// The root filesystem is built and the service process has been forked.
     Ready,
     Failed(SetupError),
+    /// An exec'd process's terminal: the master travels with this message (SCM_RIGHTS).
+    Terminal,
+    /// An exec'd process ended with this status (exit code, or 128 + signal).
+    Exited(i32),
 }
 
 fn send(sock: &OwnedFd, m: &Message) {
@@ -45,7 +49,7 @@ fn send(sock: &OwnedFd, m: &Message) {
     }
 }
 
-fn read_spec(sock: &OwnedFd) -> Result<LaunchSpec, SetupError> {
+fn read_spec<T: serde::de::DeserializeOwned>(sock: &OwnedFd) -> Result<T, SetupError> {
     use nix::sys::socket::MsgFlags;
     // Peek at the packet's size first: a buffer of exactly that size, not a megabyte that the
     // container's init would then carry for its whole life.
@@ -161,7 +165,10 @@ pub fn zygote() -> i32 {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 1,
         };
-        if fds.len() != 3 {
+        // `L`: a container's setup (socket, stdout, stderr); `E`: an exec (socket, stdin,
+        // stdout, stderr).
+        let exec = byte[0] == b'E';
+        if fds.len() != if exec { 4 } else { 3 } {
             continue;
         }
         // SAFETY: the zygote is single-threaded, so the child may run any code after fork.
@@ -171,26 +178,196 @@ pub fn zygote() -> i32 {
                 let _ = unsafe {
                     nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl)
                 };
-                // The container's socket at fd 3 (replacing the zygote's), output on 1 and 2.
-                for (fd, target) in [(&fds[1], 1), (&fds[2], 2), (&fds[0], SOCKET_FD)] {
+                // The request's socket at fd 3 (replacing the zygote's), its stdio on 0-2. The
+                // received descriptors are all above 3 (0-3 were taken), so no dup2 below
+                // overwrites one that a later dup2 still reads.
+                let targets: &[(usize, i32)] = if exec {
+                    &[(1, 0), (2, 1), (3, 2), (0, SOCKET_FD)]
+                } else {
+                    &[(1, 1), (2, 2), (0, SOCKET_FD)]
+                };
+                for (i, target) in targets {
                     // SAFETY: dup2 of descriptors this process owns onto fixed numbers.
-                    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+                    if unsafe { libc::dup2(fds[*i].as_raw_fd(), *target) } < 0 {
                         std::process::exit(1);
                     }
                 }
-                if let Ok(null) = std::fs::File::open("/dev/null") {
+                if !exec && let Ok(null) = std::fs::File::open("/dev/null") {
                     // SAFETY: as above.
                     unsafe { libc::dup2(null.as_raw_fd(), 0) };
                 }
-                // The zygote's socket was fd 3 and is now the container's: forget the old owner.
+                // The zygote's socket was fd 3 and is now the request's: forget the old owner.
                 std::mem::forget(sock);
                 drop(fds);
-                std::process::exit(main());
+                std::process::exit(if exec { exec_main() } else { main() });
             }
             Ok(ForkResult::Parent { .. }) => drop(fds),
             Err(_) => drop(fds),
         }
     }
+}
+
+/// `berth __berth-exec` (or an `E` request to the zygote): starts a process inside a running
+/// container. Joins the container's cgroup and namespaces (through a pidfd of its init, so a
+/// recycled pid cannot redirect it), forks (a new PID namespace applies to children only), and
+/// the child gets the service's credentials and security setup before it execs. This process
+/// stays outside the container's PID namespace, waits for the child and reports its status.
+///
+/// Messages: `Pid` (host pid of the process), `Terminal` with the pty master when the process
+/// has a terminal, then `Ready` (exec succeeded) or `Failed`, then `Exited`.
+pub fn exec_main() -> i32 {
+    close_from(SOCKET_FD + 1);
+    // SAFETY: the socket is fd 3 (placed there by berth or the zygote); nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    let _ = nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    // Non-dumpable before it enters: the container cannot reach this process's memory or its
+    // executable (the sealed copy of berth) through /proc (CVE-2019-5736).
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = nix::sys::prctl::set_name(c"berth-exec");
+    match exec_run(&sock) {
+        Ok(code) => {
+            send(&sock, &Message::Exited(code));
+            0
+        }
+        Err(e) => {
+            send(&sock, &Message::Failed(e));
+            1
+        }
+    }
+}
+
+fn exec_run(sock: &OwnedFd) -> Result<i32, SetupError> {
+    let spec: super::spec::ExecSpec = read_spec(sock)?;
+    let raw = rustix::process::Pid::from_raw(spec.pid)
+        .ok_or_else(|| SetupError::other("find container", "no init pid"))?;
+    let pidfd =
+        rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).map_err(|e| {
+            SetupError {
+                step: "find container".into(),
+                path: None,
+                errno: e.raw_os_error(),
+                detail: format!("the init (pid {}) is gone", spec.pid),
+            }
+        })?;
+    // The pid may have been recycled before the pidfd was opened: the start time tells.
+    if super::runtime::starttime(spec.pid) != Some(spec.starttime) {
+        return Err(SetupError::other(
+            "find container",
+            format!("{} is not running", spec.name),
+        ));
+    }
+    let me = std::process::id().to_string();
+    for dir in &spec.cgroups {
+        let f = dir.join("cgroup.procs");
+        std::fs::write(&f, &me)
+            .map_err(|e| SetupError::io("join cgroup", Some(&f.to_string_lossy()), &e))?;
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWCGROUP;
+    if spec.own_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    // Entering the mount namespace also moves this process's root and working directory to
+    // the container's root: from here on every path resolves inside the container.
+    nix::sched::setns(&pidfd, flags)
+        .map_err(|e| SetupError::sys("enter the container's namespaces", None, e))?;
+    drop(pidfd);
+
+    let args: Vec<CString> = spec
+        .process
+        .args
+        .iter()
+        .map(|a| cstr(a, "command"))
+        .collect::<Result<_, _>>()?;
+    if args.is_empty() {
+        return Err(SetupError::other("exec", "no command given"));
+    }
+    let env: Vec<CString> = spec
+        .process
+        .env
+        .iter()
+        .map(|a| cstr(a, "environment"))
+        .collect::<Result<_, _>>()?;
+    // The terminal comes from the container's own devpts (its /dev/ptmx, now our root's).
+    let tty = if spec.process.tty {
+        Some(open_pty()?)
+    } else {
+        None
+    };
+    // The child reports a failure before exec on this pipe; end-of-file with nothing written
+    // means the exec happened (the write end is close-on-exec).
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SetupError::sys("create pipe", None, e))?;
+    let mask = SigSet::thread_get_mask().unwrap_or_else(|_| SigSet::empty());
+    // SAFETY: this process is single-threaded (forked by the zygote or freshly executed).
+    let child = match unsafe { fork() }.map_err(|e| SetupError::sys("fork", None, e))? {
+        ForkResult::Child => {
+            drop(report_r);
+            let mut r = Ok(());
+            if let Some((_, slave)) = &tty {
+                r = nix::unistd::setsid()
+                    .map_err(|e| SetupError::sys("setsid", None, e))
+                    .and_then(|_| {
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(slave)
+                            .map_err(|e| SetupError::io("open terminal", Some(slave), &e))
+                    })
+                    .map(|f| {
+                        for target in 0..3 {
+                            // SAFETY: dup2 of a descriptor we own onto stdio.
+                            unsafe { libc::dup2(f.as_raw_fd(), target) };
+                        }
+                    });
+            }
+            let e = match r {
+                Ok(()) => exec_service(&spec.process, &args, &env, &mask),
+                Err(e) => e,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&e) {
+                let _ = nix::unistd::write(&report_w, &bytes);
+            }
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(report_w);
+    send(sock, &Message::Pid(child.as_raw()));
+    if let Some((master, _)) = tty {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let bytes = serde_json::to_vec(&Message::Terminal).unwrap_or_default();
+        let iov = [std::io::IoSlice::new(&bytes)];
+        let fds = [master.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let _ = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None);
+        // berth holds the master now; this process must not keep the terminal open.
+        drop(master);
+    }
+    let mut report = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(report_r), &mut report);
+    let failed = serde_json::from_slice::<SetupError>(&report).ok();
+    if failed.is_none() {
+        send(sock, &Message::Ready);
+    }
+    let code = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(SetupError::sys("wait", None, e)),
+        }
+    };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(code)
 }
 
 /// Joins the cgroup and unshares the namespaces.
@@ -474,7 +651,7 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Started, SetupError> {
                 // SAFETY: dup2 of a descriptor we own onto stdin.
                 unsafe { libc::dup2(r.as_raw_fd(), 0) };
             }
-            let e = exec_service(spec, &args, &env, &old);
+            let e = exec_service(&spec.process, &args, &env, &old);
             send(sock, &Message::Failed(e));
             std::process::exit(127);
         }
@@ -493,8 +670,12 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Started, SetupError> {
 }
 
 /// In the service process: credentials, working directory, then exec. Returns only on failure.
-fn exec_service(spec: &LaunchSpec, args: &[CString], env: &[CString], mask: &SigSet) -> SetupError {
-    let p = &spec.process;
+fn exec_service(
+    p: &super::spec::Process,
+    args: &[CString],
+    env: &[CString],
+    mask: &SigSet,
+) -> SetupError {
     let r = (|| -> Result<(), SetupError> {
         // A service on a terminal is already the leader of its own session.
         if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {

@@ -117,6 +117,24 @@ pub struct LaunchSpec {
     pub process: Process,
 }
 
+/// A process to start inside a running container (`berth exec`, health probes): it joins the
+/// container's namespaces and cgroup and gets the same credentials and security setup as the
+/// service (with its own command, environment, user and working directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Container name (for messages).
+    pub name: String,
+    /// The host pid of the container's init and its start time: the namespaces to join are its,
+    /// and a recycled pid is refused.
+    pub pid: i32,
+    pub starttime: u64,
+    /// Directories of the container's cgroup, one per hierarchy.
+    pub cgroups: Vec<PathBuf>,
+    /// The container has its own network namespace (false: it shares the host's).
+    pub own_network: bool,
+    pub process: Process,
+}
+
 /// Seccomp programs as hex strings (16 digits per BPF instruction).
 mod hex_programs {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

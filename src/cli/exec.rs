@@ -1,0 +1,293 @@
+//! `berth exec`: a command inside a running container of a service, in its namespaces and
+//! cgroup, with the service's credentials and security setup. On a terminal (unless `-T`), the
+//! command gets a terminal of the container's own devpts and this one is put in raw mode and
+//! relayed; otherwise its stdio is this process's. The exit status is the command's.
+
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::Global;
+use super::lifecycle::select;
+use crate::plan::State;
+use crate::runtime::linux::launch::LaunchError;
+use crate::runtime::linux::runtime::ExecOptions;
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run the command in the background
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Don't allocate a terminal (the default when stdin is not one)
+    #[arg(short = 'T', long = "no-TTY")]
+    pub no_tty: bool,
+    /// Accepted for Compose compatibility (stdin is always attached)
+    #[arg(short = 'i', long, hide = true)]
+    pub interactive: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to take it from this shell)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run as this user (name or uid[:gid], resolved in the container)
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Which replica of the service
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
+    /// Every capability and no seccomp filter for this command
+    #[arg(long)]
+    pub privileged: bool,
+    pub service: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("berth exec needs root, as berth up does");
+    }
+    let s = select(g, std::slice::from_ref(&a.service))?;
+    let Some(c) = s
+        .containers
+        .iter()
+        .find(|c| !c.oneoff && c.index == a.index)
+    else {
+        bail!(
+            "service {} has no container with index {} (see `berth ps`)",
+            a.service,
+            a.index
+        );
+    };
+    match c.state {
+        State::Running => {}
+        State::Paused => bail!(
+            "container {} is paused; `berth unpause {}` first",
+            c.name,
+            a.service
+        ),
+        _ => bail!(
+            "service {} is not running (container {})",
+            a.service,
+            c.name
+        ),
+    }
+    let env = a
+        .env
+        .iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e.clone()),
+            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect();
+    let tty = !a.no_tty && !a.detach && std::io::stdin().is_terminal();
+    let opts = ExecOptions {
+        argv: a.command.clone(),
+        env,
+        user: a.user.clone(),
+        workdir: a.workdir.clone(),
+        tty,
+        privileged: a.privileged,
+    };
+    let stdio = if a.detach {
+        let null = || -> anyhow::Result<OwnedFd> {
+            Ok(std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .context("open /dev/null")?
+                .into())
+        };
+        [null()?, null()?, null()?]
+    } else {
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| -> anyhow::Result<OwnedFd> {
+            fd.try_clone_to_owned().context("duplicate stdio")
+        };
+        [
+            dup(std::io::stdin().as_fd())?,
+            dup(std::io::stdout().as_fd())?,
+            dup(std::io::stderr().as_fd())?,
+        ]
+    };
+    // Signals to forward are blocked before any thread starts, so the forwarding thread is
+    // the only one that receives them.
+    let forwarded = forwarded_signals();
+    if !a.detach {
+        let _ = forwarded.thread_block();
+    }
+    let mut ex = match s.rt.exec(&c.name, &opts, stdio) {
+        Ok(ex) => ex,
+        Err(crate::runtime::RuntimeError::Step { message, .. }) if !message.is_empty() => {
+            eprintln!("berth: exec in {}: {message}", c.name);
+            return Ok(exec_failure_code(&message));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if a.detach {
+        return Ok(0);
+    }
+    let terminal = ex.terminal.take();
+    let pid = ex.pid;
+    let master = terminal.as_ref().map(|m| m.as_raw_fd());
+    std::thread::spawn(move || forward(forwarded, pid, master));
+    let code = match terminal {
+        Some(master) => {
+            let _raw = RawMode::enter();
+            copy_size(master.as_raw_fd());
+            relay(&master, &ex);
+            drop(_raw);
+            ex.wait()
+        }
+        None => ex.wait(),
+    };
+    match code {
+        Ok(code) => Ok(code),
+        Err(LaunchError::Setup { source, .. }) => {
+            eprintln!("berth: exec in {}: {source}", c.name);
+            Ok(if source.errno == libc::ENOENT {
+                127
+            } else {
+                126
+            })
+        }
+        Err(e) => Err(e).context("waiting for the command"),
+    }
+}
+
+/// Docker's statuses for a command that could not run: 127 when it does not exist, 126 when
+/// it cannot be executed.
+fn exec_failure_code(message: &str) -> i32 {
+    if message.contains("ENOENT") { 127 } else { 126 }
+}
+
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Forwards the signals berth receives to the command (as `docker exec` does when it has no
+/// terminal); a terminal's size change goes to the command's terminal.
+fn forward(set: nix::sys::signal::SigSet, pid: i32, master: Option<i32>) {
+    use nix::sys::signal::Signal;
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        match (sig, master) {
+            (Signal::SIGWINCH, Some(m)) => copy_size(m),
+            (Signal::SIGWINCH, None) => {}
+            _ => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+        }
+    }
+}
+
+/// Gives the command's terminal the size of ours.
+fn copy_size(master: i32) {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize struct we pass; TIOCSWINSZ reads it. Both only act
+    // on descriptors (ours and the master we hold).
+    unsafe {
+        if libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Our terminal in raw mode (keys go to the command untouched: Ctrl-C is the command's), put
+/// back as it was when dropped.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(old) = tcgetattr(&stdin) else {
+            return RawMode(None);
+        };
+        let mut raw = old.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        RawMode(Some(old))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                old,
+            );
+        }
+    }
+}
+
+/// Copies our stdin to the terminal and the terminal to our stdout until the command's side
+/// of the terminal closes (EIO on the master) or the command's status arrives.
+fn relay(master: &OwnedFd, ex: &crate::runtime::linux::launch::Exec) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::Write;
+    let mut buf = [0u8; 8192];
+    let mut stdin_open = true;
+    let stdin = std::io::stdin();
+    loop {
+        let mut fds = vec![
+            PollFd::new(master.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ex.status_fd(), PollFlags::POLLIN),
+        ];
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready[0] {
+            match nix::unistd::read(master, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+            }
+        }
+        if ready.get(2) == Some(&true) {
+            match nix::unistd::read(&stdin, &mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    let _ = nix::unistd::write(master, &buf[..n]);
+                }
+            }
+        }
+        if ready[1] && !ready[0] {
+            // The command has ended and the terminal has nothing more to give.
+            return;
+        }
+    }
+}
