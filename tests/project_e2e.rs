@@ -783,3 +783,79 @@ services:
         &[web, sleeper as i64],
     );
 }
+
+#[test]
+fn enable_writes_a_valid_boot_unit_and_ls_shows_it() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let units = env.dir.path().join("units");
+    let p = env.project(
+        "b",
+        "name: e2e-boot
+services:
+  web:
+    image: host
+    command: [sleep, '1000']
+",
+    );
+    let _d = Down(&env, p.clone());
+    let berth = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .current_dir(&p)
+            .env("BERTH_ROOT", &env.state)
+            .env("BERTH_SYSTEMD_DIR", &units)
+            .output()
+            .unwrap()
+    };
+    assert!(berth(&["enable", "--now"]).status.success());
+    let unit = units.join("berth-e2e-boot.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("\"up\" \"-d\""), "{text}");
+    assert!(
+        units
+            .join("multi-user.target.wants/berth-e2e-boot.service")
+            .exists()
+    );
+    match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) => assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs systemd-analyze (.ci/run)"
+        ),
+    }
+    let ls = String::from_utf8_lossy(&berth(&["ls", "--format", "json"]).stdout).into_owned();
+    let rows: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["Name"] == "e2e-boot")
+        .cloned()
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert_eq!(row["Enabled"], true);
+    assert_eq!(row["Status"], "running(1)");
+
+    assert!(berth(&["disable"]).status.success());
+    assert!(!unit.exists());
+    assert!(
+        !units
+            .join("multi-user.target.wants/berth-e2e-boot.service")
+            .exists()
+    );
+    let ls = String::from_utf8_lossy(&berth(&["ls", "--format", "json"]).stdout).into_owned();
+    assert!(ls.contains("\"Enabled\":false"), "{ls}");
+    let web = pid(&env.container(&p, "e2e-boot-web-1"));
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(&env, "e2e-boot", &["e2e-boot-web-1"], &[web]);
+}

@@ -1,6 +1,7 @@
 //! The command line: global options like `docker compose`, one file per verb. Parses arguments,
 //! calls into the library, prints. `anyhow` lives here and nowhere below.
 
+mod boot;
 mod config;
 mod down;
 mod exec;
@@ -125,7 +126,7 @@ pub enum Verb {
     /// Copy files between a container and the host
     Cp(Later),
     /// List running projects
-    Ls(Later),
+    Ls(boot::LsArgs),
     /// Pull service images
     Pull(Later),
     /// Build service images
@@ -147,9 +148,9 @@ pub enum Verb {
     /// Private and shared disks (ls, rm, update...)
     Disk(Later),
     /// Bring the project up at boot (systemd unit)
-    Enable(Later),
+    Enable(boot::EnableArgs),
     /// Remove the boot-time unit
-    Disable(Later),
+    Disable(boot::DisableArgs),
     /// Write the project, its images and disks to one archive
     Export(Later),
     /// Restore a project from an archive
@@ -181,7 +182,10 @@ impl Verb {
             | Verb::Wait(_)
             | Verb::Scale(_)
             | Verb::Run(_)
-            | Verb::Exec(_) => {
+            | Verb::Exec(_)
+            | Verb::Ls(_)
+            | Verb::Enable(_)
+            | Verb::Disable(_) => {
                 return None;
             }
             Verb::Create(_) => "create",
@@ -189,7 +193,6 @@ impl Verb {
             Verb::Stats(_) => "stats",
             Verb::Events(_) => "events",
             Verb::Cp(_) => "cp",
-            Verb::Ls(_) => "ls",
             Verb::Pull(_) => "pull",
             Verb::Build(_) => "build",
             Verb::Watch(_) => "watch",
@@ -197,8 +200,6 @@ impl Verb {
             Verb::Login(_) => "login",
             Verb::Logout(_) => "logout",
             Verb::Disk(_) => "disk",
-            Verb::Enable(_) => "enable",
-            Verb::Disable(_) => "disable",
             Verb::Export(_) => "export",
             Verb::Import(_) => "import",
         };
@@ -254,6 +255,9 @@ pub fn main() -> i32 {
         Verb::Scale(a) => lifecycle::scale(&cli.global, a),
         Verb::Run(a) => run::run(&cli.global, a),
         Verb::Exec(a) => exec::run(&cli.global, a),
+        Verb::Ls(a) => boot::ls(a),
+        Verb::Enable(a) => boot::enable(&cli.global, a),
+        Verb::Disable(a) => boot::disable(&cli.global, a),
         _ => Ok(0),
     };
     match result {
