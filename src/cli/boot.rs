@@ -218,7 +218,7 @@ pub fn ls(a: &LsArgs) -> anyhow::Result<i32> {
             };
             *counts.entry(word).or_default() += 1;
         }
-        if !a.all && counts.get("running").is_none() {
+        if !a.all && !counts.contains_key("running") {
             continue;
         }
         let status = counts
