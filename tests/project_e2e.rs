@@ -859,3 +859,44 @@ services:
     env.ok(&p, &["down", "-t", "0"]);
     assert_gone(&env, "e2e-boot", &["e2e-boot-web-1"], &[web]);
 }
+
+#[test]
+fn stats_reports_cpu_memory_disk_and_pids_from_the_kernel() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "st",
+        "name: e2e-stats
+services:
+  busy:
+    image: host
+    command: [sh, -c, 'dd if=/dev/zero of=/tmp/blob bs=1M count=6 2>/dev/null; while :; do :; done']
+    mem_limit: 64m
+    cpus: 0.5
+",
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let busy = pid(&env.container(&p, "e2e-stats-busy-1"));
+    std::thread::sleep(Duration::from_millis(500));
+    let out = env.ok(&p, &["stats", "--no-stream", "--format", "json"]);
+    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(row["Name"], "e2e-stats-busy-1");
+    let cpu = row["CPUPerc"].as_f64().unwrap();
+    // A busy loop held to half a core by its CFS quota.
+    assert!(cpu > 5.0 && cpu < 70.0, "CPU {cpu}%: {out}");
+    assert_eq!(row["MemLimit"], 64 * 1024 * 1024);
+    assert!(row["MemUsage"].as_u64().unwrap() > 0);
+    // sh and the loop (or dd): the cgroup's own count.
+    assert!(row["Pids"].as_u64().unwrap() >= 1, "{out}");
+    assert!(
+        row["Disk"].as_u64().unwrap() >= 6 * 1024 * 1024,
+        "the 6 MiB written count: {out}"
+    );
+    let table = env.ok(&p, &["stats", "--no-stream"]);
+    assert!(table.contains("64.00MiB"), "{table}");
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(&env, "e2e-stats", &["e2e-stats-busy-1"], &[busy]);
+}

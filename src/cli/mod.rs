@@ -11,6 +11,7 @@ mod logs;
 mod project;
 mod ps;
 mod run;
+mod stats;
 mod up;
 mod version;
 
@@ -116,7 +117,7 @@ pub enum Verb {
     /// Show the host port of a published port
     Port(Later),
     /// Live resource use of containers
-    Stats(Later),
+    Stats(stats::StatsArgs),
     /// Wait for containers to stop; prints their exit codes
     Wait(lifecycle::NamesArgs),
     /// Set the number of replicas of services (SERVICE=N)
@@ -184,13 +185,13 @@ impl Verb {
             | Verb::Run(_)
             | Verb::Exec(_)
             | Verb::Ls(_)
+            | Verb::Stats(_)
             | Verb::Enable(_)
             | Verb::Disable(_) => {
                 return None;
             }
             Verb::Create(_) => "create",
             Verb::Port(_) => "port",
-            Verb::Stats(_) => "stats",
             Verb::Events(_) => "events",
             Verb::Cp(_) => "cp",
             Verb::Pull(_) => "pull",
@@ -256,6 +257,7 @@ pub fn main() -> i32 {
         Verb::Run(a) => run::run(&cli.global, a),
         Verb::Exec(a) => exec::run(&cli.global, a),
         Verb::Ls(a) => boot::ls(a),
+        Verb::Stats(a) => stats::run(&cli.global, a),
         Verb::Enable(a) => boot::enable(&cli.global, a),
         Verb::Disable(a) => boot::disable(&cli.global, a),
         _ => Ok(0),

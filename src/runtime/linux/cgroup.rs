@@ -148,6 +148,18 @@ fn read(path: &Path) -> Result<String, CgroupError> {
     })
 }
 
+/// A cgroup's resource use at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// CPU time used since the cgroup was made, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use (without inactive page cache), in bytes.
+    pub memory: u64,
+    /// The memory limit, if any.
+    pub memory_limit: Option<u64>,
+    pub pids: u64,
+}
+
 /// A container's cgroup: one directory per hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
@@ -418,6 +430,51 @@ impl Cgroup {
                 fs::read_to_string(d.join("freezer.state"))
                     .is_ok_and(|t| t.trim() == "FROZEN" || t.trim() == "FREEZING")
             }),
+        }
+    }
+
+    /// What the cgroup's processes use now (`berth stats`), from whichever version's files.
+    pub fn usage(&self) -> Usage {
+        let read = |c: &'static str, f: &str| {
+            self.dir_of(c)
+                .ok()
+                .and_then(|d| fs::read_to_string(d.join(f)).ok())
+        };
+        let num = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+        let stat = |t: Option<String>, key: &str| {
+            t.and_then(|t| {
+                t.lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .find(|(k, _)| *k == key)
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            })
+        };
+        // Like Docker, memory in use leaves out the page cache the kernel can drop at once.
+        match self.version {
+            Version::V2 => {
+                let current = num(read("", "memory.current")).unwrap_or(0);
+                let inactive = stat(read("", "memory.stat"), "inactive_file").unwrap_or(0);
+                Usage {
+                    cpu_ns: stat(read("", "cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
+                    memory: current.saturating_sub(inactive),
+                    memory_limit: num(read("", "memory.max")),
+                    pids: num(read("", "pids.current")).unwrap_or(0),
+                }
+            }
+            Version::V1 { .. } => {
+                let current = num(read("memory", "memory.usage_in_bytes")).unwrap_or(0);
+                let inactive =
+                    stat(read("memory", "memory.stat"), "total_inactive_file").unwrap_or(0);
+                // v1 writes "no limit" as the largest page-aligned number.
+                let limit =
+                    num(read("memory", "memory.limit_in_bytes")).filter(|l| *l < (1u64 << 62));
+                Usage {
+                    cpu_ns: num(read("cpuacct", "cpuacct.usage")).unwrap_or(0),
+                    memory: current.saturating_sub(inactive),
+                    memory_limit: limit,
+                    pids: num(read("pids", "pids.current")).unwrap_or(0),
+                }
+            }
         }
     }
 

@@ -405,6 +405,46 @@ fn signal_by_name(s: Option<&str>) -> nix::sys::signal::Signal {
     nix::sys::signal::Signal::from_str(&n).unwrap_or(nix::sys::signal::Signal::SIGTERM)
 }
 
+/// A container's resource use (`berth stats`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stats {
+    pub usage: super::cgroup::Usage,
+    pub net_rx: u64,
+    pub net_tx: u64,
+    /// Bytes the writable layer takes on disk.
+    pub disk: u64,
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks; hard links counted once), not
+/// following symlinks or crossing into other file systems.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert(m.ino()) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
 /// What `ps` shows about one container.
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
@@ -546,6 +586,42 @@ impl LinuxRuntime {
         let spec = self.exec_spec(name, opts)?;
         let [i, o, e] = stdio;
         super::launch::exec(&spec, i, o, e).map_err(|e| step(name, "exec", e))
+    }
+
+    /// What the running container `name` uses now: its cgroup's counters, the bytes its
+    /// network interfaces moved (outside `lo`), and the size of its writable layer.
+    pub fn stats(&self, name: &str) -> Result<Stats, RuntimeError> {
+        let r = self.read(name)?;
+        let usage = Self::cgroup_of(&r).map(|c| c.usage()).unwrap_or_default();
+        let (mut rx, mut tx) = (0, 0);
+        if r.launch.own_network
+            && let Some(pid) = r.pid.filter(|_| Self::alive(&r))
+        {
+            // /proc/<pid>/net/dev is the device table of that process's network namespace.
+            let dev = fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+            for line in dev.lines().skip(2) {
+                let Some((ifname, rest)) = line.split_once(':') else {
+                    continue;
+                };
+                if ifname.trim() == "lo" {
+                    continue;
+                }
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                rx += f.first().copied().unwrap_or(0);
+                tx += f.get(8).copied().unwrap_or(0);
+            }
+        }
+        Ok(Stats {
+            usage,
+            net_rx: rx,
+            net_tx: tx,
+            // The writable layer is `upper/`, plus, for `image: host`, what is written
+            // beside the OS overlays in the root directory itself (/tmp, /var, ...).
+            disk: disk_usage(&r.launch.dir.join("upper")) + disk_usage(&r.launch.dir.join("root")),
+        })
     }
 
     /// The host pids of the container's processes.

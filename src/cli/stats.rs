@@ -1,0 +1,170 @@
+//! `berth stats`: CPU, memory, processes, network and disk of the project's running
+//! containers, from their cgroups, their network namespaces and their writable layers. Live
+//! (redrawn every second) on a terminal, or one sample with `--no-stream`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::Global;
+use super::lifecycle::select;
+use crate::plan::State;
+use crate::runtime::linux::runtime::Stats;
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// One sample, then exit
+    #[arg(long)]
+    pub no_stream: bool,
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+    /// Don't shorten names
+    #[arg(long)]
+    pub no_trunc: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Row {
+    name: String,
+    service: String,
+    #[serde(rename = "CPUPerc")]
+    cpu_perc: f64,
+    mem_usage: u64,
+    mem_limit: Option<u64>,
+    mem_perc: Option<f64>,
+    net_rx: u64,
+    net_tx: u64,
+    disk: u64,
+    pids: u64,
+}
+
+/// Sizes as Docker prints them (binary units, up to two decimals).
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.2}{}", UNITS[u])
+    }
+}
+
+/// The host's memory, the limit Docker shows for a container without one.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(g: &Global, a: &StatsArgs) -> anyhow::Result<i32> {
+    let s = select(g, &a.services)?;
+    let names: Vec<(String, String)> = s
+        .containers
+        .iter()
+        .filter(|c| c.state == State::Running)
+        .map(|c| (c.name.clone(), c.service.clone()))
+        .collect();
+    let sample =
+        || -> Vec<Option<Stats>> { names.iter().map(|(n, _)| s.rt.stats(n).ok()).collect() };
+    let mut before = sample();
+    let mut t0 = Instant::now();
+    let live = !a.no_stream && a.format == "table" && std::io::stdout().is_terminal();
+    let host = host_memory();
+    loop {
+        // CPU % is the CPU time used over a wall-clock interval, as `docker stats` shows it
+        // (100 % is one core).
+        std::thread::sleep(Duration::from_millis(if a.no_stream { 500 } else { 1000 }));
+        let after = sample();
+        let secs = t0.elapsed().as_secs_f64();
+        t0 = Instant::now();
+        let rows: Vec<Row> = names
+            .iter()
+            .zip(before.iter().zip(after.iter()))
+            .filter_map(|((name, service), (b, a))| {
+                let a = (*a)?;
+                let cpu = b.map_or(0.0, |b| {
+                    a.usage.cpu_ns.saturating_sub(b.usage.cpu_ns) as f64 / (secs * 1e9) * 100.0
+                });
+                let limit = a.usage.memory_limit.or(host);
+                Some(Row {
+                    name: name.clone(),
+                    service: service.clone(),
+                    cpu_perc: (cpu * 100.0).round() / 100.0,
+                    mem_usage: a.usage.memory,
+                    mem_limit: limit,
+                    mem_perc: limit
+                        .filter(|l| *l > 0)
+                        .map(|l| (a.usage.memory as f64 / l as f64 * 10000.0).round() / 100.0),
+                    net_rx: a.net_rx,
+                    net_tx: a.net_tx,
+                    disk: a.disk,
+                    pids: a.usage.pids,
+                })
+            })
+            .collect();
+        if a.format == "json" {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        } else {
+            if live {
+                // Clear the screen and go home, as `docker stats` redraws.
+                print!("\x1b[2J\x1b[H");
+            }
+            println!(
+                "{:<28} {:>8} {:>22} {:>7} {:>20} {:>10} {:>5}",
+                "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "DISK", "PIDS"
+            );
+            for r in &rows {
+                let mut name = r.name.clone();
+                if !a.no_trunc && name.len() > 28 {
+                    name.truncate(27);
+                    name.push('…');
+                }
+                println!(
+                    "{:<28} {:>7.2}% {:>22} {:>7} {:>20} {:>10} {:>5}",
+                    name,
+                    r.cpu_perc,
+                    format!(
+                        "{} / {}",
+                        human(r.mem_usage),
+                        r.mem_limit.map_or("-".into(), human)
+                    ),
+                    r.mem_perc.map_or("-".into(), |p| format!("{p:.2}%")),
+                    format!("{} / {}", human(r.net_rx), human(r.net_tx)),
+                    human(r.disk),
+                    r.pids
+                );
+            }
+        }
+        if a.no_stream {
+            return Ok(0);
+        }
+        before = after;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_print_like_docker() {
+        assert_eq!(super::human(512), "512B");
+        assert_eq!(super::human(64 * 1024 * 1024), "64.00MiB");
+        assert_eq!(super::human(1536), "1.50KiB");
+    }
+}
