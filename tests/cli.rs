@@ -88,7 +88,7 @@ fn quiet_validation_and_exit_statuses() {
 #[test]
 fn verbs_not_built_yet_say_so() {
     let t = project(GOOD);
-    let out = berth(t.path(), &["stats", "--no-stream"]);
+    let out = berth(t.path(), &["pull"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
 }
@@ -164,4 +164,17 @@ fn image_import_list_and_remove() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}
+
+#[test]
+fn completions_cover_every_verb() {
+    let t = tempfile::tempdir().expect("tempdir");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = berth(t.path(), &["completion", shell]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for verb in ["up", "down", "exec", "logs", "stats", "events", "enable"] {
+            assert!(text.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
 }

@@ -900,3 +900,78 @@ services:
     env.ok(&p, &["down", "-t", "0"]);
     assert_gone(&env, "e2e-stats", &["e2e-stats-busy-1"], &[busy]);
 }
+
+#[test]
+fn events_stream_what_every_berth_process_did() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "ev",
+        "name: e2e-events
+services:
+  web:
+    image: host
+    command: [sleep, '1000']
+  crash:
+    image: host
+    command: [sh, -c, 'sleep 0.5; exit 3']
+",
+    );
+    let _d = Down(&env, p.clone());
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["-p", "e2e-events", "events", "--json"])
+        .current_dir(&p)
+        .env("BERTH_ROOT", &env.state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    env.ok(&p, &["exec", "-T", "web", "true"]);
+    env.ok(&p, &["pause", "web"]);
+    env.ok(&p, &["unpause", "web"]);
+    // The supervisor sees crash exit.
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(env.state.join("events/e2e-events.jsonl"))
+            .is_ok_and(|t| t.contains("\"die\""))
+    }));
+    env.ok(&p, &["down", "-t", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = child.wait_with_output().unwrap();
+    let events: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_string(),
+                e["id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let has = |a: &str, id: &str| events.iter().any(|(x, y)| x == a && y == id);
+    for (a, id) in [
+        ("create", "e2e-events-web-1"),
+        ("start", "e2e-events-web-1"),
+        ("exec_start", "e2e-events-web-1"),
+        ("pause", "e2e-events-web-1"),
+        ("unpause", "e2e-events-web-1"),
+        ("die", "e2e-events-crash-1"),
+        ("stop", "e2e-events-web-1"),
+        ("destroy", "e2e-events-web-1"),
+        ("destroy", "e2e-events-crash-1"),
+    ] {
+        assert!(has(a, id), "no {a} of {id} in {events:?}");
+    }
+    let at = |a: &str| {
+        events
+            .iter()
+            .position(|(x, y)| x == a && y == "e2e-events-web-1")
+    };
+    assert!(at("create") < at("start") && at("start") < at("destroy"));
+}

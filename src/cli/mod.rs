@@ -4,6 +4,7 @@
 mod boot;
 mod config;
 mod down;
+mod events;
 mod exec;
 mod image;
 mod lifecycle;
@@ -123,7 +124,7 @@ pub enum Verb {
     /// Set the number of replicas of services (SERVICE=N)
     Scale(lifecycle::ScaleArgs),
     /// Stream container events
-    Events(Later),
+    Events(events::EventsArgs),
     /// Copy files between a container and the host
     Cp(Later),
     /// List running projects
@@ -156,6 +157,11 @@ pub enum Verb {
     Export(Later),
     /// Restore a project from an archive
     Import(Later),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Verb {
@@ -186,13 +192,14 @@ impl Verb {
             | Verb::Exec(_)
             | Verb::Ls(_)
             | Verb::Stats(_)
+            | Verb::Events(_)
+            | Verb::Completion { .. }
             | Verb::Enable(_)
             | Verb::Disable(_) => {
                 return None;
             }
             Verb::Create(_) => "create",
             Verb::Port(_) => "port",
-            Verb::Events(_) => "events",
             Verb::Cp(_) => "cp",
             Verb::Pull(_) => "pull",
             Verb::Build(_) => "build",
@@ -258,6 +265,12 @@ pub fn main() -> i32 {
         Verb::Exec(a) => exec::run(&cli.global, a),
         Verb::Ls(a) => boot::ls(a),
         Verb::Stats(a) => stats::run(&cli.global, a),
+        Verb::Events(a) => events::run(&cli.global, a),
+        Verb::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(0)
+        }
         Verb::Enable(a) => boot::enable(&cli.global, a),
         Verb::Disable(a) => boot::disable(&cli.global, a),
         _ => Ok(0),

@@ -350,6 +350,19 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
     }
 
+    /// Records an event only the supervisor sees (an exit, a health change).
+    fn event(&self, name: &str, action: &str, attrs: &[(&str, String)]) {
+        let service = self.service_of(name).unwrap_or_default().to_string();
+        crate::state::append_event(
+            &self.state.root(),
+            &self.target.project.name,
+            action,
+            name,
+            &service,
+            attrs,
+        );
+    }
+
     fn current(&self, name: &str, generation: u64) -> bool {
         self.watches
             .get(name)
@@ -386,6 +399,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 generation,
             } if self.current(&name, generation) => {
                 log(format!("{name}: {}", status.as_str()));
+                self.event(&name, &format!("health_status: {}", status.as_str()), &[]);
                 self.status
                     .containers
                     .entry(name.clone())
@@ -430,6 +444,10 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
         let attempts = w.attempts;
         let again = policy.as_ref().is_some_and(|p| p.restarts(state, attempts));
+        self.event(name, "die", &[("exitCode", code.to_string())]);
+        if state == State::OomKilled {
+            self.event(name, "oom", &[]);
+        }
         let st = self.status.containers.entry(name.to_string()).or_default();
         st.last_exit = Some(code);
         st.health = None;

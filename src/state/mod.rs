@@ -216,6 +216,15 @@ impl ProjectState {
         atomic_write(&self.dir.join("project.json"), &bytes)
     }
 
+    /// The state root this project's directory is in.
+    pub fn root(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     pub fn status(&self) -> Status {
         fs::read_to_string(self.dir.join("status.json"))
             .ok()
@@ -326,5 +335,68 @@ mod tests {
         assert_eq!(projects(d.path()).len(), 1);
         st.remove().unwrap();
         assert!(projects(d.path()).is_empty());
+    }
+}
+
+/// One line of a project's event stream (`berth events`), in the shape of
+/// `docker compose events --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub action: String,
+    /// The container.
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// Where a project's events go: beside the projects, not inside one, so the events of `down`
+/// outlive the project's own directory.
+pub fn events_path(root: &Path, project: &str) -> PathBuf {
+    root.join("events").join(format!("{project}.jsonl"))
+}
+
+/// Most bytes an event file holds before it starts again (the previous one is kept as `.1`).
+const EVENTS_MAX: u64 = 1 << 20;
+
+/// Appends an event to the project's stream. Best effort: an event that cannot be written is
+/// not worth failing the step it reports.
+pub fn append_event(
+    root: &Path,
+    project: &str,
+    action: &str,
+    container: &str,
+    service: &str,
+    attributes: &[(&str, String)],
+) {
+    use std::io::Write;
+    let path = events_path(root, project);
+    if let Some(dir) = path.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    if fs::metadata(&path).is_ok_and(|m| m.len() > EVENTS_MAX) {
+        let _ = fs::rename(&path, path.with_extension("jsonl.1"));
+    }
+    let e = EventRecord {
+        time: crate::runtime::linux::logs::timestamp(std::time::SystemTime::now()),
+        kind: "container".into(),
+        action: action.into(),
+        id: container.into(),
+        service: service.into(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    };
+    let Ok(mut line) = serde_json::to_vec(&e) else {
+        return;
+    };
+    line.push(b'\n');
+    // One write of one line with O_APPEND: lines of concurrent writers do not interleave.
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let _ = f.write_all(&line);
     }
 }

@@ -109,6 +109,10 @@ impl LinuxRuntime {
             .collect()
     }
 
+    fn event(&self, r: &Record, action: &str, attrs: &[(&str, String)]) {
+        crate::state::append_event(&self.root, &r.project, action, &r.name, &r.service, attrs);
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.root.join("containers").join(name)
     }
@@ -500,7 +504,9 @@ impl LinuxRuntime {
             .filter(|_| Self::alive(&r))
             .ok_or_else(|| step(name, "kill", "the container is not running"))?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-            .map_err(|e| step(name, "kill", e))
+            .map_err(|e| step(name, "kill", e))?;
+        self.event(&r, "kill", &[("signal", sig.as_str().to_string())]);
+        Ok(())
     }
 
     /// Freezes or thaws every process of the container (`pause` / `unpause`).
@@ -511,7 +517,9 @@ impl LinuxRuntime {
         }
         let cg = Self::cgroup_of(&r)
             .ok_or_else(|| step(name, "pause", "the container has no cgroup"))?;
-        cg.freeze(frozen).map_err(|e| step(name, "pause", e))
+        cg.freeze(frozen).map_err(|e| step(name, "pause", e))?;
+        self.event(&r, if frozen { "pause" } else { "unpause" }, &[]);
+        Ok(())
     }
 
     /// What a process started in the running container `name` gets: the service's process
@@ -584,6 +592,9 @@ impl LinuxRuntime {
         stdio: [std::os::fd::OwnedFd; 3],
     ) -> Result<super::launch::Exec, RuntimeError> {
         let spec = self.exec_spec(name, opts)?;
+        if let Ok(r) = self.read(name) {
+            self.event(&r, "exec_start", &[("command", opts.argv.join(" "))]);
+        }
         let [i, o, e] = stdio;
         super::launch::exec(&spec, i, o, e).map_err(|e| step(name, "exec", e))
     }
@@ -694,7 +705,13 @@ impl LinuxRuntime {
         }
         let record = self.prepare(spec)?;
         fs::create_dir_all(&dir).map_err(|e| step(&spec.name, "create container directory", e))?;
-        self.write(&record)
+        self.write(&record)?;
+        self.event(
+            &record,
+            "create",
+            &[("image", record.image.clone().unwrap_or_default())],
+        );
+        Ok(())
     }
 
     fn start_sync(&self, name: &str) -> Result<(), RuntimeError> {
@@ -724,7 +741,9 @@ impl LinuxRuntime {
         r.pid = Some(running.pid);
         r.starttime = starttime(running.pid);
         r.started_at = Some(now_unix());
-        self.write(&r)
+        self.write(&r)?;
+        self.event(&r, "start", &[]);
+        Ok(())
     }
 
     fn remove_sync(&self, name: &str) -> Result<(), RuntimeError> {
@@ -739,7 +758,10 @@ impl LinuxRuntime {
         if let Some(cg) = Self::cgroup_of(&r) {
             cg.remove().map_err(|e| step(name, "remove cgroup", e))?;
         }
-        fs::remove_dir_all(self.dir(name)).map_err(|e| step(name, "remove container directory", e))
+        fs::remove_dir_all(self.dir(name))
+            .map_err(|e| step(name, "remove container directory", e))?;
+        self.event(&r, "destroy", &[]);
+        Ok(())
     }
 
     /// Runs blocking work (file system, the launch handshake) on tokio's blocking pool, so the
@@ -925,12 +947,16 @@ impl Runtime for LinuxRuntime {
         {
             let _ = cg.freeze(false);
         }
-        let _ = nix::sys::signal::kill(npid, signal_by_name(r.stop_signal.as_deref()));
+        let sig = signal_by_name(r.stop_signal.as_deref());
+        let _ = nix::sys::signal::kill(npid, sig);
+        self.event(&r, "kill", &[("signal", sig.as_str().to_string())]);
         if tokio::time::timeout(grace, self.exited(&r)).await.is_err() {
             // SIGKILL of the init ends every process of the container's PID namespace.
             let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGKILL);
+            self.event(&r, "kill", &[("signal", "SIGKILL".to_string())]);
             self.exited(&r).await?;
         }
+        self.event(&r, "stop", &[]);
         Ok(())
     }
 
