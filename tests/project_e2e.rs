@@ -975,3 +975,63 @@ services:
     };
     assert!(at("create") < at("start") && at("start") < at("destroy"));
 }
+
+#[test]
+fn an_unhealthy_service_with_a_restart_policy_is_restarted_unless_it_opts_out() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "uh",
+        "name: e2e-uh
+services:
+  flaky:
+    image: host
+    restart: always
+    command: [sleep, '1000']
+    healthcheck:
+      test: [CMD, 'false']
+      interval: 100ms
+      retries: 2
+  stays:
+    image: host
+    restart: always
+    command: [sleep, '1000']
+    labels:
+      berth.restart-unhealthy: 'false'
+    healthcheck:
+      test: [CMD, 'false']
+      interval: 100ms
+      retries: 2
+",
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let flaky = pid(&env.container(&p, "e2e-uh-flaky-1"));
+    let stays = pid(&env.container(&p, "e2e-uh-stays-1"));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let c = env.container(&p, "e2e-uh-flaky-1");
+            c["RestartCount"].as_u64().unwrap_or(0) >= 1 && pid(&c) != flaky && pid(&c) > 0
+        }),
+        "flaky was not restarted: {}",
+        env.supervisor_log("e2e-uh")
+    );
+    assert!(
+        env.supervisor_log("e2e-uh")
+            .contains("unhealthy, restarting it")
+    );
+    let s = env.container(&p, "e2e-uh-stays-1");
+    assert_eq!(s["Health"], "unhealthy");
+    assert_eq!(pid(&s), stays, "the opted-out service keeps its process");
+    assert_eq!(s["RestartCount"], 0);
+    let now = pid(&env.container(&p, "e2e-uh-flaky-1"));
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(
+        &env,
+        "e2e-uh",
+        &["e2e-uh-flaky-1", "e2e-uh-stays-1"],
+        &[flaky, stays, now],
+    );
+}
