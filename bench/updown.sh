@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BERTH=${BERTH:-$PWD/target/release/berth}
-NS=${NS:-"10 50 200"}; RUNS=${RUNS:-5}; PODMAN=${PODMAN:-1}
+NS=${NS:-"10 50 200"}; RUNS=${RUNS:-5}; PODMAN=${PODMAN:-1}; SETTLE=${SETTLE:-5}
 WORK=$(mktemp -d /tmp/berth-updown.XXXXXX)
 export BERTH_ROOT=$WORK/state
 IMAGE=host
@@ -44,7 +44,7 @@ for N in $NS; do
   for r in $(seq "$RUNS"); do
     t0=$EPOCHREALTIME; (cd "$D" && "$BERTH" up -d --progress quiet); t1=$EPOCHREALTIME
     ups+=("$(ms "$t0" "$t1")")
-    sleep 1
+    sleep "$SETTLE"   # idle: after the supervisor has settled (it gives back its start-up code after 3 s)
     sup=$(cut -d' ' -f1 "$BERTH_ROOT/projects/bench$N/supervisor.pid")
     inits=$(cd "$D" && "$BERTH" ps --format json | python3 -c 'import sys,json; print(" ".join(str(json.loads(l)["Pid"]) for l in sys.stdin))')
     kids=$(ps -o pid= --ppid "$sup" | tr "\n" " " || true)

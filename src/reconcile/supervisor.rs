@@ -121,12 +121,51 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
     let r = crate::load_project(&opts).map_err(|e| e.to_string());
     // SAFETY: mi_collect only returns the allocator's free memory to the OS.
     unsafe { libmimalloc_sys::mi_collect(true) };
+    release_cold_code();
     let p = r?;
     Ok(Target {
         project: p.loaded.project,
         dir: p.loaded.project_dir,
         graph: p.graph,
     })
+}
+
+/// Gives back the pages of berth's own executable that this process touched while loading
+/// (the parser, the schema, the planner: megabytes of code the supervisor's event loop does not
+/// run again). They are clean pages of a file, so the kernel drops them at once and reads back
+/// only what is used later; the supervisor lives as long as the project, and its resident code
+/// is most of its memory (measured with bench/updown.sh: 5.2 MiB of 8.3 MiB PSS).
+pub fn release_cold_code() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let exe = exe.to_string_lossy().into_owned();
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        // Only the file's read-only mappings (code, constants): written pages are not the
+        // file's any more, and paging them out would need swap.
+        if line.split_whitespace().nth(5) != Some(exe.as_str()) || perms.contains('w') {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        // SAFETY: MADV_PAGEOUT on a read-only, file-backed mapping of this process changes no
+        // memory contents: a page that is used again is read back from the file. The range is
+        // one whole mapping as the kernel listed it.
+        unsafe {
+            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT);
+        }
+    }
 }
 
 impl<R: Runtime + 'static> Supervisor<R> {
@@ -166,17 +205,25 @@ impl<R: Runtime + 'static> Supervisor<R> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a burst of work (the start, an edit, a restart) has been quiet for a few
+        // seconds, the code it ran is given back (see `release_cold_code`).
+        let mut busy_since: Option<Instant> = Some(Instant::now());
         loop {
             let t = tokio::select! {
                 t = self.rx.recv() => t,
                 _ = tick.tick() => {
                     self.resync().await;
+                    if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
+                        release_cold_code();
+                        busy_since = None;
+                    }
                     continue;
                 }
                 _ = &mut shutdown => None,
             };
             let Some(t) = t else { break };
             self.handle(t).await;
+            busy_since = Some(Instant::now());
         }
         for w in self.watches.values() {
             for t in &w.tasks {
