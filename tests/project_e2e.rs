@@ -32,15 +32,19 @@ impl Env {
         d
     }
 
-    fn berth(&self, project: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(args)
+    /// berth with `args` in `project`, on this test's state root.
+    fn command(&self, project: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(args)
             .current_dir(project)
             .env("BERTH_ROOT", &self.state)
             .env_remove("COMPOSE_FILE")
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .output()
-            .expect("run berth")
+            .env_remove("COMPOSE_PROJECT_NAME");
+        c
+    }
+
+    fn berth(&self, project: &Path, args: &[&str]) -> Output {
+        self.command(project, args).output().expect("run berth")
     }
 
     fn ok(&self, project: &Path, args: &[&str]) -> String {
@@ -468,10 +472,8 @@ services:
             .unwrap_or(0)
     };
     let before = max_tick(&env.ok(&p, &["logs", "--no-color"]));
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["logs", "-f", "--no-color"])
-        .current_dir(&p)
-        .env("BERTH_ROOT", &env.state)
+    let child = env
+        .command(&p, &["logs", "-f", "--no-color"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -722,10 +724,11 @@ services:
     assert_eq!(o.status.code(), Some(9));
     let o = env.berth(&p, &["exec", "-T", "web", "no-such-command"]);
     assert_eq!(o.status.code(), Some(127));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["exec", "-T", "web", "sh", "-c", "read x; echo got $x"])
-        .current_dir(&p)
-        .env("BERTH_ROOT", &env.state)
+    let mut child = env
+        .command(
+            &p,
+            &["exec", "-T", "web", "sh", "-c", "read x; echo got $x"],
+        )
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -802,10 +805,7 @@ services:
     );
     let _d = Down(&env, p.clone());
     let berth = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(args)
-            .current_dir(&p)
-            .env("BERTH_ROOT", &env.state)
+        env.command(&p, args)
             .env("BERTH_SYSTEMD_DIR", &units)
             .output()
             .unwrap()
@@ -920,10 +920,8 @@ services:
 ",
     );
     let _d = Down(&env, p.clone());
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["-p", "e2e-events", "events", "--json"])
-        .current_dir(&p)
-        .env("BERTH_ROOT", &env.state)
+    let child = env
+        .command(&p, &["-p", "e2e-events", "events", "--json"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -86,6 +86,17 @@ fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
         .map_err(|e| LaunchError::Seal(e.clone()))
 }
 
+/// The socket pair berth talks to a setup or exec helper over (one message per packet).
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::Spawn(e.into()))
+}
+
 /// A running container: its PID 1, a child of this process.
 #[derive(Debug)]
 pub struct Running {
@@ -203,12 +214,7 @@ fn via_zygote(exe: &OwnedFd, tag: &[u8; 1], fds: &[&OwnedFd]) -> bool {
             if std::env::var_os("BERTH_NO_ZYGOTE").is_some() {
                 return false;
             }
-            let Ok((ours, zt)) = socketpair(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            ) else {
+            let Ok((ours, zt)) = seqpacket_pair() else {
                 return false;
             };
             match spawn_helper(
@@ -261,13 +267,7 @@ pub fn launch(
     let exe = sealed_self()?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| LaunchError::Protocol(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| LaunchError::Spawn(e.into()))?;
+    let (ours, theirs) = seqpacket_pair()?;
     let null = || {
         File::options()
             .write(true)
@@ -401,13 +401,7 @@ pub fn exec(
     stderr: OwnedFd,
 ) -> Result<Exec, LaunchError> {
     let exe = sealed_self()?;
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| LaunchError::Spawn(e.into()))?;
+    let (ours, theirs) = seqpacket_pair()?;
     let mut helper = None;
     if !via_zygote(exe, b"E", &[&theirs, &stdin, &stdout, &stderr]) {
         helper = Some(spawn_helper(

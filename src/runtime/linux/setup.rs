@@ -259,23 +259,10 @@ fn exec_run(sock: &OwnedFd) -> Result<i32, SetupError> {
             format!("{} is not running", spec.name),
         ));
     }
-    let me = std::process::id().to_string();
-    for dir in &spec.cgroups {
-        let f = dir.join("cgroup.procs");
-        std::fs::write(&f, &me)
-            .map_err(|e| SetupError::io("join cgroup", Some(&f.to_string_lossy()), &e))?;
-    }
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWCGROUP;
-    if spec.own_network {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+    join_cgroups(&spec.cgroups)?;
     // Entering the mount namespace also moves this process's root and working directory to
     // the container's root: from here on every path resolves inside the container.
-    nix::sched::setns(&pidfd, flags)
+    nix::sched::setns(&pidfd, namespaces(spec.own_network))
         .map_err(|e| SetupError::sys("enter the container's namespaces", None, e))?;
     drop(pidfd);
 
@@ -313,19 +300,7 @@ fn exec_run(sock: &OwnedFd) -> Result<i32, SetupError> {
             if let Some((_, slave)) = &tty {
                 r = nix::unistd::setsid()
                     .map_err(|e| SetupError::sys("setsid", None, e))
-                    .and_then(|_| {
-                        std::fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .open(slave)
-                            .map_err(|e| SetupError::io("open terminal", Some(slave), &e))
-                    })
-                    .map(|f| {
-                        for target in 0..3 {
-                            // SAFETY: dup2 of a descriptor we own onto stdio.
-                            unsafe { libc::dup2(f.as_raw_fd(), target) };
-                        }
-                    });
+                    .and_then(|_| attach_terminal(slave));
             }
             let e = match r {
                 Ok(()) => exec_service(&spec.process, &args, &env, &mask),
@@ -374,21 +349,48 @@ fn exec_run(sock: &OwnedFd) -> Result<i32, SetupError> {
 fn enter(spec: &LaunchSpec) -> Result<(), SetupError> {
     // Join the cgroup before unsharing, so the new cgroup namespace is rooted at it and every
     // process of the container is born inside the limits.
+    join_cgroups(&spec.cgroups)?;
+    unshare(namespaces(spec.own_network))
+        .map_err(|e| SetupError::sys("unshare namespaces", None, e))
+}
+
+/// Moves this process into the cgroup's directories (one per hierarchy).
+fn join_cgroups(dirs: &[std::path::PathBuf]) -> Result<(), SetupError> {
     let me = std::process::id().to_string();
-    for dir in &spec.cgroups {
+    for dir in dirs {
         let f = dir.join("cgroup.procs");
         std::fs::write(&f, &me)
             .map_err(|e| SetupError::io("join cgroup", Some(&f.to_string_lossy()), &e))?;
     }
+    Ok(())
+}
+
+/// The namespaces a container has of its own (the network one unless it shares the host's).
+fn namespaces(own_network: bool) -> CloneFlags {
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWCGROUP;
-    if spec.own_network {
+    if own_network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    unshare(flags).map_err(|e| SetupError::sys("unshare namespaces", None, e))
+    flags
+}
+
+/// In a forked child that is a session leader: opens the terminal's slave (which makes it the
+/// controlling terminal, no O_NOCTTY) and puts it on stdin, stdout and stderr.
+fn attach_terminal(slave: &str) -> Result<(), SetupError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(slave)
+        .map_err(|e| SetupError::io("open terminal", Some(slave), &e))?;
+    for target in 0..3 {
+        // SAFETY: dup2 of a descriptor we own onto stdio.
+        unsafe { libc::dup2(f.as_raw_fd(), target) };
+    }
+    Ok(())
 }
 
 /// The container's PID 1: returns its exit status (the service's).
@@ -613,24 +615,10 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Started, SetupError> {
                 // without O_NOCTTY makes it the controlling terminal.
                 let r = nix::unistd::setsid()
                     .map_err(|e| SetupError::sys("setsid", None, e))
-                    .and_then(|_| {
-                        std::fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .open(slave)
-                            .map_err(|e| SetupError::io("open terminal", Some(slave), &e))
-                    });
-                match r {
-                    Ok(f) => {
-                        for target in 0..3 {
-                            // SAFETY: dup2 of a descriptor we own onto stdio.
-                            unsafe { libc::dup2(f.as_raw_fd(), target) };
-                        }
-                    }
-                    Err(e) => {
-                        send(sock, &Message::Failed(e));
-                        std::process::exit(127);
-                    }
+                    .and_then(|_| attach_terminal(slave));
+                if let Err(e) = r {
+                    send(sock, &Message::Failed(e));
+                    std::process::exit(127);
                 }
             } else if let Some((_, p)) = &logs {
                 // dup2 onto 1 and 2 clears close-on-exec there; the originals close on exec.
