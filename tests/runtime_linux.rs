@@ -841,3 +841,39 @@ fn stdin_open_keeps_stdin_open() {
     );
     assert!(!r.out.contains("waited"), "{}", r.out);
 }
+
+#[test]
+fn the_init_runs_berth_from_a_read_only_mount() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // CVE-2019-5736: whatever a container reaches through its init's /proc/<pid>/exe must not
+    // be a writable berth binary, now or after the init has exited.
+    let _shared = CPU_QUIET.read().unwrap_or_else(|e| e.into_inner());
+    set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = spec(dir.path(), "exe", "sleep 30");
+    s.process.default_seccomp().expect("seccomp");
+    let running = launch(&s, None, None).expect("launch");
+    let exe = format!("/proc/{}/exe", running.pid);
+    let st = nix::sys::statvfs::statvfs(exe.as_str()).expect("statvfs");
+    let ro = st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+    let nosuid = st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID);
+    let write = std::fs::OpenOptions::new().write(true).open(&exe);
+    // The same executable as berth's, not a copy of it in memory.
+    let ino = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    let same = ino(&exe).is_some() && ino(&exe) == ino(env!("CARGO_BIN_EXE_berth"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = running.wait();
+    assert!(ro && nosuid, "the init's executable is on a writable mount");
+    assert!(write.is_err(), "the init's executable opened for writing");
+    assert!(same, "the init does not run berth's own executable");
+}

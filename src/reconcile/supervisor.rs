@@ -37,6 +37,8 @@ enum Trigger {
         generation: u64,
     },
     FileChanged,
+    /// Another berth process acted on the project (its events file changed).
+    Activity,
 }
 
 /// Prints one line of the supervisor's log (stderr: the log file when detached).
@@ -77,7 +79,12 @@ pub struct Supervisor<R> {
     tx: mpsc::UnboundedSender<Trigger>,
     rx: mpsc::UnboundedReceiver<Trigger>,
     sink: Sink,
+    /// Set when the events file changed: look at the containers on the next tick.
+    resync_due: bool,
 }
+
+/// How often the supervisor looks at its containers when no event said to.
+const RESYNC_POLL: Duration = Duration::from_secs(30);
 
 /// Loads the project the record describes: the target of a supervisor.
 pub fn load_target(record: &ProjectRecord) -> Result<Target, crate::spec::LoadError> {
@@ -163,6 +170,7 @@ pub fn release_cold_code() {
         // memory contents: a page that is used again is read back from the file. The range is
         // one whole mapping as the kernel listed it.
         unsafe {
+            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_RANDOM);
             libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT);
         }
     }
@@ -189,6 +197,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
             tx,
             rx,
             sink: log_sink(),
+            resync_due: false,
         }
     }
 
@@ -208,11 +217,17 @@ impl<R: Runtime + 'static> Supervisor<R> {
         // After a burst of work (the start, an edit, a restart) has been quiet for a few
         // seconds, the code it ran is given back (see `release_cold_code`).
         let mut busy_since: Option<Instant> = Some(Instant::now());
+        let mut last_resync = Instant::now();
         loop {
             let t = tokio::select! {
                 t = self.rx.recv() => t,
                 _ = tick.tick() => {
-                    self.resync().await;
+                    // Events say when to look; the slow poll covers a watch that failed.
+                    if self.resync_due || last_resync.elapsed() >= RESYNC_POLL {
+                        self.resync_due = false;
+                        last_resync = Instant::now();
+                        self.resync().await;
+                    }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
                         release_cold_code();
                         busy_since = None;
@@ -237,12 +252,19 @@ impl<R: Runtime + 'static> Supervisor<R> {
         let files = self.record.watched();
         let tx = self.tx.clone();
         let wanted = files.clone();
+        // Every berth process that acts on a container appends to the project's events file:
+        // watching it tells the supervisor when to look again, instead of polling.
+        let events = crate::state::events_path(&self.state.root(), &self.target.project.name);
+        let activity = events.clone();
         let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev
-                && !ev.kind.is_access()
-                && ev.paths.iter().any(|p| wanted.contains(p))
-            {
+            let Ok(ev) = ev else { return };
+            if ev.kind.is_access() {
+                return;
+            }
+            if ev.paths.iter().any(|p| wanted.contains(p)) {
                 let _ = tx.send(Trigger::FileChanged);
+            } else if ev.paths.contains(&activity) {
+                let _ = tx.send(Trigger::Activity);
             }
         })
         .map_err(|e| log(format!("cannot watch the project files: {e}")))
@@ -253,6 +275,10 @@ impl<R: Runtime + 'static> Supervisor<R> {
             .iter()
             .filter_map(|f| f.parent().map(|p| p.to_path_buf()))
             .collect();
+        if let Some(d) = events.parent() {
+            let _ = std::fs::create_dir_all(d);
+            dirs.push(d.to_path_buf());
+        }
         dirs.sort();
         dirs.dedup();
         for d in dirs {
@@ -470,6 +496,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 self.restart_now(&name).await
             }
             Trigger::FileChanged => self.file_changed().await,
+            Trigger::Activity => self.resync_due = true,
             _ => {} // a trigger from a watch that has been replaced
         }
     }

@@ -39,12 +39,15 @@ pub fn set_setup_exe(exe: std::path::PathBuf) {
     let _ = SETUP_EXE.set(exe);
 }
 
-/// A sealed, read-only copy of berth's executable in memory, made once per berth process.
+/// berth's executable as every process that enters a container (setup, the container's init)
+/// runs it: never a writable host file. A container that gets hold of its init's executable
+/// (through /proc/<pid>/exe) must not be able to overwrite berth (CVE-2019-5736).
 ///
-/// Every process that enters a container (setup, the container's init) runs from it, never
-/// from the host's berth binary: a container that gets hold of its init's executable (through
-/// /proc/<pid>/exe) finds an immutable memfd, not a host file it could overwrite
-/// (CVE-2019-5736).
+/// The first choice is a read-only bind mount of the binary that is never attached anywhere
+/// (open_tree + mount_setattr): the same inode and page cache as the file, so it costs no
+/// memory, and nothing to clean up (it lives as long as a process runs from it). Kernels
+/// without the new mount API (before 5.12) get a sealed memfd copy, which costs the size of
+/// the binary in RAM per berth process that starts containers.
 fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
     static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
     let source = SETUP_EXE
@@ -53,30 +56,10 @@ fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
         .unwrap_or_else(|| std::path::PathBuf::from("/proc/self/exe"));
     SEALED
         .get_or_init(|| {
-            use nix::sys::memfd::{MFdFlags, memfd_create};
-            let fd = memfd_create(
-                c"berth",
-                MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-            )
-            .map_err(|e| format!("memfd_create: {e}"))?;
-            let mut src =
-                File::open(&source).map_err(|e| format!("open {}: {e}", source.display()))?;
-            let mut dst = File::from(fd);
-            std::io::copy(&mut src, &mut dst).map_err(|e| format!("copy: {e}"))?;
-            let fd = OwnedFd::from(dst);
-            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-            fcntl(
-                &fd,
-                FcntlArg::F_ADD_SEALS(
-                    SealFlag::F_SEAL_SEAL
-                        | SealFlag::F_SEAL_SHRINK
-                        | SealFlag::F_SEAL_GROW
-                        | SealFlag::F_SEAL_WRITE,
-                ),
-            )
-            .map_err(|e| format!("seal: {e}"))?;
-            // Keep the copy away from the low descriptors: the setup process gets its socket at
+            let fd = readonly_mount(&source).or_else(|_| memfd_copy(&source))?;
+            // Keep it away from the low descriptors: the setup process gets its socket at
             // fd 3, which must not be where the executable is found.
+            use nix::fcntl::{FcntlArg, fcntl};
             let high =
                 fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64)).map_err(|e| format!("dup: {e}"))?;
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
@@ -84,6 +67,81 @@ fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
         })
         .as_ref()
         .map_err(|e| LaunchError::Seal(e.clone()))
+}
+
+/// `struct mount_attr` of mount_setattr(2) (libc does not define it).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// A detached, read-only bind mount of `source` (a file), as an O_PATH descriptor.
+fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, String> {
+    use rustix::mount::{OpenTreeFlags, open_tree};
+    let fd = open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| format!("open_tree {}: {e}", source.display()))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr` (size given) and the empty path; the descriptor is
+    // open for the whole call. Its result is checked.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "mount_setattr: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
+}
+
+/// A sealed memfd copy of `source`.
+fn memfd_copy(source: &std::path::Path) -> Result<OwnedFd, String> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(
+        c"berth",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut src = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
+    let mut dst = File::from(fd);
+    std::io::copy(&mut src, &mut dst).map_err(|e| format!("copy: {e}"))?;
+    let fd = OwnedFd::from(dst);
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )
+    .map_err(|e| format!("seal: {e}"))?;
+    Ok(fd)
 }
 
 /// The socket pair berth talks to a setup or exec helper over (one message per packet).
@@ -329,13 +387,38 @@ pub fn launch(
         }
     }
     match pid {
-        Some(pid) => Ok(Running {
-            name: spec.name.clone(),
-            pid,
-        }),
+        Some(pid) => {
+            if child.is_none() {
+                await_adoption(pid);
+            }
+            Ok(Running {
+                name: spec.name.clone(),
+                pid,
+            })
+        }
         None => Err(LaunchError::Protocol(format!(
             "setup exited ({status}) without starting the container"
         ))),
+    }
+}
+
+/// Waits until the init `pid` is this process's child. The setup process that forked it closes
+/// its socket (the end of the handshake) a moment before the kernel hands its orphan to this
+/// subreaper; a wait in that moment would find no child.
+fn await_adoption(pid: i32) {
+    let me = std::process::id().to_string();
+    for _ in 0..20_000 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return; // already gone (and reaped by someone): nothing to wait for
+        };
+        // Fields after the command name (which may hold spaces): state, then ppid.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1));
+        if ppid.is_none_or(|p| p == me) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
     }
 }
 

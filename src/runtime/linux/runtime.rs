@@ -668,7 +668,14 @@ impl LinuxRuntime {
                 State::OomKilled
             }
             Some(code) => State::Exited(code),
-            None if r.pid.is_some() => State::Exited(-1),
+            // No status: the init itself was killed; the OOM killer may have chosen it.
+            None if r.pid.is_some() => {
+                if Self::cgroup_of(r).is_some_and(|cg| cg.oom_kills() > 0) {
+                    State::OomKilled
+                } else {
+                    State::Exited(-1)
+                }
+            }
             None => State::Created,
         }
     }

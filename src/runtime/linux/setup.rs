@@ -704,6 +704,10 @@ fn exec_service(
         }
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None)
             .map_err(|e| SetupError::sys("restore signal mask", None, e))?;
+        // berth turns transparent huge pages off for itself (main.rs); the service gets the
+        // host's policy back.
+        nix::sys::prctl::set_thp_disable(false)
+            .map_err(|e| SetupError::sys("prctl(PR_SET_THP_DISABLE)", None, e))?;
         // Last, so the filter constrains the service and nothing of setup.
         if !p.allow_new_privs
             && let Some(f) = &p.seccomp
