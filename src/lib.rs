@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod graph;
 pub mod image;
+pub mod net;
 pub mod plan;
 pub mod reconcile;
 pub mod runtime;

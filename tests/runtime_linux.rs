@@ -40,6 +40,9 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         read_only: false,
         cgroups: Vec::new(),
         own_network: true,
+        netns: None,
+        hosts: None,
+        resolv: None,
         shm_size: None,
         sysctls: Vec::new(),
         log: None,
@@ -501,6 +504,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         name: format!("{project}-{name}-1"),
         config_hash: "h1".into(),
         oneoff: false,
+        networks: Vec::new(),
         definition: Service {
             image: Some(image.clone()),
             command: Some(cmd.iter().map(|s| s.to_string()).collect()),

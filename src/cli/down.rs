@@ -76,6 +76,11 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         eprintln!("berth: {f}");
     }
     if failures.is_empty() {
+        // The project's networks go once no container is on them.
+        if let Err(e) = crate::net::prune(&super::image::state_root(), &name) {
+            eprintln!("berth: {e}");
+            return Ok(1);
+        }
         drop(lock);
         st.remove()?;
         Ok(0)

@@ -493,6 +493,8 @@ async fn create_and_start<R: Runtime>(
         config_hash: config_hash.to_string(),
         definition: def.clone(),
         oneoff: false,
+        networks: crate::net::attachments(project, service)
+            .map_err(|e| fail(service, Some(&name), "network", e))?,
     };
     if let Err(e) = ctx.rt.create(&spec).await {
         let f = runtime_failure(service, &name, e);

@@ -210,6 +210,12 @@ impl<R: Runtime + 'static> Supervisor<R> {
     /// Runs until `shutdown` resolves. Containers are left as they are.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let _watcher = self.watch_files();
+        // The project's names, on each of its networks (containers come and go: refreshed
+        // whenever the events file says something happened).
+        let dns = crate::net::dns::Dns::new(self.state.root(), self.target.project.name.clone());
+        for e in dns.refresh() {
+            log(e);
+        }
         self.arm_all().await;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -227,6 +233,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
                         self.resync_due = false;
                         last_resync = Instant::now();
                         self.resync().await;
+                        for e in dns.refresh() {
+                            log(e);
+                        }
                     }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
                         release_cold_code();
@@ -245,6 +254,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 t.abort();
             }
         }
+        dns.stop();
     }
 
     fn watch_files(&self) -> Option<notify::RecommendedWatcher> {

@@ -306,6 +306,7 @@ mod tests {
                         config_hash: config_hash.clone(),
                         definition: svc.clone(),
                         oneoff: false,
+                        networks: Vec::new(),
                     }))?;
                     now(rt.start(&name))?;
                 }
@@ -326,6 +327,7 @@ mod tests {
                         config_hash: config_hash.clone(),
                         definition: svc.clone(),
                         oneoff: false,
+                        networks: Vec::new(),
                     }))?;
                     now(rt.start(name))?;
                 }

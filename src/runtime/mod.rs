@@ -23,6 +23,8 @@ pub struct ContainerSpec {
     pub definition: Service,
     /// A one-off container (`berth run`), outside the project's desired state.
     pub oneoff: bool,
+    /// The project networks it joins (empty: no network of the project, see network_mode).
+    pub networks: Vec<crate::net::Attachment>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

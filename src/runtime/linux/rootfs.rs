@@ -457,14 +457,18 @@ fn build_sys(root: &Path, own_network: bool) -> Result<(), SetupError> {
 
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf, the container's own, bound over the image's.
 fn etc_files(spec: &LaunchSpec, root: &Path) -> Result<(), SetupError> {
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-        spec.hostname
-    );
-    let resolv = fs::read_to_string("/etc/resolv.conf")
-        .ok()
-        .filter(|r| !r.contains("127.0.0.") || !spec.own_network)
-        .unwrap_or_default();
+    let hosts = spec.hosts.clone().unwrap_or_else(|| {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            spec.hostname
+        )
+    });
+    let resolv = spec.resolv.clone().unwrap_or_else(|| {
+        fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .filter(|r| !r.contains("127.0.0.") || !spec.own_network)
+            .unwrap_or_default()
+    });
     for (name, text) in [
         ("hostname", format!("{}\n", spec.hostname)),
         ("hosts", hosts),

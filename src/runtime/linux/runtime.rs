@@ -54,6 +54,34 @@ struct Record {
     /// A one-off container (`berth run`): not part of the project's desired state.
     #[serde(default)]
     oneoff: bool,
+    /// How the container is networked.
+    #[serde(default)]
+    net: NetConfig,
+}
+
+/// What the container's network needs at each start, kept from the project file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct NetConfig {
+    /// The project networks it joins (addresses are leased at its first start).
+    networks: Vec<crate::net::Attachment>,
+    /// `network_mode: service:X` / `container:X`: the container whose namespace it joins.
+    #[serde(default)]
+    join: Option<String>,
+    /// Rates in bytes per second; burst in bytes.
+    #[serde(default)]
+    egress: Option<u64>,
+    #[serde(default)]
+    ingress: Option<u64>,
+    #[serde(default)]
+    burst: Option<u64>,
+    #[serde(default)]
+    extra_hosts: Vec<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    dns_search: Vec<String>,
+    #[serde(default)]
+    dns_opt: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +210,9 @@ impl LinuxRuntime {
                 read_only: svc.read_only.unwrap_or(false),
                 cgroups: Vec::new(),
                 own_network: svc.network_mode.as_deref() != Some("host"),
+                netns: None,
+                hosts: None,
+                resolv: None,
                 shm_size: svc.shm_size,
                 log: Some(log_spec(svc)),
                 sysctls: svc
@@ -203,8 +234,102 @@ impl LinuxRuntime {
             image: Some(image.to_string()),
             cgroup_dirs: Vec::new(),
             oneoff: spec.oneoff,
+            net: net_config(spec)?,
         })
     }
+}
+
+/// The network part of a container's record, from its spec.
+fn net_config(spec: &ContainerSpec) -> Result<NetConfig, RuntimeError> {
+    let svc = &spec.definition;
+    let join = match crate::net::mode(svc) {
+        crate::net::Mode::Join(m) => Some(match m.split_once(':') {
+            // The first replica of the service, as Compose does.
+            Some(("service", s)) => format!("{}-{s}-1", spec.project),
+            Some(("container", c)) => c.to_string(),
+            _ => {
+                return Err(step(
+                    &spec.name,
+                    "network_mode",
+                    format!(
+                        "`{m}` is not a network mode (use none, host, bridge, service:NAME or \
+                         container:NAME)"
+                    ),
+                ));
+            }
+        }),
+        _ => None,
+    };
+    let bw = svc.bandwidth.clone().unwrap_or_default();
+    Ok(NetConfig {
+        networks: spec.networks.clone(),
+        join,
+        egress: bw.egress.map(|b| b / 8),
+        ingress: bw.ingress.map(|b| b / 8),
+        burst: bw.burst,
+        extra_hosts: svc.extra_hosts.clone(),
+        dns: svc.dns.clone(),
+        dns_search: svc.dns_search.clone(),
+        dns_opt: svc
+            .extra
+            .get("dns_opt")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// /etc/hosts of a networked container: localhost, its own names on its first address, and
+/// `extra_hosts`.
+fn hosts_file(
+    hostname: &str,
+    domainname: Option<&str>,
+    own: Option<std::net::Ipv4Addr>,
+    extra: &[String],
+) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let names = match domainname {
+        Some(d) if !d.is_empty() => format!("{hostname}.{d} {hostname}"),
+        _ => hostname.to_string(),
+    };
+    match own {
+        Some(ip) => s.push_str(&format!("{ip}\t{names}\n")),
+        None => s.push_str(&format!("127.0.1.1\t{names}\n")),
+    }
+    for e in extra {
+        if let Some((h, ip)) = e.split_once('=') {
+            let ip = if ip == "host-gateway" {
+                "127.0.0.1"
+            } else {
+                ip
+            };
+            s.push_str(&format!("{ip}\t{h}\n"));
+        }
+    }
+    s
+}
+
+/// /etc/resolv.conf: the project's DNS server (on the gateway of the first network), then
+/// the file's `dns` servers (asked when the first does not answer), `dns_search`, `dns_opt`.
+fn resolv_file(ours: &[std::net::Ipv4Addr], n: &NetConfig) -> String {
+    let mut s = String::new();
+    for ip in ours {
+        s.push_str(&format!("nameserver {ip}\n"));
+    }
+    for d in &n.dns {
+        s.push_str(&format!("nameserver {d}\n"));
+    }
+    if !n.dns_search.is_empty() {
+        s.push_str(&format!("search {}\n", n.dns_search.join(" ")));
+    }
+    if !n.dns_opt.is_empty() {
+        s.push_str(&format!("options {}\n", n.dns_opt.join(" ")));
+    }
+    s
 }
 
 /// `uid[:gid]`, numeric or by name, resolved in the container's own /etc/passwd and /etc/group
@@ -721,6 +846,71 @@ impl LinuxRuntime {
         Ok(())
     }
 
+    /// Readies the container's network before its start: leases its addresses, prepares its
+    /// network namespace (returned: it must stay open until setup has joined it), and writes
+    /// its hosts and resolv.conf into the launch spec.
+    fn network_for(&self, r: &mut Record) -> Result<Option<std::os::fd::OwnedFd>, RuntimeError> {
+        let name = r.name.clone();
+        r.launch.netns = None;
+        if let Some(target) = r.net.join.clone() {
+            let other = self.read(&target).map_err(|_| {
+                step(
+                    &name,
+                    "join network",
+                    format!("no container {target} to share the network of"),
+                )
+            })?;
+            let pid = other
+                .pid
+                .filter(|_| Self::alive(&other))
+                .ok_or_else(|| step(&name, "join network", format!("{target} is not running")))?;
+            r.launch.netns = Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
+            r.launch.hosts = fs::read_to_string(self.dir(&target).join("hosts")).ok();
+            r.launch.resolv = fs::read_to_string(self.dir(&target).join("resolv.conf")).ok();
+            return Ok(None);
+        }
+        if !r.launch.own_network || r.net.networks.is_empty() {
+            if r.launch.own_network {
+                r.launch.hosts = Some(hosts_file(
+                    &r.launch.hostname,
+                    r.launch.domainname.as_deref(),
+                    None,
+                    &r.net.extra_hosts,
+                ));
+            }
+            return Ok(None);
+        }
+        let joined = crate::net::join(
+            &self.root,
+            &name,
+            &r.service,
+            &r.launch.hostname,
+            &r.net.networks,
+        )
+        .map_err(|e| step(&name, "join networks", e))?;
+        let shaping = crate::net::link::Shaping {
+            egress: r.net.egress,
+            ingress: r.net.ingress,
+            burst: r.net.burst,
+        };
+        let fd = crate::net::link::prepare_netns(&joined.ifaces, shaping)
+            .map_err(|e| step(&name, "prepare network", e))?;
+        use std::os::fd::AsRawFd;
+        r.launch.netns = Some(PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        )));
+        r.launch.hosts = Some(hosts_file(
+            &r.launch.hostname,
+            r.launch.domainname.as_deref(),
+            joined.addresses.first().copied(),
+            &r.net.extra_hosts,
+        ));
+        r.launch.resolv = Some(resolv_file(&joined.nameservers, &r.net));
+        Ok(Some(fd))
+    }
+
     fn start_sync(&self, name: &str) -> Result<(), RuntimeError> {
         let mut r = self.read(name)?;
         if Self::alive(&r) {
@@ -741,10 +931,15 @@ impl LinuxRuntime {
             .append(true)
             .open(dir.join("setup.log"))
             .map_err(|e| step(name, "open log", e))?;
+        let netns = self.network_for(&mut r).inspect_err(|_| {
+            let _ = cg.remove();
+        })?;
         let running = launch(&r.launch, None, Some(log)).map_err(|e| {
             let _ = cg.remove();
             step(name, "start", e)
         })?;
+        // Setup has joined it; the namespace lives on with the container's processes.
+        drop(netns);
         r.pid = Some(running.pid);
         r.starttime = starttime(running.pid);
         r.started_at = Some(now_unix());
@@ -765,6 +960,7 @@ impl LinuxRuntime {
         if let Some(cg) = Self::cgroup_of(&r) {
             cg.remove().map_err(|e| step(name, "remove cgroup", e))?;
         }
+        crate::net::leave(&self.root, name).map_err(|e| step(name, "leave networks", e))?;
         fs::remove_dir_all(self.dir(name))
             .map_err(|e| step(name, "remove container directory", e))?;
         self.event(&r, "destroy", &[]);

@@ -350,7 +350,15 @@ fn enter(spec: &LaunchSpec) -> Result<(), SetupError> {
     // Join the cgroup before unsharing, so the new cgroup namespace is rooted at it and every
     // process of the container is born inside the limits.
     join_cgroups(&spec.cgroups)?;
-    unshare(namespaces(spec.own_network))
+    if let Some(ns) = &spec.netns {
+        let f = std::fs::File::open(ns).map_err(|e| {
+            SetupError::io("open network namespace", Some(&ns.to_string_lossy()), &e)
+        })?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            SetupError::sys("join network namespace", Some(&ns.to_string_lossy()), e)
+        })?;
+    }
+    unshare(namespaces(spec.own_network && spec.netns.is_none()))
         .map_err(|e| SetupError::sys("unshare namespaces", None, e))
 }
 
@@ -561,7 +569,7 @@ fn start(spec: &LaunchSpec, sock: &OwnedFd) -> Result<Started, SetupError> {
     trace("pid1");
     super::rootfs::build(spec)?;
     trace("rootfs");
-    if spec.own_network {
+    if spec.own_network && spec.netns.is_none() {
         super::net::loopback_up()?;
     }
 

@@ -104,6 +104,15 @@ pub struct LaunchSpec {
     pub cgroups: Vec<PathBuf>,
     /// Give the container its own network namespace (only `lo`, up). False shares the host's.
     pub own_network: bool,
+    /// A network namespace to join instead of making one: prepared by berth with the
+    /// container's interfaces, or another container's (`network_mode: service:`).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The container's /etc/hosts and /etc/resolv.conf (None: made from the host's).
+    #[serde(default)]
+    pub hosts: Option<String>,
+    #[serde(default)]
+    pub resolv: Option<String>,
     /// Size of /dev/shm in bytes (`shm_size`; default 64 MiB, as Docker).
     #[serde(default)]
     pub shm_size: Option<u64>,

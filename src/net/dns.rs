@@ -1,0 +1,234 @@
+//! The embedded DNS server of a project: one UDP listener on the gateway address of each of
+//! the project's networks, run by the supervisor. It answers from the address book
+//! (`ipam`), so it is right the moment a container is leased or removed:
+//!
+//! - a container sees the names on the networks it is on, and only those: service names (every
+//!   replica's address, rotated from one answer to the next), container names, hostnames and
+//!   `aliases`;
+//! - any other name is forwarded to the host's resolvers (those of /etc/resolv.conf; the
+//!   supervisor lives in the host's network namespace, so a local stub resolver works too).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
+use tokio::net::UdpSocket;
+
+use super::ipam;
+
+/// Seconds a resolver may keep an answer: short, since containers come and go.
+const TTL: u32 = 5;
+
+pub struct Dns {
+    root: PathBuf,
+    project: String,
+    upstream: Vec<SocketAddr>,
+    listeners: Mutex<BTreeMap<Ipv4Addr, tokio::task::JoinHandle<()>>>,
+    turn: AtomicUsize,
+}
+
+/// The host's resolvers, from /etc/resolv.conf.
+fn host_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+impl Dns {
+    pub fn new(root: PathBuf, project: String) -> Arc<Dns> {
+        Arc::new(Dns {
+            root,
+            project,
+            upstream: host_resolvers(),
+            listeners: Mutex::new(BTreeMap::new()),
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    /// Listens on the gateway of every network of the project, and stops listening on those
+    /// that are gone. Call it when the project's containers may have changed. Errors are
+    /// returned as messages for the supervisor's log.
+    pub fn refresh(self: &Arc<Self>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let gateways: Vec<Ipv4Addr> = ipam::all(&self.root)
+            .into_iter()
+            .filter(|n| n.project == self.project)
+            .map(|n| n.gateway)
+            .collect();
+        let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|gw, task| {
+            let keep = gateways.contains(gw) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for gw in gateways {
+            if l.contains_key(&gw) {
+                continue;
+            }
+            let std_sock = match std::net::UdpSocket::bind((gw, 53)) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(format!("dns: cannot listen on {gw}:53: {e}"));
+                    continue;
+                }
+            };
+            let _ = std_sock.set_nonblocking(true);
+            let Ok(sock) = UdpSocket::from_std(std_sock) else {
+                continue;
+            };
+            let me = self.clone();
+            l.insert(gw, tokio::spawn(async move { me.serve(sock).await }));
+        }
+        errors
+    }
+
+    /// Stops every listener.
+    pub fn stop(&self) {
+        let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, t) in std::mem::take(&mut *l) {
+            t.abort();
+        }
+    }
+
+    async fn serve(self: Arc<Self>, sock: UdpSocket) {
+        let sock = Arc::new(sock);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            let query = buf[..n].to_vec();
+            let src = match from.ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(_) => continue,
+            };
+            match self.answer(src, &query) {
+                Reply::Local(bytes) => {
+                    let _ = sock.send_to(&bytes, from).await;
+                }
+                Reply::Forward => {
+                    let me = self.clone();
+                    let sock = sock.clone();
+                    tokio::spawn(async move {
+                        if let Some(bytes) = me.forward(&query).await {
+                            let _ = sock.send_to(&bytes, from).await;
+                        }
+                    });
+                }
+                Reply::Drop => {}
+            }
+        }
+    }
+
+    /// The addresses `name` has for the container at `src`, on the networks it is on.
+    pub fn lookup(&self, src: Ipv4Addr, name: &str) -> Vec<Ipv4Addr> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let nets = ipam::all(&self.root);
+        let Some(asker) = nets
+            .iter()
+            .flat_map(|n| n.leases.iter())
+            .find(|(_, l)| l.ip == src)
+            .map(|(c, _)| c.clone())
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for n in nets.iter().filter(|n| n.leases.contains_key(&asker)) {
+            for (c, l) in &n.leases {
+                if super::lease_names(c, l).any(|x| x.eq_ignore_ascii_case(&name))
+                    && !out.contains(&l.ip)
+                {
+                    out.push(l.ip);
+                }
+            }
+        }
+        if out.len() > 1 {
+            let k = self.turn.fetch_add(1, Ordering::Relaxed) % out.len();
+            out.rotate_left(k);
+        }
+        out
+    }
+
+    fn answer(&self, src: Ipv4Addr, query: &[u8]) -> Reply {
+        let Ok(q) = Message::from_vec(query) else {
+            return Reply::Drop;
+        };
+        if q.metadata.message_type != MessageType::Query || q.metadata.op_code != OpCode::Query {
+            return Reply::Drop;
+        }
+        let Some(question) = q.queries.first().cloned() else {
+            return Reply::Drop;
+        };
+        let name = question.name().to_ascii();
+        let ips = self.lookup(src, &name);
+        if ips.is_empty() {
+            return Reply::Forward;
+        }
+        let mut r = Message::response(q.metadata.id, OpCode::Query);
+        r.metadata.recursion_desired = q.metadata.recursion_desired;
+        r.metadata.recursion_available = true;
+        r.metadata.authoritative = true;
+        r.metadata.response_code = ResponseCode::NoError;
+        r.add_query(question.clone());
+        // A known name has no IPv6 address: an empty answer, so that the resolver does not
+        // go looking for it elsewhere.
+        if question.query_type() == RecordType::A || question.query_type() == RecordType::ANY {
+            for ip in ips {
+                r.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    TTL,
+                    RData::A(A(ip)),
+                ));
+            }
+        }
+        match r.to_vec() {
+            Ok(b) => Reply::Local(b),
+            Err(_) => Reply::Drop,
+        }
+    }
+
+    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        for up in &self.upstream {
+            let bind: SocketAddr = if up.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let Ok(s) = UdpSocket::bind(bind).await else {
+                continue;
+            };
+            if s.send_to(query, up).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await
+            {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+        // No resolver answered: say so rather than let the client wait out its timeout.
+        let q = Message::from_vec(query).ok()?;
+        let mut r = Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::ServFail);
+        r.queries = q.queries;
+        r.to_vec().ok()
+    }
+}
+
+enum Reply {
+    Local(Vec<u8>),
+    Forward,
+    Drop,
+}

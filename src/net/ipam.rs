@@ -1,0 +1,264 @@
+//! The persistent address book of berth's networks: one JSON file per network under
+//! `<root>/networks/`, holding its bridge, subnet and the address of every container on it.
+//! An address is leased when a container first starts and kept until it is removed, so it is
+//! stable across restarts. The DNS server answers from these files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Attachment, NetError, Subnet, step};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetState {
+    pub name: String,
+    pub project: String,
+    pub bridge: String,
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+    pub internal: bool,
+    #[serde(default)]
+    pub leases: BTreeMap<String, Lease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub project: String,
+    pub service: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub hostname: String,
+    /// The host side of the container's veth on this network.
+    pub veth: String,
+}
+
+pub fn dir(root: &Path) -> PathBuf {
+    root.join("networks")
+}
+
+fn file(root: &Path, name: &str) -> PathBuf {
+    dir(root).join(format!("{name}.json"))
+}
+
+pub fn read(root: &Path, name: &str) -> Option<NetState> {
+    let text = fs::read_to_string(file(root, name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn write(root: &Path, st: &NetState) -> Result<(), NetError> {
+    let d = dir(root);
+    fs::create_dir_all(&d).map_err(|e| step(&st.name, "create networks directory", e))?;
+    let tmp = d.join(format!(".{}.tmp", st.name));
+    let text = serde_json::to_vec_pretty(st).map_err(|e| step(&st.name, "encode", e))?;
+    fs::write(&tmp, text).map_err(|e| step(&st.name, "write state", e))?;
+    fs::rename(&tmp, file(root, &st.name)).map_err(|e| step(&st.name, "write state", e))
+}
+
+pub fn remove(root: &Path, name: &str) {
+    let _ = fs::remove_file(file(root, name));
+}
+
+/// Every network recorded under `root`.
+pub fn all(root: &Path) -> Vec<NetState> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir(root)) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = n.strip_suffix(".json")
+                && !n.starts_with('.')
+                && let Some(st) = read(root, name)
+            {
+                out.push(st);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// A lock held while networks are created, leased from or removed. Subnets are chosen
+/// against every berth on the host (other state roots too), so the lock is host-wide.
+pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+pub fn lock() -> Result<Lock, NetError> {
+    let d = Path::new("/run/lock");
+    let path = if d.is_dir() {
+        d.join("berth-net.lock")
+    } else {
+        std::env::temp_dir().join("berth-net.lock")
+    };
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| step("-", "open the network lock", e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map(Lock)
+        .map_err(|(_, e)| step("-", "lock the networks", e))
+}
+
+/// The subnet of a new network: the file's, or the first free /24 of 10.213.0.0/16 that
+/// overlaps neither a route of the host (`routes`) nor another berth network.
+pub fn pick_subnet(
+    att: &Attachment,
+    routes: &[Subnet],
+    taken: &[Subnet],
+) -> Result<Subnet, NetError> {
+    if let Some(s) = att.subnet {
+        if let Some(r) = routes.iter().chain(taken).find(|r| r.overlaps(&s)) {
+            return Err(NetError::Overlap {
+                network: att.network.clone(),
+                subnet: s.to_string(),
+                route: r.to_string(),
+            });
+        }
+        return Ok(s);
+    }
+    for third in 0..=255u8 {
+        let s = Subnet {
+            addr: Ipv4Addr::new(10, 213, third, 0),
+            prefix: 24,
+        };
+        if !routes.iter().chain(taken).any(|r| r.overlaps(&s)) {
+            return Ok(s);
+        }
+    }
+    Err(NetError::NoSubnet(att.network.clone()))
+}
+
+/// The address of `container` on `st`: the one it already has, the one the file asks for, or
+/// the lowest free one.
+pub fn lease_address(
+    st: &NetState,
+    container: &str,
+    wanted: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, NetError> {
+    if let Some(l) = st.leases.get(container)
+        && wanted.is_none_or(|w| w == l.ip)
+    {
+        return Ok(l.ip);
+    }
+    let used = |ip: Ipv4Addr| {
+        ip == st.gateway || st.leases.iter().any(|(n, l)| n != container && l.ip == ip)
+    };
+    if let Some(w) = wanted {
+        let why = if !st.subnet.contains(w) {
+            Some(format!("outside the subnet {}", st.subnet))
+        } else if w == st.subnet.host(0) || w == st.subnet.host(st.subnet.hosts() + 1) {
+            Some("the subnet's network or broadcast address".to_string())
+        } else if used(w) {
+            Some("already in use".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(NetError::Address {
+                network: st.name.clone(),
+                address: w,
+                why,
+            });
+        }
+        return Ok(w);
+    }
+    (1..=st.subnet.hosts())
+        .map(|n| st.subnet.host(n))
+        .find(|ip| !used(*ip))
+        .ok_or_else(|| NetError::Full {
+            network: st.name.clone(),
+            subnet: st.subnet.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st() -> NetState {
+        NetState {
+            name: "p_default".into(),
+            project: "p".into(),
+            bridge: "btx".into(),
+            subnet: Subnet::parse("10.0.0.0/29").unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            internal: false,
+            leases: BTreeMap::new(),
+        }
+    }
+
+    fn lease(ip: &str) -> Lease {
+        Lease {
+            ip: ip.parse().unwrap(),
+            project: "p".into(),
+            service: "s".into(),
+            aliases: vec![],
+            hostname: String::new(),
+            veth: String::new(),
+        }
+    }
+
+    #[test]
+    fn addresses_are_stable_unique_and_bounded() {
+        let mut s = st();
+        assert_eq!(
+            lease_address(&s, "a", None).unwrap().to_string(),
+            "10.0.0.2"
+        );
+        s.leases.insert("a".into(), lease("10.0.0.2"));
+        assert_eq!(
+            lease_address(&s, "a", None).unwrap().to_string(),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            lease_address(&s, "b", None).unwrap().to_string(),
+            "10.0.0.3"
+        );
+        let w = "10.0.0.2".parse().unwrap();
+        assert!(matches!(
+            lease_address(&s, "b", Some(w)),
+            Err(NetError::Address { .. })
+        ));
+        let out = "10.0.1.2".parse().unwrap();
+        assert!(
+            lease_address(&s, "b", Some(out))
+                .unwrap_err()
+                .to_string()
+                .contains("outside")
+        );
+        for (i, n) in ["b", "c", "d", "e"].iter().enumerate() {
+            s.leases
+                .insert(n.to_string(), lease(&format!("10.0.0.{}", i + 3)));
+        }
+        assert!(matches!(
+            lease_address(&s, "f", None),
+            Err(NetError::Full { .. })
+        ));
+    }
+
+    #[test]
+    fn subnets_avoid_routes_and_other_networks() {
+        let att = Attachment {
+            network: "n".into(),
+            ..Default::default()
+        };
+        let routes = [Subnet::parse("10.213.0.0/23").unwrap()];
+        let taken = [Subnet::parse("10.213.2.0/24").unwrap()];
+        assert_eq!(
+            pick_subnet(&att, &routes, &taken).unwrap().to_string(),
+            "10.213.3.0/24"
+        );
+        let fixed = Attachment {
+            subnet: Some(Subnet::parse("10.213.1.0/24").unwrap()),
+            ..att
+        };
+        assert!(matches!(
+            pick_subnet(&fixed, &routes, &taken),
+            Err(NetError::Overlap { .. })
+        ));
+    }
+}

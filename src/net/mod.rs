@@ -1,0 +1,491 @@
+//! Project networks: bridges, veth pairs, addresses (a persistent IPAM under the state root),
+//! service names (an embedded DNS server in the supervisor), published ports (a proxy in the
+//! supervisor) and bandwidth limits (tc qdiscs).
+//!
+//! What a container joins is decided here from the project file (`attachments`, pure); the
+//! kernel work is in `link` (netlink) and `nft` (the isolation and masquerade rules).
+
+pub mod dns;
+pub mod ipam;
+pub mod link;
+pub mod nft;
+pub mod proxy;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::model::{Project, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network {network}: {step}: {message}")]
+    Step {
+        network: String,
+        step: &'static str,
+        message: String,
+    },
+    #[error(
+        "network {0}: no free /24 subnet left in 10.213.0.0/16 (every one overlaps a route of \
+         this host or another berth network); give the network an ipam subnet"
+    )]
+    NoSubnet(String),
+    #[error(
+        "network {network}: subnet {subnet} overlaps a route of this host ({route}); choose \
+         another under ipam.config"
+    )]
+    Overlap {
+        network: String,
+        subnet: String,
+        route: String,
+    },
+    #[error("network {network}: address {address} is {why}")]
+    Address {
+        network: String,
+        address: Ipv4Addr,
+        why: String,
+    },
+    #[error("network {network}: subnet {subnet} is full")]
+    Full { network: String, subnet: String },
+    #[error(
+        "network {0} is declared `external: true` but does not exist; create it with the \
+         project that defines it (berth up there) first"
+    )]
+    ExternalMissing(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn step(network: &str, step: &'static str, e: impl std::fmt::Display) -> NetError {
+    NetError::Step {
+        network: network.to_string(),
+        step,
+        message: e.to_string(),
+    }
+}
+
+/// An IPv4 subnet: network address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn parse(s: &str) -> Result<Subnet, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected a subnet like 10.1.2.0/24, found `{s}`"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address (IPv6 subnets: not yet)"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix `{p}` must be between 8 and 30"))?;
+        let net = Subnet { addr, prefix };
+        if net.network() != u32::from(addr) {
+            return Err(format!(
+                "`{s}` has host bits set (the network is {}/{prefix})",
+                Ipv4Addr::from(net.network())
+            ));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    pub fn network(&self) -> u32 {
+        u32::from(self.addr) & self.mask()
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == self.network()
+    }
+
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let m = self.mask() & other.mask();
+        self.network() & m == other.network() & m
+    }
+
+    /// The n-th address of the subnet (1 is the first host).
+    pub fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.network() + n)
+    }
+
+    /// Host addresses: network + 1 ..= broadcast - 1.
+    pub fn hosts(&self) -> u32 {
+        (1u32 << (32 - u32::from(self.prefix))) - 2
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One network a container joins, with what the project file says about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Attachment {
+    /// The network's name on the host (`<project>_<key>`, or its `name:`).
+    pub network: String,
+    /// Its key in the project file.
+    pub key: String,
+    pub project: String,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub external: bool,
+    #[serde(default)]
+    pub subnet: Option<Subnet>,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ipv4_address: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub mac_address: Option<String>,
+}
+
+/// How a service's container is networked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Its own namespace, on project networks.
+    Bridge,
+    /// `network_mode: none`: its own namespace with only `lo`.
+    None,
+    /// `network_mode: host`.
+    Host,
+    /// `network_mode: service:NAME` (the service's first container) or `container:NAME`.
+    Join(String),
+}
+
+pub fn mode(svc: &Service) -> Mode {
+    match svc.network_mode.as_deref() {
+        None | Some("bridge") | Some("default") => Mode::Bridge,
+        Some("none") => Mode::None,
+        Some("host") => Mode::Host,
+        Some(m) => Mode::Join(m.to_string()),
+    }
+}
+
+/// The networks a service's containers join, in the order of their interfaces (eth0 first):
+/// by `priority` (highest first), then by name, as Compose orders them.
+pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, NetError> {
+    let Some(svc) = project.services.get(service) else {
+        return Ok(Vec::new());
+    };
+    if mode(svc) != Mode::Bridge {
+        return Ok(Vec::new());
+    }
+    let mut joined: Vec<(String, Option<&crate::spec::model::ServiceNetwork>)> =
+        if svc.networks.is_empty() {
+            vec![("default".to_string(), None)]
+        } else {
+            svc.networks
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref()))
+                .collect()
+        };
+    joined.sort_by(|a, b| {
+        let pa = a.1.and_then(|n| n.priority).unwrap_or(0);
+        let pb = b.1.and_then(|n| n.priority).unwrap_or(0);
+        pb.cmp(&pa).then(a.0.cmp(&b.0))
+    });
+    let mut out = Vec::new();
+    for (key, cfg) in joined {
+        let def = project.networks.get(&key).cloned().unwrap_or_default();
+        if let Some(d) = def.driver.as_deref()
+            && d != "bridge"
+        {
+            return Err(NetError::Invalid(format!(
+                "network {key}: driver `{d}` is not supported (berth networks are bridges)"
+            )));
+        }
+        let network = def
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}_{key}", project.name));
+        let ipam = def
+            .extra
+            .get("ipam")
+            .and_then(|i| i.get("config"))
+            .and_then(|c| c.as_array())
+            .and_then(|c| {
+                c.iter().find(|e| {
+                    e.get("subnet")
+                        .and_then(|s| s.as_str())
+                        .is_some_and(|s| !s.contains(':'))
+                })
+            });
+        let subnet = match ipam.and_then(|c| c.get("subnet")).and_then(|s| s.as_str()) {
+            Some(s) => Some(
+                Subnet::parse(s).map_err(|e| NetError::Invalid(format!("network {key}: {e}")))?,
+            ),
+            None => None,
+        };
+        let gateway = match ipam.and_then(|c| c.get("gateway")).and_then(|s| s.as_str()) {
+            Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
+                NetError::Invalid(format!(
+                    "network {key}: gateway `{g}` is not an IPv4 address"
+                ))
+            })?),
+            None => None,
+        };
+        if let (Some(s), Some(g)) = (subnet, gateway)
+            && !s.contains(g)
+        {
+            return Err(NetError::Invalid(format!(
+                "network {key}: gateway {g} is outside its subnet {s}"
+            )));
+        }
+        let ipv4_address = match cfg.and_then(|c| c.ipv4_address.as_deref()) {
+            Some(a) => Some(a.parse::<Ipv4Addr>().map_err(|_| {
+                NetError::Invalid(format!(
+                    "service {service}: ipv4_address `{a}` on network {key} is not an IPv4 address"
+                ))
+            })?),
+            None => None,
+        };
+        out.push(Attachment {
+            network,
+            key,
+            project: project.name.clone(),
+            internal: def.internal.unwrap_or(false),
+            external: def.external.unwrap_or(false),
+            subnet,
+            gateway,
+            aliases: cfg.map(|c| c.aliases.clone()).unwrap_or_default(),
+            ipv4_address,
+            mac_address: cfg.and_then(|c| c.mac_address.clone()).or_else(|| {
+                svc.extra
+                    .get("mac_address")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            }),
+        });
+    }
+    Ok(out)
+}
+
+/// A short, stable interface name: `bt` and 10 hex digits of a hash of `parts`. Linux allows
+/// 15 characters; every link berth makes starts with `bt`, so leftovers can be found.
+pub fn ifname(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let hex: String = d.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!("bt{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(yaml: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("compose.yml"), yaml).unwrap();
+        let opts = crate::spec::LoadOptions {
+            files: vec![dir.path().join("compose.yml")],
+            ..Default::default()
+        };
+        crate::spec::load(&opts).unwrap().project
+    }
+
+    #[test]
+    fn subnets_parse_and_compare() {
+        let s = Subnet::parse("10.1.2.0/24").unwrap();
+        assert!(s.contains("10.1.2.77".parse().unwrap()));
+        assert!(!s.contains("10.1.3.1".parse().unwrap()));
+        assert_eq!(s.host(1), "10.1.2.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(s.hosts(), 254);
+        assert!(s.overlaps(&Subnet::parse("10.1.0.0/16").unwrap()));
+        assert!(!s.overlaps(&Subnet::parse("10.1.3.0/24").unwrap()));
+        assert!(
+            Subnet::parse("10.1.2.1/24")
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!(Subnet::parse("10.1.2.0").is_err());
+        assert!(Subnet::parse("10.1.2.0/31").is_err());
+    }
+
+    #[test]
+    fn default_network_and_declared_ones() {
+        let p = project(
+            "name: p\nservices:\n  a:\n    image: host\n  b:\n    image: host\n    networks:\n      back:\n        aliases: [db]\n        priority: 1\n      front: {}\n  c:\n    image: host\n    network_mode: none\nnetworks:\n  back:\n    internal: true\n    ipam:\n      config:\n        - subnet: 10.9.8.0/24\n          gateway: 10.9.8.1\n  front:\n    name: shared-front\n",
+        );
+        let a = attachments(&p, "a").unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].network, "p_default");
+        let b = attachments(&p, "b").unwrap();
+        assert_eq!(
+            b.iter().map(|x| x.network.as_str()).collect::<Vec<_>>(),
+            ["p_back", "shared-front"]
+        );
+        assert!(b[0].internal);
+        assert_eq!(b[0].aliases, ["db"]);
+        assert_eq!(b[0].subnet, Some(Subnet::parse("10.9.8.0/24").unwrap()));
+        assert!(attachments(&p, "c").unwrap().is_empty());
+        assert_eq!(ifname(&["x", "y"]).len(), 12);
+        assert_ne!(ifname(&["x", "y"]), ifname(&["xy"]));
+    }
+}
+
+/// A container's place on its networks, once joined.
+#[derive(Debug, Clone, Default)]
+pub struct Joined {
+    pub ifaces: Vec<link::Iface>,
+    /// Where the container's resolv.conf points: the gateway of its first network, where the
+    /// project's DNS server listens.
+    pub nameservers: Vec<Ipv4Addr>,
+    /// Its own addresses (for /etc/hosts).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], NetError> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            NetError::Invalid(format!("mac_address `{s}` is not like 02:42:ac:11:00:02"))
+        })?;
+    let mac: [u8; 6] = parts
+        .try_into()
+        .map_err(|_| NetError::Invalid(format!("mac_address `{s}` needs six bytes")))?;
+    Ok(mac)
+}
+
+/// Makes the networks `atts` names exist (bridge, rules, state) and leases `container` an
+/// address on each. Idempotent: a container keeps its address, a network its subnet.
+pub fn join(
+    root: &std::path::Path,
+    container: &str,
+    service: &str,
+    hostname: &str,
+    atts: &[Attachment],
+) -> Result<Joined, NetError> {
+    let _lock = ipam::lock()?;
+    let mut out = Joined::default();
+    let mut routed = false;
+    for att in atts {
+        let mut st = ensure_network(root, att)?;
+        let ip = ipam::lease_address(&st, container, att.ipv4_address)?;
+        let veth = ifname(&[&root.to_string_lossy(), container, &st.name]);
+        let mut aliases = att.aliases.clone();
+        if hostname != container && !aliases.iter().any(|a| a == hostname) {
+            aliases.push(hostname.to_string());
+        }
+        st.leases.insert(
+            container.to_string(),
+            ipam::Lease {
+                ip,
+                project: att.project.clone(),
+                service: service.to_string(),
+                aliases,
+                hostname: hostname.to_string(),
+                veth: veth.clone(),
+            },
+        );
+        ipam::write(root, &st)?;
+        let gateway = (!st.internal && !routed).then_some(st.gateway);
+        routed |= gateway.is_some();
+        if out.nameservers.is_empty() {
+            out.nameservers.push(st.gateway);
+        }
+        out.addresses.push(ip);
+        out.ifaces.push(link::Iface {
+            veth,
+            bridge: st.bridge.clone(),
+            ip,
+            prefix: st.subnet.prefix,
+            gateway,
+            mac: att.mac_address.as_deref().map(parse_mac).transpose()?,
+        });
+    }
+    Ok(out)
+}
+
+fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, NetError> {
+    if let Some(st) = ipam::read(root, &att.network) {
+        // Made by an earlier up; the bridge may be gone (a reboot): put it back.
+        if !link::link_exists(&st.bridge) {
+            link::ensure_bridge(&st.bridge, st.gateway, st.subnet.prefix)?;
+            nft::install(&st)?;
+        }
+        return Ok(st);
+    }
+    if att.external {
+        return Err(NetError::ExternalMissing(att.network.clone()));
+    }
+    let routes = link::routes()?;
+    let taken: Vec<Subnet> = ipam::all(root).iter().map(|n| n.subnet).collect();
+    let subnet = ipam::pick_subnet(att, &routes, &taken)?;
+    let gateway = att.gateway.unwrap_or_else(|| subnet.host(1));
+    let st = NetState {
+        name: att.network.clone(),
+        project: att.project.clone(),
+        bridge: ifname(&[&root.to_string_lossy(), &att.network]),
+        subnet,
+        gateway,
+        internal: att.internal,
+        leases: Default::default(),
+    };
+    // The state first: a failure below leaves a record that `down` (or the next `up`) uses
+    // to find and remove what was made.
+    ipam::write(root, &st)?;
+    link::ensure_bridge(&st.bridge, gateway, subnet.prefix)?;
+    nft::install(&st)?;
+    Ok(st)
+}
+
+use ipam::NetState;
+
+/// Gives up `container`'s addresses (it is being removed). Its veths went with its network
+/// namespace; one that outlived it is deleted.
+pub fn leave(root: &std::path::Path, container: &str) -> Result<(), NetError> {
+    let _lock = ipam::lock()?;
+    for mut st in ipam::all(root) {
+        if let Some(l) = st.leases.remove(container) {
+            let _ = link::delete_link(&l.veth);
+            ipam::write(root, &st)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the networks of `project` that no container uses any more (bridge, rules, state).
+/// External networks belong to another project and stay.
+pub fn prune(root: &std::path::Path, project: &str) -> Result<Vec<String>, NetError> {
+    let _lock = ipam::lock()?;
+    let mut removed = Vec::new();
+    for st in ipam::all(root) {
+        if st.project != project || !st.leases.is_empty() {
+            continue;
+        }
+        link::delete_link(&st.bridge)?;
+        nft::remove(&st)?;
+        ipam::remove(root, &st.name);
+        removed.push(st.name);
+    }
+    Ok(removed)
+}
+
+/// Whether `name` would be answered by the project's DNS for a client on `st`: the names of
+/// a lease (service, container, aliases, hostname).
+pub fn lease_names<'a>(container: &'a str, l: &'a ipam::Lease) -> impl Iterator<Item = &'a str> {
+    [container, l.service.as_str(), l.hostname.as_str()]
+        .into_iter()
+        .chain(l.aliases.iter().map(String::as_str))
+        .filter(|n| !n.is_empty())
+}

@@ -1,0 +1,118 @@
+//! The packet filter rules of a network, in an nftables table of its own (`ip berth_<bridge>`),
+//! removed with the network. Written with the `nft` command: the nftables netlink protocol has
+//! no well-kept Rust crate, and a network's rules are written once, when it is made.
+//!
+//! - Nothing enters the bridge from another interface unless it answers a connection from
+//!   the network (other networks, berth's or not, cannot connect in: isolation).
+//! - An internal network forwards nothing out either.
+//! - A non-internal network's traffic out of the host is masqueraded.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::ipam::NetState;
+use super::{NetError, step};
+
+fn table(st: &NetState) -> String {
+    format!("berth_{}", st.bridge)
+}
+
+/// The ruleset of `st` (pure; the test reads it).
+pub fn ruleset(st: &NetState) -> String {
+    let t = table(st);
+    let br = &st.bridge;
+    let mut s = format!(
+        "table ip {t} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{br}\" oifname \"{br}\" accept\n    oifname \"{br}\" ct state established,related accept\n    oifname \"{br}\" drop\n"
+    );
+    if st.internal {
+        s.push_str(&format!("    iifname \"{br}\" drop\n"));
+    }
+    s.push_str("  }\n");
+    if !st.internal {
+        s.push_str(&format!(
+            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {} oifname != \"{br}\" masquerade\n  }}\n",
+            st.subnet
+        ));
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn nft(network: &str, what: &'static str, input: &str) -> Result<(), NetError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            step(
+                network,
+                what,
+                format!("cannot run nft ({e}); install nftables (apt-get install nftables)"),
+            )
+        })?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| step(network, what, e))?;
+    if !out.status.success() {
+        return Err(step(
+            network,
+            what,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Installs (or replaces) the network's table.
+pub fn install(st: &NetState) -> Result<(), NetError> {
+    let t = table(st);
+    // `add` then `delete` makes the delete succeed whether or not the table existed.
+    let text = format!("add table ip {t}\ndelete table ip {t}\n{}", ruleset(st));
+    nft(&st.name, "install packet filter rules", &text)
+}
+
+/// Removes the network's table (nothing if it is not there).
+pub fn remove(st: &NetState) -> Result<(), NetError> {
+    let t = table(st);
+    nft(
+        &st.name,
+        "remove packet filter rules",
+        &format!("add table ip {t}\ndelete table ip {t}\n"),
+    )
+}
+
+/// Whether the host forwards IPv4 at all (without it, containers reach only their networks).
+pub fn forwarding_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|s| s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_networks_forward_nothing_out_and_others_masquerade() {
+        let mut st = NetState {
+            name: "p_back".into(),
+            project: "p".into(),
+            bridge: "bt0123456789".into(),
+            subnet: super::super::Subnet::parse("10.213.4.0/24").unwrap(),
+            gateway: "10.213.4.1".parse().unwrap(),
+            internal: false,
+            leases: Default::default(),
+        };
+        let r = ruleset(&st);
+        assert!(r.contains("table ip berth_bt0123456789"));
+        assert!(r.contains("oifname \"bt0123456789\" drop"));
+        assert!(r.contains("ip saddr 10.213.4.0/24 oifname != \"bt0123456789\" masquerade"));
+        st.internal = true;
+        let r = ruleset(&st);
+        assert!(r.contains("iifname \"bt0123456789\" drop"));
+        assert!(!r.contains("masquerade"));
+    }
+}

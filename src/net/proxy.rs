@@ -1,0 +1,1 @@
+//! Published ports: a TCP/UDP proxy in the supervisor.
