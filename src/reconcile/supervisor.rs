@@ -228,6 +228,12 @@ impl<R: Runtime + 'static> Supervisor<R> {
             let t = tokio::select! {
                 t = self.rx.recv() => t,
                 _ = tick.tick() => {
+                    // A state root deleted under it (a test's temporary one, or wiped by hand):
+                    // nothing is left to keep converged.
+                    if !self.state.dir().is_dir() {
+                        log("the project's state directory is gone: stopping");
+                        break;
+                    }
                     // Events say when to look; the slow poll covers a watch that failed.
                     if self.resync_due || last_resync.elapsed() >= RESYNC_POLL {
                         self.resync_due = false;

@@ -1,0 +1,258 @@
+//! End to end: project networks on the real kernel (root required; CI runs as root). The
+//! peers are the test's own containers (`image: host`); nothing is left behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "support/env.rs"]
+mod env;
+use env::{Env, eventually};
+
+fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A TCP sink on port 5001 that reads every connection to its end.
+const SINK: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('',5001))\ns.listen()\nwhile True:\n  c,_=s.accept()\n  while c.recv(1<<16): pass\n  c.close()\n";
+
+/// Sends 4 MB to HOST:5001 and prints the seconds it took, once the sink has read it all.
+fn send_script(host: &str) -> String {
+    format!(
+        "import socket,time\nt=time.time()\nc=socket.create_connection(('{host}',5001))\nc.sendall(b'x'*4000000)\nc.shutdown(socket.SHUT_WR)\nc.recv(1)\nprint(time.time()-t)\n"
+    )
+}
+
+/// The bridges, veths and nft tables of the networks recorded under the state root.
+fn kernel_objects(env: &Env) -> (Vec<String>, Vec<String>) {
+    let mut links = Vec::new();
+    let mut tables = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(env.state.join("networks")) {
+        for e in rd.flatten() {
+            let Ok(t) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                continue;
+            };
+            let br = v["bridge"].as_str().unwrap_or_default().to_string();
+            tables.push(format!("berth_{br}"));
+            links.push(br);
+            if let Some(l) = v["leases"].as_object() {
+                for lease in l.values() {
+                    links.push(lease["veth"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    }
+    (links, tables)
+}
+
+fn assert_nothing_left(links: &[String], tables: &[String]) {
+    assert!(!links.is_empty(), "the test saw no network at all");
+    for l in links {
+        assert!(
+            !Path::new("/sys/class/net").join(l).exists(),
+            "link {l} left behind"
+        );
+    }
+    let nft = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    let listed = String::from_utf8_lossy(&nft.stdout);
+    for t in tables {
+        assert!(!listed.contains(t.as_str()), "nft table {t} left behind");
+    }
+}
+
+#[test]
+fn services_reach_each_other_by_name_and_replicas_all_answer() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "names",
+        "name: nnames\nservices:\n  api:\n    image: host\n    scale: 3\n    command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n  web:\n    image: host\n    command: [sleep, '300']\n    networks:\n      default:\n        aliases: [front]\n",
+    );
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (links, tables) = kernel_objects(&env);
+    let gw = {
+        let t = std::fs::read_to_string(env.state.join("networks/nnames_default.json"))
+            .expect("network state");
+        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+        v["gateway"].as_str().expect("gateway").to_string()
+    };
+    // The service name answers with all three replicas' addresses.
+    let out = env.ok(&p, &["exec", "web", "busybox", "nslookup", "api", &gw]);
+    let addrs: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .collect();
+    assert_eq!(addrs.len(), 3, "{out}");
+    // Over HTTP, by name; and each address is a different replica.
+    assert!(eventually(Duration::from_secs(10), || {
+        env.berth(&p, &["exec", "web", "wget", "-qO-", "http://api/"])
+            .status
+            .success()
+    }));
+    let mut seen = Vec::new();
+    for a in &addrs {
+        let page = env.ok(
+            &p,
+            &["exec", "web", "wget", "-qO-", &format!("http://{a}/")],
+        );
+        seen.push(page.trim().to_string());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["nnames-api-1", "nnames-api-2", "nnames-api-3"]);
+    // Container names and aliases resolve; names of nothing do not.
+    let o = env.ok(&p, &["exec", "api", "getent", "hosts", "front"]);
+    assert!(o.contains("front"), "{o}");
+    let o = env.ok(&p, &["exec", "api", "getent", "hosts", "nnames-web-1"]);
+    assert!(o.contains("nnames-web-1"), "{o}");
+    assert!(
+        !env.berth(&p, &["exec", "web", "getent", "hosts", "nnames-nothing-1"])
+            .status
+            .success()
+    );
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert_nothing_left(&links, &tables);
+}
+
+/// The host's own outside IPv4 address (not loopback, not berth's).
+fn host_address() -> Option<String> {
+    let o = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(1).is_some_and(|i| i.starts_with("bt")) {
+            return None;
+        }
+        f.get(3)
+            .and_then(|a| a.split('/').next())
+            .map(str::to_string)
+    })
+}
+
+#[test]
+fn networks_are_isolated_and_internal_ones_have_no_way_out() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let Some(host_ip) = host_address() else {
+        eprintln!("skipped: the host has no outside address");
+        return;
+    };
+    // A listener on the host's outside address, for the containers to try.
+    let listener = std::net::TcpListener::bind((host_ip.as_str(), 0)).expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let env = Env::new();
+    let p = env.project(
+        "iso",
+        "name: niso\nservices:\n  a:\n    image: host\n    command: [python3, -m, http.server, '80']\n    networks: [neta]\n  b:\n    image: host\n    command: [sleep, '300']\n    networks: [netb]\n  inside:\n    image: host\n    command: [sleep, '300']\n    networks: [locked]\nnetworks:\n  neta: {}\n  netb: {}\n  locked:\n    internal: true\n",
+    );
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (links, tables) = kernel_objects(&env);
+    let a_ip = {
+        let t = std::fs::read_to_string(env.state.join("networks/niso_neta.json")).expect("state");
+        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+        v["leases"]["niso-a-1"]["ip"]
+            .as_str()
+            .expect("ip")
+            .to_string()
+    };
+    let connect = |svc: &str, host: &str, port: u16| {
+        env.berth(
+            &p,
+            &[
+                "exec",
+                svc,
+                "python3",
+                "-c",
+                &format!("import socket; socket.create_connection(('{host}', {port}), timeout=2)"),
+            ],
+        )
+        .status
+        .success()
+    };
+    // From the host, a's server answers (so the refusals below are the network's doing).
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect((a_ip.as_str(), 80)).is_ok()
+    }));
+    assert!(
+        !connect("b", &a_ip, 80),
+        "a container on netb reached one on neta"
+    );
+    assert!(
+        !env.berth(&p, &["exec", "b", "getent", "hosts", "a"])
+            .status
+            .success(),
+        "a resolves on netb"
+    );
+    // A non-internal network reaches the host; the internal one does not.
+    assert!(connect("a", &host_ip, port), "neta cannot reach the host");
+    assert!(
+        !connect("inside", &host_ip, port),
+        "an internal network reached the host's address"
+    );
+    let routes = env.ok(&p, &["exec", "inside", "ip", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert_nothing_left(&links, &tables);
+}
+
+#[test]
+fn bandwidth_limits_hold_both_ways() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    // The sink's program as a YAML block scalar, indented under `command:`.
+    let sink: String = SINK.lines().map(|l| format!("        {l}\n")).collect();
+    let p = env.project(
+        "bw",
+        &format!(
+            "name: nbw\nservices:\n  sink:\n    image: host\n    command:\n      - python3\n      - -c\n      - |\n{sink}  slowsink:\n    image: host\n    command:\n      - python3\n      - -c\n      - |\n{sink}    bandwidth:\n      ingress: 8mbit\n  tx:\n    image: host\n    command: [sleep, '300']\n    bandwidth:\n      egress: 8mbit\n  free:\n    image: host\n    command: [sleep, '300']\n"
+        ),
+    );
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (links, tables) = kernel_objects(&env);
+    let secs = |from: &str, to: &str| -> f64 {
+        let mut out = String::new();
+        let ok = eventually(Duration::from_secs(10), || {
+            let o = env.berth(&p, &["exec", from, "python3", "-c", &send_script(to)]);
+            out = String::from_utf8_lossy(&o.stdout).into_owned();
+            o.status.success()
+        });
+        assert!(ok, "{from} -> {to} failed: {out}");
+        out.trim().parse().expect("seconds")
+    };
+    let free = secs("free", "sink");
+    let egress = secs("tx", "sink");
+    let ingress = secs("free", "slowsink");
+    eprintln!(
+        "4 MB: unlimited {free:.2} s, egress 8mbit {egress:.2} s, ingress 8mbit {ingress:.2} s"
+    );
+    // 4 MB at 8 Mbit/s (1 MB/s) is 4 s; within 15 %.
+    for (what, t) in [("egress", egress), ("ingress", ingress)] {
+        let rate = 4.0 / t;
+        assert!(
+            (0.85..=1.15).contains(&rate),
+            "{what}: 4 MB in {t:.2} s ({rate:.2} MB/s), free: {free:.2} s"
+        );
+    }
+    assert!(free < 1.0, "unlimited transfer took {free:.2} s");
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert_nothing_left(&links, &tables);
+}

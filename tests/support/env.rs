@@ -1,0 +1,128 @@
+//! A test's own berth: a state root and project directories in a temporary directory, and the
+//! berth binary run on them (shared by the end-to-end tests).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        Env { dir, state }
+    }
+
+    /// A project directory with this berth.yaml.
+    pub fn project(&self, name: &str, yaml: &str) -> PathBuf {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("berth.yaml"), yaml).expect("write");
+        d
+    }
+
+    /// berth with `args` in `project`, on this test's state root.
+    pub fn command(&self, project: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(args)
+            .current_dir(project)
+            .env("BERTH_ROOT", &self.state)
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROJECT_NAME");
+        c
+    }
+
+    pub fn berth(&self, project: &Path, args: &[&str]) -> Output {
+        self.command(project, args).output().expect("run berth")
+    }
+
+    pub fn ok(&self, project: &Path, args: &[&str]) -> String {
+        let o = self.berth(project, args);
+        assert!(
+            o.status.success(),
+            "berth {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `ps -a --format json`, as (name -> (state, pid, restarts, exit code, health)).
+    pub fn ps(&self, project: &Path) -> Vec<serde_json::Value> {
+        self.ok(project, &["ps", "-a", "--format", "json"])
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn container(&self, project: &Path, name: &str) -> serde_json::Value {
+        self.ps(project)
+            .into_iter()
+            .find(|c| c["Name"] == name)
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn supervisor_pid(&self, project: &str) -> Option<i32> {
+        std::fs::read_to_string(
+            self.state
+                .join("projects")
+                .join(project)
+                .join("supervisor.pid"),
+        )
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+    }
+
+    pub fn supervisor_log(&self, project: &str) -> String {
+        std::fs::read_to_string(
+            self.state
+                .join("projects")
+                .join(project)
+                .join("supervisor.log"),
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// Polls `f` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Takes a project down when dropped: a failing test leaves nothing behind either.
+pub struct DownOnDrop<'a> {
+    env: &'a Env,
+    dir: PathBuf,
+}
+
+impl Env {
+    pub fn down_on_drop(&self, dir: &Path) -> DownOnDrop<'_> {
+        DownOnDrop {
+            env: self,
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .env
+            .berth(&self.dir, &["down", "-t", "0", "--progress", "quiet"]);
+    }
+}
