@@ -6,7 +6,7 @@ use std::time::Duration;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, eventually};
+use env::{DownOnDrop, Env, eventually};
 
 fn root() -> bool {
     nix::unistd::Uid::effective().is_root()
@@ -20,6 +20,22 @@ fn send_script(host: &str) -> String {
     format!(
         "import socket,time\nt=time.time()\nc=socket.create_connection(('{host}',5001))\nc.sendall(b'x'*4000000)\nc.shutdown(socket.SHUT_WR)\nc.recv(1)\nprint(time.time()-t)\n"
     )
+}
+
+/// The recorded state of network `name` (`<root>/networks/<name>.json`).
+fn network(env: &Env, name: &str) -> serde_json::Value {
+    let t = std::fs::read_to_string(env.state.join("networks").join(format!("{name}.json")))
+        .expect("network state");
+    serde_json::from_str(&t).expect("network state is JSON")
+}
+
+/// `up -d` of the project at `p`, taken down again when the guard drops; with the kernel
+/// objects its networks hold, for the check after `down`.
+fn up<'a>(env: &'a Env, p: &Path) -> (DownOnDrop<'a>, Vec<String>, Vec<String>) {
+    let down = env.down_on_drop(p);
+    env.ok(p, &["up", "-d", "--progress", "quiet"]);
+    let (links, tables) = kernel_objects(env);
+    (down, links, tables)
 }
 
 /// The bridges, veths and nft tables of the networks recorded under the state root.
@@ -76,15 +92,11 @@ fn services_reach_each_other_by_name_and_replicas_all_answer() {
         "names",
         "name: nnames\nservices:\n  api:\n    image: host\n    scale: 3\n    command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n  web:\n    image: host\n    command: [sleep, '300']\n    networks:\n      default:\n        aliases: [front]\n",
     );
-    let _down = env.down_on_drop(&p);
-    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
-    let (links, tables) = kernel_objects(&env);
-    let gw = {
-        let t = std::fs::read_to_string(env.state.join("networks/nnames_default.json"))
-            .expect("network state");
-        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
-        v["gateway"].as_str().expect("gateway").to_string()
-    };
+    let (_down, links, tables) = up(&env, &p);
+    let gw = network(&env, "nnames_default")["gateway"]
+        .as_str()
+        .expect("gateway")
+        .to_string();
     // The service name answers with all three replicas' addresses.
     let out = env.ok(&p, &["exec", "web", "busybox", "nslookup", "api", &gw]);
     let addrs: Vec<&str> = out
@@ -159,17 +171,11 @@ fn networks_are_isolated_and_internal_ones_have_no_way_out() {
         "iso",
         "name: niso\nservices:\n  a:\n    image: host\n    command: [python3, -m, http.server, '80']\n    networks: [neta]\n  b:\n    image: host\n    command: [sleep, '300']\n    networks: [netb]\n  inside:\n    image: host\n    command: [sleep, '300']\n    networks: [locked]\nnetworks:\n  neta: {}\n  netb: {}\n  locked:\n    internal: true\n",
     );
-    let _down = env.down_on_drop(&p);
-    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
-    let (links, tables) = kernel_objects(&env);
-    let a_ip = {
-        let t = std::fs::read_to_string(env.state.join("networks/niso_neta.json")).expect("state");
-        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
-        v["leases"]["niso-a-1"]["ip"]
-            .as_str()
-            .expect("ip")
-            .to_string()
-    };
+    let (_down, links, tables) = up(&env, &p);
+    let a_ip = network(&env, "niso_neta")["leases"]["niso-a-1"]["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
     let connect = |svc: &str, host: &str, port: u16| {
         env.berth(
             &p,
@@ -225,9 +231,7 @@ fn bandwidth_limits_hold_both_ways() {
             "name: nbw\nservices:\n  sink:\n    image: host\n    command:\n      - python3\n      - -c\n      - |\n{sink}  slowsink:\n    image: host\n    command:\n      - python3\n      - -c\n      - |\n{sink}    bandwidth:\n      ingress: 8mbit\n  tx:\n    image: host\n    command: [sleep, '300']\n    bandwidth:\n      egress: 8mbit\n  free:\n    image: host\n    command: [sleep, '300']\n"
         ),
     );
-    let _down = env.down_on_drop(&p);
-    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
-    let (links, tables) = kernel_objects(&env);
+    let (_down, links, tables) = up(&env, &p);
     let secs = |from: &str, to: &str| -> f64 {
         let mut out = String::new();
         let ok = eventually(Duration::from_secs(10), || {

@@ -42,14 +42,10 @@ async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
     }
 }
 
+/// Whether the host has a link `name` (checked on every start of a networked container:
+/// sysfs, rather than a netlink connection and its runtime).
 pub fn link_exists(name: &str) -> bool {
-    block_on(async {
-        let h = connect()?;
-        index_of(&h, name).await
-    })
-    .ok()
-    .flatten()
-    .is_some()
+    std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 /// The IPv4 destinations of the host's routes (main table, default route left out): a new

@@ -1,6 +1,6 @@
 //! Project networks: bridges, veth pairs, addresses (a persistent IPAM under the state root),
-//! service names (an embedded DNS server in the supervisor), published ports (a proxy in the
-//! supervisor) and bandwidth limits (tc qdiscs).
+//! service names (an embedded DNS server in the supervisor) and bandwidth limits (tc qdiscs).
+//! Published ports are not done yet.
 //!
 //! What a container joins is decided here from the project file (`attachments`, pure); the
 //! kernel work is in `link` (netlink) and `nft` (the isolation and masquerade rules).
@@ -9,13 +9,13 @@ pub mod dns;
 pub mod ipam;
 pub mod link;
 pub mod nft;
-pub mod proxy;
 
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::spec::model::{Project, Service};
+use ipam::NetState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -449,8 +449,6 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
     Ok(st)
 }
 
-use ipam::NetState;
-
 /// Gives up `container`'s addresses (it is being removed). Its veths went with its network
 /// namespace; one that outlived it is deleted.
 pub fn leave(root: &std::path::Path, container: &str) -> Result<(), NetError> {
@@ -481,8 +479,8 @@ pub fn prune(root: &std::path::Path, project: &str) -> Result<Vec<String>, NetEr
     Ok(removed)
 }
 
-/// Whether `name` would be answered by the project's DNS for a client on `st`: the names of
-/// a lease (service, container, aliases, hostname).
+/// The names the project's DNS answers with a lease's address: its container's name, its
+/// service, its hostname and its aliases.
 pub fn lease_names<'a>(container: &'a str, l: &'a ipam::Lease) -> impl Iterator<Item = &'a str> {
     [container, l.service.as_str(), l.hostname.as_str()]
         .into_iter()

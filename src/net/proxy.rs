@@ -1,1 +1,0 @@
-//! Published ports: a TCP/UDP proxy in the supervisor.
