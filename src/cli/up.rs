@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -349,18 +349,26 @@ fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Resu
         .open(st.log_path())
         .with_context(|| format!("opening {}", st.log_path().display()))?;
     let fd = lock.fd.as_raw_fd();
-    // The lock's descriptor must survive exec in the child.
-    nix::fcntl::fcntl(
-        &lock.fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .context("passing the project lock to the supervisor")?;
+    // The supervisor writes one byte here once it is ready, and the pipe closes if it fails.
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
+    let rfd = ready_w.as_raw_fd();
+    // The lock's and the pipe's descriptors must survive exec in the child.
+    for f in [lock.fd.as_fd(), ready_w.as_fd()] {
+        nix::fcntl::fcntl(
+            f,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .context("passing the project lock to the supervisor")?;
+    }
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("-p")
         .arg(&st.name)
         .arg("__supervise")
         .arg("--lock-fd")
         .arg(fd.to_string())
+        .arg("--ready-fd")
+        .arg(rfd.to_string())
         // mimalloc commits its first arena eagerly; for a process that lives as long as the
         // project, that is ~8 MiB of memory it never uses (measured with bench/updown.sh).
         .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
@@ -370,24 +378,62 @@ fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Resu
         .stderr(logf);
     // SAFETY: setsid and close_range are async-signal-safe, and exec follows at once. The
     // child leaves the terminal's session so a Ctrl-C or hangup there does not reach the
-    // supervisor, and it inherits no descriptor but the lock (a long-lived process must not
-    // hold whatever its caller had open: a build tool's lock, a pipe someone waits on).
+    // supervisor, and it inherits no descriptor but the lock and the pipe (a long-lived
+    // process must not hold whatever its caller had open: a build tool's lock, a pipe someone
+    // waits on).
+    let keep = [fd.min(rfd) as libc::c_uint, fd.max(rfd) as libc::c_uint];
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            let fd = fd as libc::c_uint;
             let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
-            if fd > 3 {
-                libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, fd - 1, cloexec);
+            let mut from: libc::c_uint = 3;
+            for k in keep {
+                if k > from {
+                    libc::syscall(libc::SYS_close_range, from, k - 1, cloexec);
+                }
+                from = from.max(k + 1);
             }
-            libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, cloexec);
+            libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, cloexec);
             Ok(())
         });
     }
     let child = cmd.spawn().context("starting the supervisor")?;
+    drop(ready_w);
     st.write_supervisor(child.id() as i32)?;
     drop(lock);
-    Ok(())
+    await_ready(st, ready_r)
+}
+
+/// Waits for the supervisor's byte. A supervisor that exits first failed: its log says why.
+/// One that is only slow (a loaded host) is left to come up on its own after a while.
+fn await_ready(st: &ProjectState, r: OwnedFd) -> anyhow::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(10_000u16)) {
+        Ok(0) => {
+            eprintln!(
+                "berth: the supervisor is slow to start (its log: {})",
+                st.log_path().display()
+            );
+            return Ok(());
+        }
+        Ok(_) => {}
+        Err(e) => return Err(e).context("waiting for the supervisor"),
+    }
+    let mut b = [0u8; 1];
+    match nix::unistd::read(&r, &mut b) {
+        Ok(1) => Ok(()),
+        _ => {
+            let log = std::fs::read_to_string(st.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the project's supervisor stopped as it started ({}):\n{}",
+                st.log_path().display(),
+                tail.join("\n")
+            )
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -395,6 +441,9 @@ pub struct SuperviseArgs {
     /// The project lock, already held (inherited from `berth up -d`)
     #[arg(long)]
     pub lock_fd: Option<i32>,
+    /// A pipe to write one byte to once ready (inherited from `berth up -d`)
+    #[arg(long)]
+    pub ready_fd: Option<i32>,
 }
 
 /// The supervisor's process: `berth -p NAME __supervise`.
@@ -413,6 +462,8 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         },
         None => st.lock(Duration::from_secs(60))?,
     };
+    // SAFETY: as for the lock: inherited for this process alone.
+    let ready = a.ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     st.write_supervisor(std::process::id() as i32)?;
     let target = match load_in_supervisor(&record) {
         Ok(t) => t,
@@ -436,7 +487,11 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         std::process::id()
     ));
     tk.block_on(async {
-        let sup = Supervisor::new(rt, st.clone(), record, Arc::new(target));
+        let sup = Supervisor::new(rt, st.clone(), record, Arc::new(target)).on_ready(move || {
+            if let Some(fd) = ready {
+                let _ = nix::unistd::write(&fd, b"r");
+            }
+        });
         sup.run(async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

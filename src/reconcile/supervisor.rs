@@ -81,6 +81,8 @@ pub struct Supervisor<R> {
     sink: Sink,
     /// Set when the events file changed: look at the containers on the next tick.
     resync_due: bool,
+    /// Told once the supervisor is ready (see `on_ready`).
+    ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How often the supervisor looks at its containers when no event said to.
@@ -198,7 +200,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
             rx,
             sink: log_sink(),
             resync_due: false,
+            ready: None,
         }
+    }
+
+    /// `f` runs once the supervisor answers for the project: its names resolve and its files
+    /// are watched (`berth up -d` returns only then, so a name looked up at once resolves).
+    pub fn on_ready(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.ready = Some(Box::new(f));
+        self
     }
 
     fn save(&self) {
@@ -215,6 +225,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
         let dns = crate::net::dns::Dns::new(self.state.root(), self.target.project.name.clone());
         for e in dns.refresh() {
             log(e);
+        }
+        if let Some(f) = self.ready.take() {
+            f();
         }
         self.arm_all().await;
         tokio::pin!(shutdown);
