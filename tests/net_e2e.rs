@@ -260,3 +260,125 @@ fn bandwidth_limits_hold_both_ways() {
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
     assert_nothing_left(&links, &tables);
 }
+
+/// A port nothing listens on now (the kernel's pick, let go at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The body of `GET /` at `addr`, or None when nothing answers.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut c = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+#[test]
+fn published_ports_answer_on_the_host_and_a_taken_port_fails_up() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let (tcp, udp) = (free_port(), free_port());
+    let p = env.project(
+        "ports",
+        &format!(
+            "name: nports\nservices:\n  web:\n    image: host\n    command: [sh, -c, 'mkdir -p /tmp/w && echo hello-ports > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n    ports:\n      - \"{tcp}:80\"\n      - \"80\"\n  echo:\n    image: host\n    command: [python3, -c, \"import socket\\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\\ns.bind(('',9000))\\nwhile True:\\n  d,a=s.recvfrom(9000)\\n  s.sendto(d,a)\\n\"]\n    ports:\n      - target: 9000\n        published: \"{udp}\"\n        protocol: udp\n"
+        ),
+    );
+    let (_down, links, tables) = up(&env, &p);
+    // The fixed port, on loopback and on the host's outside address.
+    let page = |a: &str| {
+        let mut got = None;
+        eventually(Duration::from_secs(10), || {
+            got = http_get(a);
+            got.is_some()
+        });
+        got.unwrap_or_default()
+    };
+    assert_eq!(page(&format!("127.0.0.1:{tcp}")).trim(), "hello-ports");
+    if let Some(ip) = host_address() {
+        assert_eq!(page(&format!("{ip}:{tcp}")).trim(), "hello-ports");
+    }
+    // `berth port` tells the fixed one; the random one answers too, and ps shows both.
+    assert_eq!(
+        env.ok(&p, &["port", "web", "80"]).trim(),
+        format!("0.0.0.0:{tcp}")
+    );
+    let web = env.container(&p, "nports-web-1");
+    let published: Vec<u64> = web["Publishers"]
+        .as_array()
+        .expect("publishers")
+        .iter()
+        .map(|x| x["PublishedPort"].as_u64().expect("port"))
+        .collect();
+    assert_eq!(published.len(), 2, "{web}");
+    let random = published
+        .iter()
+        .copied()
+        .find(|&x| x != u64::from(tcp))
+        .expect("random port");
+    assert_eq!(page(&format!("127.0.0.1:{random}")).trim(), "hello-ports");
+    let table = env.ok(&p, &["ps"]);
+    assert!(table.contains(&format!("0.0.0.0:{tcp}->80/tcp")), "{table}");
+    // UDP: the echo comes back through the proxy.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let echoed = eventually(Duration::from_secs(10), || {
+        let _ = s.send_to(b"ping", ("127.0.0.1", udp));
+        let mut b = [0u8; 16];
+        matches!(s.recv(&mut b), Ok(4)) && &b[..4] == b"ping"
+    });
+    assert!(echoed, "no UDP echo on {udp}");
+    // Another `up` keeps the random port, and serves on.
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let again = env.container(&p, "nports-web-1");
+    assert_eq!(again["Publishers"], web["Publishers"]);
+    assert_eq!(page(&format!("127.0.0.1:{tcp}")).trim(), "hello-ports");
+
+    // A port someone else listens on: `up` fails, saying where and who, and creates nothing.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let taken = held.local_addr().expect("addr").port();
+    let q = env.project(
+        "taken",
+        &format!("name: ntaken\nservices:\n  web:\n    image: host\n    command: [sleep, '300']\n    ports: [\"{taken}:80\"]\n"),
+    );
+    let _down_q = env.down_on_drop(&q);
+    let o = env.berth(&q, &["up", "-d", "--progress", "quiet"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "up with a taken port succeeded");
+    for want in [
+        "berth.yaml:".to_string(),
+        "services.web.ports[0]".to_string(),
+        format!("{taken}/tcp"),
+        "already in use".to_string(),
+        format!("pid {}", std::process::id()),
+    ] {
+        assert!(err.contains(&want), "`{want}` missing from: {err}");
+    }
+    assert!(!env.state.join("projects").join("ntaken").exists());
+    assert!(
+        !env.state
+            .join("networks")
+            .join("ntaken_default.json")
+            .exists()
+    );
+    drop(held);
+
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(
+        http_get(&format!("127.0.0.1:{tcp}")).is_none(),
+        "port {tcp} still answers after down"
+    );
+    assert_nothing_left(&links, &tables);
+}

@@ -116,7 +116,7 @@ pub enum Verb {
     /// Show the processes of containers
     Top(lifecycle::NamesArgs),
     /// Show the host port of a published port
-    Port(Later),
+    Port(ps::PortArgs),
     /// Live resource use of containers
     Stats(stats::StatsArgs),
     /// Wait for containers to stop; prints their exit codes
@@ -176,6 +176,7 @@ impl Verb {
             | Verb::Up(_)
             | Verb::Down(_)
             | Verb::Ps(_)
+            | Verb::Port(_)
             | Verb::Logs(_)
             | Verb::Supervise(_)
             | Verb::Start(_)
@@ -199,7 +200,6 @@ impl Verb {
                 return None;
             }
             Verb::Create(_) => "create",
-            Verb::Port(_) => "port",
             Verb::Cp(_) => "cp",
             Verb::Pull(_) => "pull",
             Verb::Build(_) => "build",
@@ -249,6 +249,7 @@ pub fn main() -> i32 {
         Verb::Up(a) => up::run(&cli.global, a),
         Verb::Down(a) => down::run(&cli.global, a),
         Verb::Ps(a) => ps::run(&cli.global, a),
+        Verb::Port(a) => ps::port(&cli.global, a),
         Verb::Logs(a) => logs::run(&cli.global, a),
         Verb::Supervise(a) => up::supervise(&cli.global, a),
         Verb::Start(a) => lifecycle::start(&cli.global, a),

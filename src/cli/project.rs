@@ -32,6 +32,17 @@ pub struct Loaded {
     pub target: Target,
     pub state: ProjectState,
     pub record: ProjectRecord,
+    /// The merged file tree, to point errors found later (a taken port) at their line.
+    pub tree: crate::spec::node::Node,
+}
+
+impl Loaded {
+    /// `compose.yaml:7:9: services.web.ports[0]`: where a port is written.
+    pub fn port_at(&self, service: &str, port: &crate::spec::model::Port) -> String {
+        let (pos, path) =
+            crate::spec::validate::Locator { root: &self.tree }.find_port(service, port);
+        format!("{pos}: {path}")
+    }
 }
 
 pub fn load(g: &Global) -> anyhow::Result<Loaded> {
@@ -59,6 +70,7 @@ pub fn load(g: &Global) -> anyhow::Result<Loaded> {
         },
         state: ProjectState::new(&state_root(), &name),
         record,
+        tree: p.loaded.tree,
     })
 }
 

@@ -46,6 +46,7 @@ struct Row {
     restart_count: u32,
     #[serde(rename = "Pid")]
     pid: Option<i32>,
+    ports: String,
     publishers: Vec<serde_json::Value>,
 }
 
@@ -84,6 +85,7 @@ pub fn run(g: &Global, a: &PsArgs) -> anyhow::Result<i32> {
         }
     }
     let observed = tokio()?.block_on(rt.observe(&name))?;
+    let published = crate::net::ports::recorded(st.dir());
     let t = now();
     let mut rows = Vec::new();
     for c in observed.containers {
@@ -145,7 +147,24 @@ pub fn run(g: &Global, a: &PsArgs) -> anyhow::Result<i32> {
             exit_code: exit,
             restart_count: cs.restarts,
             pid: info.pid,
-            publishers: Vec::new(),
+            ports: published
+                .iter()
+                .filter(|b| b.container == info.name && state == "running")
+                .map(|b| b.shown())
+                .collect::<Vec<_>>()
+                .join(", "),
+            publishers: published
+                .iter()
+                .filter(|b| b.container == info.name)
+                .map(|b| {
+                    serde_json::json!({
+                        "URL": b.shown_ip(),
+                        "TargetPort": b.target,
+                        "PublishedPort": b.host_port,
+                        "Protocol": b.proto.to_string(),
+                    })
+                })
+                .collect(),
         });
     }
     if a.quiet {
@@ -201,14 +220,66 @@ pub fn run(g: &Global, a: &PsArgs) -> anyhow::Result<i32> {
     );
     for r in &rows {
         println!(
-            "{:<wn$}   {:<wi$}   {:<wc$}   {:<ws$}   {:<wcr$}   {:<wst$}   ",
+            "{:<wn$}   {:<wi$}   {:<wc$}   {:<ws$}   {:<wcr$}   {:<wst$}   {}",
             r.name,
             r.image,
             cmd(r),
             r.service,
             format!("{} ago", ago(t.saturating_sub(r.created_at))),
-            r.status
+            r.status,
+            r.ports
         );
     }
     Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// The service
+    pub service: String,
+    /// The container port
+    pub private_port: u16,
+    /// tcp or udp
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+    pub protocol: String,
+    /// Which replica, when the service has several
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
+}
+
+/// `berth port SERVICE PORT`: the host address a container port is published on.
+pub fn port(g: &Global, a: &PortArgs) -> anyhow::Result<i32> {
+    let (name, loaded) = name_only(g)?;
+    let st = ProjectState::new(&super::image::state_root(), &name);
+    let mut hits: Vec<crate::net::ports::Binding> = crate::net::ports::recorded(st.dir())
+        .into_iter()
+        .filter(|b| {
+            b.service == a.service
+                && b.target == a.private_port
+                && b.proto.to_string() == a.protocol
+        })
+        .collect();
+    hits.sort_by(|x, y| x.container.cmp(&y.container));
+    // The replica by its container's name when the file is at hand, else by order.
+    let want = loaded.as_ref().and_then(|l| {
+        let svc = l.target.project.services.get(&a.service)?;
+        Some(crate::plan::container_name(&name, &a.service, svc, a.index))
+    });
+    let hit = match want {
+        Some(c) => hits.iter().find(|b| b.container == c),
+        None => hits.get(a.index.saturating_sub(1) as usize),
+    };
+    match hit {
+        Some(b) => {
+            println!("{}:{}", b.shown_ip(), b.host_port);
+            Ok(0)
+        }
+        None => anyhow::bail!(
+            "no host port is published for {}/{} of service {} (replica {}) in project {name}",
+            a.private_port,
+            a.protocol,
+            a.service,
+            a.index
+        ),
+    }
 }

@@ -15,6 +15,7 @@ use clap::Args;
 use super::Global;
 use super::logs::{Style, follow};
 use super::project::{Display, Progress, load, runtime, stop_supervisor, tokio};
+use crate::net::ports;
 use crate::plan::{Action, State, diff};
 use crate::reconcile::supervisor::{Supervisor, load_in_supervisor, log};
 use crate::reconcile::{Options, Target, apply, teardown};
@@ -131,22 +132,51 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     }
     let rt = runtime()?;
     let tk = tokio()?;
-    stop_supervisor(&l.state);
-    let lock = l.state.lock(Duration::from_secs(60))?;
-    l.state.write_record(&l.record)?;
-    let target = Arc::new(l.target);
-    let observed = tk.block_on(rt.observe(&target.project.name))?;
-    let mut plan = diff(&target.project, &target.dir, &target.graph, &observed);
 
     // Which services this `up` is about: the named ones and, unless --no-deps, what they need.
     let scope: Option<BTreeSet<String>> = (!a.services.is_empty()).then(|| {
         if a.no_deps {
             a.services.iter().cloned().collect()
         } else {
-            target.graph.with_dependencies(&a.services)
+            l.target.graph.with_dependencies(&a.services)
         }
     });
     let in_scope = |s: &str| scope.as_ref().is_none_or(|sc| sc.contains(s));
+
+    // Published ports are bound before anything else happens, so a port that is taken fails
+    // `up` with nothing changed. Those the running supervisor serves are bound again once it
+    // has stopped and let them go.
+    let bound = {
+        let locate = |s: &str, p: &crate::spec::model::Port| l.port_at(s, p);
+        ports::check(&l.target.project, &locate)?;
+        let (wants, warnings) = ports::wants(&l.target.project, &locate);
+        for w in warnings {
+            eprintln!("berth: warning: {w}");
+        }
+        let prev = ports::recorded(l.state.dir());
+        let alive = l.state.supervisor().is_some();
+        let (held, fresh): (Vec<ports::Want>, Vec<ports::Want>) = wants
+            .into_iter()
+            .filter(|w| in_scope(&w.service) || prev.iter().any(|b| b.service == w.service))
+            .partition(|w| alive && prev.iter().any(|b| b.serves(w)));
+        let mut bound = ports::claim(&fresh, &prev, &locate)?;
+        stop_supervisor(&l.state);
+        bound.extend(ports::claim(&held, &prev, &locate)?);
+        bound
+    };
+    let lock = l.state.lock(Duration::from_secs(60))?;
+    l.state.write_record(&l.record)?;
+    let bindings: Vec<ports::Binding> = bound.iter().map(|b| b.binding.clone()).collect();
+    ports::record(l.state.dir(), &bindings).with_context(|| {
+        format!(
+            "recording the published ports in {}",
+            l.state.dir().display()
+        )
+    })?;
+    let target = Arc::new(l.target);
+    let observed = tk.block_on(rt.observe(&target.project.name))?;
+    let mut plan = diff(&target.project, &target.dir, &target.graph, &observed);
+
     let mut orphans = BTreeSet::new();
     plan.actions.retain(|act| {
         let s = act.service();
@@ -229,7 +259,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             Ok(f) => f,
             Err(_) => {
                 display.finish();
-                spawn_supervisor(&l.state, lock)?;
+                spawn_supervisor(&l.state, lock, bound)?;
                 bail!("--wait-timeout: the project was not ready after {secs}s");
             }
         }
@@ -266,7 +296,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        spawn_supervisor(&l.state, lock)?;
+        spawn_supervisor(&l.state, lock, bound)?;
         return Ok(code);
     }
 
@@ -294,7 +324,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     let st = l.state.clone();
     let project = target.project.name.clone();
     tk.block_on(async {
-        let sup = Supervisor::new(rt.clone(), st.clone(), record, target.clone());
+        let sup = Supervisor::new(rt.clone(), st.clone(), record, target.clone()).with_ports(bound);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut r1 = stop_rx.clone();
         let mut r2 = stop_rx.clone();
@@ -340,7 +370,11 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
 
 /// Starts the project's supervisor in the background, handing it this command's lock (the
 /// open lock file is inherited, so the project is never unlocked in between).
-fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Result<()> {
+fn spawn_supervisor(
+    st: &ProjectState,
+    lock: crate::state::Lock,
+    ports: Vec<ports::Bound>,
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the berth binary")?;
     let logf = std::fs::OpenOptions::new()
@@ -353,13 +387,18 @@ fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Resu
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
     let rfd = ready_w.as_raw_fd();
-    // The lock's and the pipe's descriptors must survive exec in the child.
-    for f in [lock.fd.as_fd(), ready_w.as_fd()] {
+    // The lock's, the pipe's and the published ports' descriptors must survive exec in the
+    // child. The ports go in the order `ports.json` lists them.
+    let port_fds: Vec<i32> = ports.iter().map(|b| b.socket.as_raw_fd()).collect();
+    let inherited = [lock.fd.as_fd(), ready_w.as_fd()]
+        .into_iter()
+        .chain(ports.iter().map(|b| b.socket.as_fd()));
+    for f in inherited {
         nix::fcntl::fcntl(
             f,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
         )
-        .context("passing the project lock to the supervisor")?;
+        .context("passing the project lock and ports to the supervisor")?;
     }
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("-p")
@@ -369,6 +408,11 @@ fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Resu
         .arg(fd.to_string())
         .arg("--ready-fd")
         .arg(rfd.to_string())
+        .args(
+            port_fds
+                .iter()
+                .flat_map(|f| ["--port-fd".to_string(), f.to_string()]),
+        )
         // mimalloc commits its first arena eagerly; for a process that lives as long as the
         // project, that is ~8 MiB of memory it never uses (measured with bench/updown.sh).
         .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
@@ -378,16 +422,21 @@ fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Resu
         .stderr(logf);
     // SAFETY: setsid and close_range are async-signal-safe, and exec follows at once. The
     // child leaves the terminal's session so a Ctrl-C or hangup there does not reach the
-    // supervisor, and it inherits no descriptor but the lock and the pipe (a long-lived
-    // process must not hold whatever its caller had open: a build tool's lock, a pipe someone
-    // waits on).
-    let keep = [fd.min(rfd) as libc::c_uint, fd.max(rfd) as libc::c_uint];
+    // supervisor, and it inherits no descriptor but the lock, the pipe and the ports (a
+    // long-lived process must not hold whatever its caller had open: a build tool's lock, a
+    // pipe someone waits on).
+    let mut keep: Vec<libc::c_uint> = [fd, rfd]
+        .into_iter()
+        .chain(port_fds.iter().copied())
+        .map(|f| f as libc::c_uint)
+        .collect();
+    keep.sort_unstable();
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
             let mut from: libc::c_uint = 3;
-            for k in keep {
+            for &k in &keep {
                 if k > from {
                     libc::syscall(libc::SYS_close_range, from, k - 1, cloexec);
                 }
@@ -399,6 +448,7 @@ fn spawn_supervisor(st: &ProjectState, lock: crate::state::Lock) -> anyhow::Resu
     }
     let child = cmd.spawn().context("starting the supervisor")?;
     drop(ready_w);
+    drop(ports);
     st.write_supervisor(child.id() as i32)?;
     drop(lock);
     await_ready(st, ready_r)
@@ -444,6 +494,9 @@ pub struct SuperviseArgs {
     /// A pipe to write one byte to once ready (inherited from `berth up -d`)
     #[arg(long)]
     pub ready_fd: Option<i32>,
+    /// A published port's bound socket, in the order of the project's ports.json (inherited)
+    #[arg(long)]
+    pub port_fd: Vec<i32>,
 }
 
 /// The supervisor's process: `berth -p NAME __supervise`.
@@ -464,6 +517,13 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
     };
     // SAFETY: as for the lock: inherited for this process alone.
     let ready = a.ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let bound: Vec<ports::Bound> = ports::recorded(st.dir())
+        .into_iter()
+        .zip(&a.port_fd)
+        .filter_map(|(binding, &fd)| {
+            ports::adopt(fd).map(|socket| ports::Bound { binding, socket })
+        })
+        .collect();
     st.write_supervisor(std::process::id() as i32)?;
     let target = match load_in_supervisor(&record) {
         Ok(t) => t,
@@ -487,11 +547,13 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         std::process::id()
     ));
     tk.block_on(async {
-        let sup = Supervisor::new(rt, st.clone(), record, Arc::new(target)).on_ready(move || {
-            if let Some(fd) = ready {
-                let _ = nix::unistd::write(&fd, b"r");
-            }
-        });
+        let sup = Supervisor::new(rt, st.clone(), record, Arc::new(target))
+            .with_ports(bound)
+            .on_ready(move || {
+                if let Some(fd) = ready {
+                    let _ = nix::unistd::write(&fd, b"r");
+                }
+            });
         sup.run(async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -505,6 +567,9 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         })
         .await;
     });
+    // The runtime holds the published ports' sockets until it is dropped: they are let go
+    // before `berth up` is told this supervisor is gone and binds them again.
+    drop(tk);
     log("supervisor stopped; the containers keep running");
     if st.supervisor() == Some(std::process::id() as i32) {
         st.clear_supervisor();

@@ -1,6 +1,6 @@
 //! Project networks: bridges, veth pairs, addresses (a persistent IPAM under the state root),
-//! service names (an embedded DNS server in the supervisor) and bandwidth limits (tc qdiscs).
-//! Published ports are not done yet.
+//! service names (an embedded DNS server in the supervisor), published ports (a proxy in the
+//! supervisor) and bandwidth limits (tc qdiscs).
 //!
 //! What a container joins is decided here from the project file (`attachments`, pure); the
 //! kernel work is in `link` (netlink) and `nft` (the isolation and masquerade rules).
@@ -9,6 +9,7 @@ pub mod dns;
 pub mod ipam;
 pub mod link;
 pub mod nft;
+pub mod ports;
 
 use std::net::Ipv4Addr;
 
@@ -288,10 +289,10 @@ pub fn ifname(parts: &[&str]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn project(yaml: &str) -> Project {
+    pub(crate) fn project(yaml: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("compose.yml"), yaml).unwrap();
         let opts = crate::spec::LoadOptions {

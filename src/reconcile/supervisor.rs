@@ -83,6 +83,9 @@ pub struct Supervisor<R> {
     resync_due: bool,
     /// Told once the supervisor is ready (see `on_ready`).
     ready: Option<Box<dyn FnOnce() + Send>>,
+    /// The published ports it serves, and those `berth up` bound for it to serve.
+    ports: crate::net::ports::Publisher,
+    bound: Vec<crate::net::ports::Bound>,
 }
 
 /// How often the supervisor looks at its containers when no event said to.
@@ -186,6 +189,11 @@ impl<R: Runtime + 'static> Supervisor<R> {
         target: Arc<Target>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let ports = crate::net::ports::Publisher::new(
+            state.root(),
+            state.dir().to_path_buf(),
+            target.project.name.clone(),
+        );
         let mut status = state.status();
         status.invalid = None;
         Supervisor {
@@ -201,7 +209,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
             sink: log_sink(),
             resync_due: false,
             ready: None,
+            ports,
+            bound: Vec::new(),
         }
+    }
+
+    /// The published ports `berth up` bound, for this supervisor to serve.
+    pub fn with_ports(mut self, bound: Vec<crate::net::ports::Bound>) -> Self {
+        self.bound = bound;
+        self
     }
 
     /// `f` runs once the supervisor answers for the project: its names resolve and its files
@@ -224,6 +240,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
         // whenever the events file says something happened).
         let dns = crate::net::dns::Dns::new(self.state.root(), self.target.project.name.clone());
         for e in dns.refresh() {
+            log(e);
+        }
+        for e in self.ports.serve(std::mem::take(&mut self.bound)) {
             log(e);
         }
         if let Some(f) = self.ready.take() {
@@ -255,6 +274,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
                         for e in dns.refresh() {
                             log(e);
                         }
+                        self.ports.refresh();
                     }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
                         release_cold_code();
@@ -274,6 +294,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
             }
         }
         dns.stop();
+        self.ports.stop();
     }
 
     fn watch_files(&self) -> Option<notify::RecommendedWatcher> {
@@ -667,6 +688,27 @@ impl<R: Runtime + 'static> Supervisor<R> {
         for f in failures {
             log(format!("failed: {f}"));
         }
+        self.converge_ports();
         self.arm_all().await;
+    }
+
+    /// Serves the ports the file publishes now (after an edit).
+    fn converge_ports(&mut self) {
+        // No file positions here (the supervisor keeps no file tree): the key path says where.
+        let locate = |s: &str, p: &crate::spec::model::Port| {
+            format!("services.{s}.ports ({}/{})", p.target, p.protocol)
+        };
+        if let Err(e) = crate::net::ports::check(&self.target.project, &locate) {
+            log(format!("ports: {e}"));
+            return;
+        }
+        let (wants, warnings) = crate::net::ports::wants(&self.target.project, &locate);
+        self.ports.refresh();
+        for e in warnings
+            .into_iter()
+            .chain(self.ports.converge(&wants, &locate))
+        {
+            log(format!("ports: {e}"));
+        }
     }
 }

@@ -120,7 +120,11 @@ pub struct Lock {
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
+    // The temporary name is the writer's own: `berth up` and the supervisor it starts write
+    // the same files at the same moment, and a shared name let one rename the other's away.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
