@@ -243,7 +243,23 @@ fn bandwidth_limits_hold_both_ways() {
         out.trim().parse().expect("seconds")
     };
     let free = secs("free", "sink");
-    let egress = secs("tx", "sink");
+    // While the limited transfer runs, `stats` shows its rate and its limit.
+    let (egress, sample) = std::thread::scope(|sc| {
+        let probe = sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(1500));
+            let o = env.ok(&p, &["stats", "--no-stream", "--format", "json", "tx"]);
+            serde_json::from_str::<serde_json::Value>(o.lines().next().unwrap_or_default())
+                .expect("stats JSON")
+        });
+        let t = secs("tx", "sink");
+        (t, probe.join().expect("stats probe"))
+    });
+    assert_eq!(sample["NetTxLimit"], 1_000_000, "{sample}");
+    let rate = sample["NetTxRate"].as_f64().unwrap_or_default();
+    assert!(
+        (600_000.0..=1_200_000.0).contains(&rate),
+        "stats shows {rate} B/s going out under an 8mbit limit: {sample}"
+    );
     let ingress = secs("free", "slowsink");
     eprintln!(
         "4 MB: unlimited {free:.2} s, egress 8mbit {egress:.2} s, ingress 8mbit {ingress:.2} s"

@@ -38,6 +38,11 @@ struct Row {
     mem_perc: Option<f64>,
     net_rx: u64,
     net_tx: u64,
+    /// Bytes per second over the sample, and the limits (`bandwidth:`), in bytes per second.
+    net_rx_rate: u64,
+    net_tx_rate: u64,
+    net_rx_limit: Option<u64>,
+    net_tx_limit: Option<u64>,
     disk: u64,
     pids: u64,
 }
@@ -56,6 +61,26 @@ pub fn human(n: u64) -> String {
     } else {
         format!("{v:.2}{}", UNITS[u])
     }
+}
+
+/// A rate in bits per second as the file's `bandwidth:` keys write it (`8mbit`).
+pub fn bits(bytes_per_sec: u64) -> String {
+    let b = bytes_per_sec * 8;
+    for (unit, n) in [
+        ("gbit", 1_000_000_000),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+    ] {
+        if b >= n {
+            let v = b as f64 / n as f64;
+            return if v.fract() == 0.0 {
+                format!("{v}{unit}")
+            } else {
+                format!("{v:.1}{unit}")
+            };
+        }
+    }
+    format!("{b}bit")
 }
 
 /// The host's memory, the limit Docker shows for a container without one.
@@ -101,6 +126,9 @@ pub fn run(g: &Global, a: &StatsArgs) -> anyhow::Result<i32> {
                     a.usage.cpu_ns.saturating_sub(b.usage.cpu_ns) as f64 / (secs * 1e9) * 100.0
                 });
                 let limit = a.usage.memory_limit.or(host);
+                let rate = |now: u64, then: Option<u64>| {
+                    then.map_or(0, |t| (now.saturating_sub(t) as f64 / secs) as u64)
+                };
                 Some(Row {
                     name: name.clone(),
                     service: service.clone(),
@@ -112,6 +140,10 @@ pub fn run(g: &Global, a: &StatsArgs) -> anyhow::Result<i32> {
                         .map(|l| (a.usage.memory as f64 / l as f64 * 10000.0).round() / 100.0),
                     net_rx: a.net_rx,
                     net_tx: a.net_tx,
+                    net_rx_rate: rate(a.net_rx, b.map(|b| b.net_rx)),
+                    net_tx_rate: rate(a.net_tx, b.map(|b| b.net_tx)),
+                    net_rx_limit: a.net_rx_limit,
+                    net_tx_limit: a.net_tx_limit,
                     disk: a.disk,
                     pids: a.usage.pids,
                 })
@@ -127,8 +159,15 @@ pub fn run(g: &Global, a: &StatsArgs) -> anyhow::Result<i32> {
                 print!("\x1b[2J\x1b[H");
             }
             println!(
-                "{:<28} {:>8} {:>22} {:>7} {:>20} {:>10} {:>5}",
-                "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "DISK", "PIDS"
+                "{:<28} {:>8} {:>22} {:>7} {:>20} {:>34} {:>10} {:>5}",
+                "NAME",
+                "CPU %",
+                "MEM USAGE / LIMIT",
+                "MEM %",
+                "NET I/O",
+                "NET RATE IN / OUT (LIMIT)",
+                "DISK",
+                "PIDS"
             );
             for r in &rows {
                 let mut name = r.name.clone();
@@ -136,8 +175,12 @@ pub fn run(g: &Global, a: &StatsArgs) -> anyhow::Result<i32> {
                     name.truncate(27);
                     name.push('…');
                 }
+                let rate = |r: u64, l: Option<u64>| match l {
+                    Some(l) => format!("{}/s ({})", human(r), bits(l)),
+                    None => format!("{}/s", human(r)),
+                };
                 println!(
-                    "{:<28} {:>7.2}% {:>22} {:>7} {:>20} {:>10} {:>5}",
+                    "{:<28} {:>7.2}% {:>22} {:>7} {:>20} {:>34} {:>10} {:>5}",
                     name,
                     r.cpu_perc,
                     format!(
@@ -147,6 +190,11 @@ pub fn run(g: &Global, a: &StatsArgs) -> anyhow::Result<i32> {
                     ),
                     r.mem_perc.map_or("-".into(), |p| format!("{p:.2}%")),
                     format!("{} / {}", human(r.net_rx), human(r.net_tx)),
+                    format!(
+                        "{} / {}",
+                        rate(r.net_rx_rate, r.net_rx_limit),
+                        rate(r.net_tx_rate, r.net_tx_limit)
+                    ),
                     human(r.disk),
                     r.pids
                 );
@@ -166,5 +214,8 @@ mod tests {
         assert_eq!(super::human(512), "512B");
         assert_eq!(super::human(64 * 1024 * 1024), "64.00MiB");
         assert_eq!(super::human(1536), "1.50KiB");
+        assert_eq!(super::bits(1_000_000), "8mbit");
+        assert_eq!(super::bits(1_250), "10kbit");
+        assert_eq!(super::bits(187_500), "1.5mbit");
     }
 }

@@ -540,6 +540,9 @@ pub struct Stats {
     pub usage: super::cgroup::Usage,
     pub net_rx: u64,
     pub net_tx: u64,
+    /// The bandwidth limits the kernel enforces, in bytes per second (`bandwidth:`).
+    pub net_rx_limit: Option<u64>,
+    pub net_tx_limit: Option<u64>,
     /// Bytes the writable layer takes on disk.
     pub disk: u64,
 }
@@ -754,6 +757,8 @@ impl LinuxRuntime {
             usage,
             net_rx: rx,
             net_tx: tx,
+            net_rx_limit: r.net.ingress,
+            net_tx_limit: r.net.egress,
             // The writable layer is `upper/`, plus, for `image: host`, what is written
             // beside the OS overlays in the root directory itself (/tmp, /var, ...).
             disk: disk_usage(&r.launch.dir.join("upper")) + disk_usage(&r.launch.dir.join("root")),
