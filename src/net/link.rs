@@ -222,52 +222,48 @@ async fn wire(
     f: &Iface,
     routed: &mut bool,
 ) -> Result<(), NetError> {
-    let peer = format!("bc{}", &f.veth[2..]);
+    use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo};
     // A veth left by a container that was killed with its namespace still held goes first.
     if let Some(old) = index_of(host, &f.veth).await? {
         let _ = host.link().del(old).execute().await;
     }
-    host.link()
-        .add(LinkVeth::new(&f.veth, &peer).build())
-        .execute()
-        .await
-        .map_err(|e| step(&f.veth, "create veth", e))?;
     let br = index_of(host, &f.bridge)
         .await?
         .ok_or_else(|| step(&f.bridge, "attach veth", "the bridge does not exist"))?;
-    let hv = index_of(host, &f.veth)
-        .await?
-        .ok_or_else(|| step(&f.veth, "create veth", "it vanished"))?;
-    host.link()
-        .set(LinkUnspec::new_with_index(hv).controller(br).up().build())
-        .execute()
-        .await
-        .map_err(|e| step(&f.veth, "attach veth to bridge", e))?;
-    let pv = index_of(host, &peer)
-        .await?
-        .ok_or_else(|| step(&peer, "create veth", "its peer vanished"))?;
-    host.link()
-        .set(
-            LinkUnspec::new_with_index(pv)
-                .setns_by_fd(ns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| step(&peer, "move veth into the container", e))?;
-    let cv = index_of(inner, &peer)
-        .await?
-        .ok_or_else(|| step(&peer, "move veth into the container", "not found there"))?;
-    let mut b = LinkUnspec::new_with_index(cv).name(format!("eth{i}"));
+    // One request makes the pair: the host side on the bridge and up, the container side
+    // born in the container's namespace as `eth<i>` with its MAC (it is brought up after:
+    // a veth cannot open before its peer exists, ENOTCONN). Creating it there
+    // rather than moving it in saves the move's RCU grace period (18 ms of the 19 ms the
+    // wiring took, measured with bench/net.sh).
+    let mut peer = LinkUnspec::new_with_name(&format!("eth{i}")).setns_by_fd(ns.as_raw_fd());
     if let Some(mac) = f.mac {
-        b = b.address(mac.to_vec());
+        peer = peer.address(mac.to_vec());
     }
+    let peer = peer.build();
+    let mut msg = LinkVeth::new(&f.veth, "-").controller(br).up().build();
+    for a in msg.attributes.iter_mut() {
+        if let LinkAttribute::LinkInfo(infos) = a {
+            for info in infos.iter_mut() {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
+                    *p = peer.clone();
+                }
+            }
+        }
+    }
+    host.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(|e| step(&f.veth, "create veth", e))?;
+    let cv = index_of(inner, &format!("eth{i}"))
+        .await?
+        .ok_or_else(|| step(&f.veth, "create veth", "its peer is not in the container"))?;
     inner
         .link()
-        .set(b.up().build())
+        .set(LinkUnspec::new_with_index(cv).up().build())
         .execute()
         .await
-        .map_err(|e| step(&f.veth, "configure eth in the container", e))?;
+        .map_err(|e| step(&f.veth, "bring eth up in the container", e))?;
     inner
         .address()
         .add(cv, IpAddr::V4(f.ip), f.prefix)
