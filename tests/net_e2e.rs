@@ -29,19 +29,30 @@ fn network(env: &Env, name: &str) -> serde_json::Value {
     serde_json::from_str(&t).expect("network state is JSON")
 }
 
-/// `up -d` of the project at `p`, taken down again when the guard drops; with the kernel
-/// objects its networks hold, for the check after `down`.
-fn up<'a>(env: &'a Env, p: &Path) -> (DownOnDrop<'a>, Vec<String>, Vec<String>) {
-    let down = env.down_on_drop(p);
-    env.ok(p, &["up", "-d", "--progress", "quiet"]);
-    let (links, tables) = kernel_objects(env);
-    (down, links, tables)
+/// What a project's networks hold in the kernel, seen while it is up.
+struct Objects {
+    /// Bridges and host-side veths (their qdiscs go with them).
+    links: Vec<String>,
+    tables: Vec<String>,
+    /// Where the project's DNS server listens.
+    gateways: Vec<String>,
 }
 
-/// The bridges, veths and nft tables of the networks recorded under the state root.
-fn kernel_objects(env: &Env) -> (Vec<String>, Vec<String>) {
-    let mut links = Vec::new();
-    let mut tables = Vec::new();
+/// `up -d` of the project at `p`, taken down again when the guard drops; with the kernel
+/// objects its networks hold, for the check after `down`.
+fn up<'a>(env: &'a Env, p: &Path) -> (DownOnDrop<'a>, Objects) {
+    let down = env.down_on_drop(p);
+    env.ok(p, &["up", "-d", "--progress", "quiet"]);
+    (down, kernel_objects(env))
+}
+
+/// The bridges, veths, nft tables and DNS addresses of the networks under the state root.
+fn kernel_objects(env: &Env) -> Objects {
+    let mut o = Objects {
+        links: Vec::new(),
+        tables: Vec::new(),
+        gateways: Vec::new(),
+    };
     if let Ok(rd) = std::fs::read_dir(env.state.join("networks")) {
         for e in rd.flatten() {
             let Ok(t) = std::fs::read_to_string(e.path()) else {
@@ -51,21 +62,37 @@ fn kernel_objects(env: &Env) -> (Vec<String>, Vec<String>) {
                 continue;
             };
             let br = v["bridge"].as_str().unwrap_or_default().to_string();
-            tables.push(format!("berth_{br}"));
-            links.push(br);
+            o.tables.push(format!("berth_{br}"));
+            o.links.push(br);
+            o.gateways
+                .push(v["gateway"].as_str().unwrap_or_default().to_string());
             if let Some(l) = v["leases"].as_object() {
                 for lease in l.values() {
-                    links.push(lease["veth"].as_str().unwrap_or_default().to_string());
+                    o.links
+                        .push(lease["veth"].as_str().unwrap_or_default().to_string());
                 }
             }
         }
     }
-    (links, tables)
+    o
 }
 
-fn assert_nothing_left(links: &[String], tables: &[String]) {
-    assert!(!links.is_empty(), "the test saw no network at all");
-    for l in links {
+/// The local addresses of the host's UDP sockets bound to port 53 (from /proc/net/udp).
+fn dns_listeners() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|a| a.strip_suffix(":0035"))
+        .filter_map(|hex| u32::from_str_radix(hex, 16).ok())
+        // The kernel prints the address in host byte order of the raw network bytes.
+        .map(|n| std::net::Ipv4Addr::from(n.swap_bytes()).to_string())
+        .collect()
+}
+
+fn assert_nothing_left(o: &Objects) {
+    assert!(!o.links.is_empty(), "the test saw no network at all");
+    for l in &o.links {
         assert!(
             !Path::new("/sys/class/net").join(l).exists(),
             "link {l} left behind"
@@ -76,8 +103,12 @@ fn assert_nothing_left(links: &[String], tables: &[String]) {
         .output()
         .expect("nft");
     let listed = String::from_utf8_lossy(&nft.stdout);
-    for t in tables {
+    for t in &o.tables {
         assert!(!listed.contains(t.as_str()), "nft table {t} left behind");
+    }
+    let dns = dns_listeners();
+    for g in &o.gateways {
+        assert!(!dns.contains(g), "a DNS listener on {g}:53 is left");
     }
 }
 
@@ -92,11 +123,13 @@ fn services_reach_each_other_by_name_and_replicas_all_answer() {
         "names",
         "name: nnames\nservices:\n  api:\n    image: host\n    scale: 3\n    command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n  web:\n    image: host\n    command: [sleep, '300']\n    networks:\n      default:\n        aliases: [front]\n",
     );
-    let (_down, links, tables) = up(&env, &p);
+    let (_down, objs) = up(&env, &p);
     let gw = network(&env, "nnames_default")["gateway"]
         .as_str()
         .expect("gateway")
         .to_string();
+    // The project's DNS server listens on the gateway (the check after `down` looks there).
+    assert!(dns_listeners().contains(&gw), "{:?}", dns_listeners());
     // The service name answers with all three replicas' addresses.
     let out = env.ok(&p, &["exec", "web", "busybox", "nslookup", "api", &gw]);
     let addrs: Vec<&str> = out
@@ -132,7 +165,7 @@ fn services_reach_each_other_by_name_and_replicas_all_answer() {
             .success()
     );
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
-    assert_nothing_left(&links, &tables);
+    assert_nothing_left(&objs);
 }
 
 /// The host's own outside IPv4 address (not loopback, not berth's).
@@ -171,7 +204,7 @@ fn networks_are_isolated_and_internal_ones_have_no_way_out() {
         "iso",
         "name: niso\nservices:\n  a:\n    image: host\n    command: [python3, -m, http.server, '80']\n    networks: [neta]\n  b:\n    image: host\n    command: [sleep, '300']\n    networks: [netb]\n  inside:\n    image: host\n    command: [sleep, '300']\n    networks: [locked]\nnetworks:\n  neta: {}\n  netb: {}\n  locked:\n    internal: true\n",
     );
-    let (_down, links, tables) = up(&env, &p);
+    let (_down, objs) = up(&env, &p);
     let a_ip = network(&env, "niso_neta")["leases"]["niso-a-1"]["ip"]
         .as_str()
         .expect("ip")
@@ -213,7 +246,7 @@ fn networks_are_isolated_and_internal_ones_have_no_way_out() {
     let routes = env.ok(&p, &["exec", "inside", "ip", "route"]);
     assert!(!routes.contains("default"), "{routes}");
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
-    assert_nothing_left(&links, &tables);
+    assert_nothing_left(&objs);
 }
 
 #[test]
@@ -231,7 +264,7 @@ fn bandwidth_limits_hold_both_ways() {
             "name: nbw\nservices:\n  sink:\n    image: host\n    command:\n      - python3\n      - -c\n      - |\n{sink}  slowsink:\n    image: host\n    command:\n      - python3\n      - -c\n      - |\n{sink}    bandwidth:\n      ingress: 8mbit\n  tx:\n    image: host\n    command: [sleep, '300']\n    bandwidth:\n      egress: 8mbit\n  free:\n    image: host\n    command: [sleep, '300']\n"
         ),
     );
-    let (_down, links, tables) = up(&env, &p);
+    let (_down, objs) = up(&env, &p);
     let secs = |from: &str, to: &str| -> f64 {
         let mut out = String::new();
         let ok = eventually(Duration::from_secs(10), || {
@@ -274,7 +307,7 @@ fn bandwidth_limits_hold_both_ways() {
     }
     assert!(free < 1.0, "unlimited transfer took {free:.2} s");
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
-    assert_nothing_left(&links, &tables);
+    assert_nothing_left(&objs);
 }
 
 /// A port nothing listens on now (the kernel's pick, let go at once).
@@ -311,7 +344,7 @@ fn published_ports_answer_on_the_host_and_a_taken_port_fails_up() {
             "name: nports\nservices:\n  web:\n    image: host\n    command: [sh, -c, 'mkdir -p /tmp/w && echo hello-ports > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n    ports:\n      - \"{tcp}:80\"\n      - \"80\"\n  echo:\n    image: host\n    command: [python3, -c, \"import socket\\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\\ns.bind(('',9000))\\nwhile True:\\n  d,a=s.recvfrom(9000)\\n  s.sendto(d,a)\\n\"]\n    ports:\n      - target: 9000\n        published: \"{udp}\"\n        protocol: udp\n"
         ),
     );
-    let (_down, links, tables) = up(&env, &p);
+    let (_down, objs) = up(&env, &p);
     // The fixed port, on loopback and on the host's outside address.
     let page = |a: &str| {
         let mut got = None;
@@ -396,5 +429,5 @@ fn published_ports_answer_on_the_host_and_a_taken_port_fails_up() {
         http_get(&format!("127.0.0.1:{tcp}")).is_none(),
         "port {tcp} still answers after down"
     );
-    assert_nothing_left(&links, &tables);
+    assert_nothing_left(&objs);
 }
