@@ -2,6 +2,7 @@
 //! file is at hand), the runtime, the supervisor's process, progress lines.
 
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,13 +102,33 @@ pub fn name_only(g: &Global) -> anyhow::Result<(String, Option<Loaded>)> {
 pub fn stop_supervisor(st: &ProjectState) {
     let Some(pid) = st.supervisor() else { return };
     let p = nix::unistd::Pid::from_raw(pid);
+    // A pidfd says the moment it has exited (polling the pid file cost 10 ms a `down`).
+    let pidfd = rustix::process::Pid::from_raw(pid)
+        .and_then(|r| rustix::process::pidfd_open(r, rustix::process::PidfdFlags::empty()).ok());
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut killed = false;
     while st.supervisor().is_some() {
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline && !killed {
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            killed = true;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        match &pidfd {
+            Some(fd) => {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                let left = deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(10));
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) > 0 {
+                    // Exited (it clears its pid file as it goes; a killed one could not).
+                    break;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
     st.clear_supervisor();
 }

@@ -450,17 +450,29 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
     Ok(st)
 }
 
-/// Gives up `container`'s addresses (it is being removed). Its veths went with its network
-/// namespace; one that outlived it is deleted.
+/// Gives up `container`'s addresses (it is being removed). Its veths go with its network
+/// namespace: the kernel deletes them in one batch once the last process in it is gone, where
+/// deleting each here cost a grace period (30 ms) under the host-wide lock. One that outlives
+/// its namespace (held open by someone) is deleted when its network is pruned.
 pub fn leave(root: &std::path::Path, container: &str) -> Result<(), NetError> {
     let _lock = ipam::lock()?;
     for mut st in ipam::all(root) {
-        if let Some(l) = st.leases.remove(container) {
-            let _ = link::delete_link(&l.veth);
+        if st.leases.remove(container).is_some() {
             ipam::write(root, &st)?;
         }
     }
     Ok(())
+}
+
+/// The interfaces attached to `bridge` (from sysfs).
+fn bridge_ports(bridge: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Removes the networks of `project` that no container uses any more (bridge, rules, state).
@@ -472,8 +484,24 @@ pub fn prune(root: &std::path::Path, project: &str) -> Result<Vec<String>, NetEr
         if st.project != project || !st.leases.is_empty() {
             continue;
         }
-        link::delete_link(&st.bridge)?;
-        nft::remove(&st)?;
+        // The veths of containers just removed go as the kernel tears their namespaces down,
+        // a few milliseconds later; what is still attached after that is deleted here, since
+        // deleting the bridge would leave it behind, detached.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while !bridge_ports(&st.bridge).is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for port in bridge_ports(&st.bridge) {
+            link::delete_link(&port)?;
+        }
+        // Deleting a bridge waits out the kernel's grace periods (30-50 ms) and `nft` is a
+        // process of its own (~12 ms): the two at once.
+        let (bridge, rules) = std::thread::scope(|sc| {
+            let rules = sc.spawn(|| nft::remove(&st));
+            (link::delete_link(&st.bridge), rules.join())
+        });
+        bridge?;
+        rules.map_err(|_| step(&st.name, "remove nft table", "the thread panicked"))??;
         ipam::remove(root, &st.name);
         removed.push(st.name);
     }
