@@ -185,6 +185,74 @@ fn host_address() -> Option<String> {
     })
 }
 
+/// A stand-in for the outside world: a network namespace of the test's own behind a veth
+/// (198.18.7.1 on the host, 198.18.7.2 inside), running a server that answers each connection
+/// with the address it came from. Removed on drop.
+struct Outside {
+    ns: String,
+    server: Option<std::process::Child>,
+}
+
+const OUTSIDE_IP: &str = "198.18.7.2";
+
+impl Outside {
+    fn new() -> Outside {
+        let ns = format!("berthtest-out-{}", std::process::id());
+        let veth = format!("vo{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let o = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip");
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        ip(&["netns", "add", &ns]);
+        // From here on, a failure still removes the namespace (on drop).
+        let mut out = Outside {
+            ns: ns.clone(),
+            server: None,
+        };
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["addr", "add", "198.18.7.1/30", "dev", &veth]);
+        ip(&["link", "set", &veth, "up"]);
+        ip(&["-n", &ns, "addr", "add", "198.18.7.2/30", "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c"])
+            .arg("import socket\ns=socket.socket()\ns.bind(('198.18.7.2',7000))\ns.listen()\nwhile True:\n  c,a=s.accept()\n  c.sendall(a[0].encode())\n  c.close()\n")
+            .spawn()
+            .expect("outside server");
+        out.server = Some(server);
+        out
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        if let Some(s) = &mut self.server {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        // The veth goes with the namespace.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+fn ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 #[test]
 fn networks_are_isolated_and_internal_ones_have_no_way_out() {
     if !root() {
@@ -195,6 +263,8 @@ fn networks_are_isolated_and_internal_ones_have_no_way_out() {
         eprintln!("skipped: the host has no outside address");
         return;
     };
+    let forward_before = ip_forward();
+    let outside = Outside::new();
     // A listener on the host's outside address, for the containers to try.
     let listener = std::net::TcpListener::bind((host_ip.as_str(), 0)).expect("listen");
     let port = listener.local_addr().expect("addr").port();
@@ -245,8 +315,49 @@ fn networks_are_isolated_and_internal_ones_have_no_way_out() {
     );
     let routes = env.ok(&p, &["exec", "inside", "ip", "route"]);
     assert!(!routes.contains("default"), "{routes}");
+    // The world beyond the host: reached through masquerade (the far side sees the host's
+    // address, not the container's), except from the internal network.
+    let reply = |svc: &str| {
+        env.berth(
+            &p,
+            &[
+                "exec",
+                svc,
+                "python3",
+                "-c",
+                &format!("import socket; print(socket.create_connection(('{OUTSIDE_IP}', 7000), timeout=2).recv(64).decode())"),
+            ],
+        )
+    };
+    let mut seen = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let o = reply("a");
+            seen = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            o.status.success()
+        }),
+        "neta cannot reach {OUTSIDE_IP}"
+    );
+    assert_eq!(seen, "198.18.7.1", "the far side saw {seen}, not the host");
+    assert!(
+        !reply("inside").status.success(),
+        "an internal network reached {OUTSIDE_IP}"
+    );
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
     assert_nothing_left(&objs);
+    drop(outside);
+    // Forwarding is as the host had it once no berth bridge is left (other tests' may be).
+    let bridges_left = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("bt")
+                    && e.path().join("bridge").is_dir()
+            })
+        })
+        .unwrap_or(false);
+    if !bridges_left {
+        assert_eq!(ip_forward(), forward_before, "ip_forward not restored");
+    }
 }
 
 #[test]

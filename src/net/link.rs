@@ -146,6 +146,19 @@ pub fn berth_links() -> Vec<String> {
         .collect()
 }
 
+/// Every bridge on the host whose name starts with `bt` (berth's, of any state root).
+pub fn berth_bridges() -> Vec<String> {
+    berth_links()
+        .into_iter()
+        .filter(|n| {
+            std::path::Path::new("/sys/class/net")
+                .join(n)
+                .join("bridge")
+                .is_dir()
+        })
+        .collect()
+}
+
 /// One interface of a container.
 #[derive(Debug, Clone)]
 pub struct Iface {

@@ -424,6 +424,9 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
             link::ensure_bridge(&st.bridge, st.gateway, st.subnet.prefix)?;
             nft::install(&st)?;
         }
+        if !st.internal {
+            nft::ensure_forwarding(&st.name)?;
+        }
         return Ok(st);
     }
     if att.external {
@@ -447,6 +450,9 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
     ipam::write(root, &st)?;
     link::ensure_bridge(&st.bridge, gateway, subnet.prefix)?;
     nft::install(&st)?;
+    if !st.internal {
+        nft::ensure_forwarding(&st.name)?;
+    }
     Ok(st)
 }
 
@@ -504,6 +510,9 @@ pub fn prune(root: &std::path::Path, project: &str) -> Result<Vec<String>, NetEr
         rules.map_err(|_| step(&st.name, "remove nft table", "the thread panicked"))??;
         ipam::remove(root, &st.name);
         removed.push(st.name);
+    }
+    if !removed.is_empty() {
+        nft::restore_forwarding()?;
     }
     Ok(removed)
 }

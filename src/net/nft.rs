@@ -86,9 +86,57 @@ pub fn remove(st: &NetState) -> Result<(), NetError> {
     )
 }
 
-/// Whether the host forwards IPv4 at all (without it, containers reach only their networks).
-pub fn forwarding_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|s| s.trim() == "1")
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Present while berth has turned the host's IPv4 forwarding on (host-wide, as the setting is).
+const FORWARD_MARK: &str = "/run/berth-ip-forward";
+const FORWARD_TABLE: &str = "berth_forward";
+
+/// The table that keeps a host that did not forward from forwarding anything but berth's
+/// traffic, once berth has turned forwarding on for its bridges.
+pub fn forward_guard() -> String {
+    format!(
+        "table ip {FORWARD_TABLE} {{\n  chain forward {{\n    type filter hook forward priority filter - 1; policy accept;\n    iifname != \"bt*\" oifname != \"bt*\" drop\n  }}\n}}\n"
+    )
+}
+
+/// Outbound access for containers needs the host to forward IPv4. A host that has it off gets
+/// it on, as Docker and netavark do, but only for berth's bridges: a guard table drops any
+/// other forwarding, so the host routes nothing it did not route before. `restore_forwarding`
+/// undoes both once no berth bridge is left. `BERTH_IP_FORWARD=0` leaves the host alone
+/// (containers then reach only their networks and the host). Call under the network lock.
+pub fn ensure_forwarding(network: &str) -> Result<(), NetError> {
+    if std::env::var_os("BERTH_IP_FORWARD").is_some_and(|v| v == "0")
+        || std::fs::read_to_string(IP_FORWARD).is_ok_and(|s| s.trim() == "1")
+    {
+        return Ok(());
+    }
+    // The mark first: a failure after it still leaves `restore_forwarding` something to undo.
+    std::fs::write(FORWARD_MARK, b"berth turned net.ipv4.ip_forward on\n")
+        .map_err(|e| step(network, "record the forwarding change", e))?;
+    let t = FORWARD_TABLE;
+    nft(
+        network,
+        "install the forwarding guard",
+        &format!("add table ip {t}\ndelete table ip {t}\n{}", forward_guard()),
+    )?;
+    std::fs::write(IP_FORWARD, b"1").map_err(|e| step(network, "turn IPv4 forwarding on", e))
+}
+
+/// Puts the host's forwarding back as berth found it, once no berth bridge is left on the
+/// host (under the network lock).
+pub fn restore_forwarding() -> Result<(), NetError> {
+    if !std::path::Path::new(FORWARD_MARK).exists() || !super::link::berth_bridges().is_empty() {
+        return Ok(());
+    }
+    std::fs::write(IP_FORWARD, b"0").map_err(|e| step("-", "turn IPv4 forwarding off", e))?;
+    let t = FORWARD_TABLE;
+    nft(
+        "-",
+        "remove the forwarding guard",
+        &format!("add table ip {t}\ndelete table ip {t}\n"),
+    )?;
+    let _ = std::fs::remove_file(FORWARD_MARK);
+    Ok(())
 }
 
 #[cfg(test)]
