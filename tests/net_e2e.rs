@@ -542,3 +542,47 @@ fn published_ports_answer_on_the_host_and_a_taken_port_fails_up() {
     );
     assert_nothing_left(&objs);
 }
+
+#[test]
+fn ipv6_networks_give_containers_addresses_and_names() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    if !Path::new("/proc/sys/net/ipv6").is_dir() {
+        eprintln!("skipped: the host has no IPv6");
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "v6",
+        "name: nv6\nservices:\n  srv:\n    image: host\n    command: [sh, -c, 'mkdir -p /tmp/w && echo over-v6 > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80 --bind ::']\n    networks: [dual]\n  cli:\n    image: host\n    command: [sleep, '300']\n    networks:\n      dual:\n        ipv6_address: fd00:be:7::99\nnetworks:\n  dual:\n    enable_ipv6: true\n    ipam:\n      config:\n        - subnet: fd00:be:7::/64\n",
+    );
+    let (_down, objs) = up(&env, &p);
+    let net = network(&env, "nv6_dual");
+    assert_eq!(net["subnet6"]["addr"], "fd00:be:7::", "{net}");
+    let srv6 = net["leases"]["nv6-srv-1"]["ip6"]
+        .as_str()
+        .expect("srv's IPv6 address")
+        .to_string();
+    // The addresses are on the interfaces, the file's one where it asked.
+    let addrs = env.ok(&p, &["exec", "cli", "ip", "-6", "addr", "show", "eth0"]);
+    assert!(addrs.contains("fd00:be:7::99/64"), "{addrs}");
+    let routes = env.ok(&p, &["exec", "cli", "ip", "-6", "route"]);
+    assert!(routes.contains("default via fd00:be:7::1"), "{routes}");
+    // The name resolves to the IPv6 address too (AAAA), and HTTP over IPv6 answers.
+    let hosts = env.ok(&p, &["exec", "cli", "getent", "ahostsv6", "srv"]);
+    assert!(hosts.contains(&srv6), "{hosts}");
+    let get = format!(
+        "import socket\nc=socket.create_connection(('{srv6}',80),timeout=2)\nc.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(c.makefile().read())\n"
+    );
+    let mut page = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let o = env.berth(&p, &["exec", "cli", "python3", "-c", &get]);
+        page = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success()
+    }));
+    assert!(page.contains("over-v6"), "{page}");
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert_nothing_left(&objs);
+}

@@ -9,14 +9,14 @@
 //!   supervisor lives in the host's network namespace, so a local stub resolver works too).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
+use hickory_proto::rr::{RData, Record, RecordType, rdata::A, rdata::AAAA};
 use tokio::net::UdpSocket;
 
 use super::ipam;
@@ -133,6 +133,12 @@ impl Dns {
 
     /// The addresses `name` has for the container at `src`, on the networks it is on.
     pub fn lookup(&self, src: Ipv4Addr, name: &str) -> Vec<Ipv4Addr> {
+        self.find(src, name).into_iter().map(|(ip, _)| ip).collect()
+    }
+
+    /// Each container `name` stands for, seen from `src`: its IPv4 address and, on an IPv6
+    /// network, its IPv6 one. Replicas come in turn, rotated from one answer to the next.
+    fn find(&self, src: Ipv4Addr, name: &str) -> Vec<(Ipv4Addr, Option<Ipv6Addr>)> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let nets = ipam::all(&self.root);
         let Some(asker) = nets
@@ -143,13 +149,13 @@ impl Dns {
         else {
             return Vec::new();
         };
-        let mut out = Vec::new();
+        let mut out: Vec<(Ipv4Addr, Option<Ipv6Addr>)> = Vec::new();
         for n in nets.iter().filter(|n| n.leases.contains_key(&asker)) {
             for (c, l) in &n.leases {
                 if super::lease_names(c, l).any(|x| x.eq_ignore_ascii_case(&name))
-                    && !out.contains(&l.ip)
+                    && !out.iter().any(|(ip, _)| *ip == l.ip)
                 {
-                    out.push(l.ip);
+                    out.push((l.ip, l.ip6));
                 }
             }
         }
@@ -171,7 +177,7 @@ impl Dns {
             return Reply::Drop;
         };
         let name = question.name().to_ascii();
-        let ips = self.lookup(src, &name);
+        let ips = self.find(src, &name);
         if ips.is_empty() {
             return Reply::Forward;
         }
@@ -181,14 +187,24 @@ impl Dns {
         r.metadata.authoritative = true;
         r.metadata.response_code = ResponseCode::NoError;
         r.add_query(question.clone());
-        // A known name has no IPv6 address: an empty answer, so that the resolver does not
-        // go looking for it elsewhere.
-        if question.query_type() == RecordType::A || question.query_type() == RecordType::ANY {
-            for ip in ips {
+        // A known name without an IPv6 address gets an empty AAAA answer, so that the
+        // resolver does not go looking for it elsewhere.
+        let ty = question.query_type();
+        for (ip, ip6) in ips {
+            if ty == RecordType::A || ty == RecordType::ANY {
                 r.add_answer(Record::from_rdata(
                     question.name().clone(),
                     TTL,
                     RData::A(A(ip)),
+                ));
+            }
+            if let Some(ip6) = ip6
+                && (ty == RecordType::AAAA || ty == RecordType::ANY)
+            {
+                r.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    TTL,
+                    RData::AAAA(AAAA(ip6)),
                 ));
             }
         }

@@ -20,6 +20,11 @@ pub struct NetState {
     pub subnet: Subnet,
     pub gateway: Ipv4Addr,
     pub internal: bool,
+    /// The IPv6 subnet and gateway of an `enable_ipv6` network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<super::Subnet6>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
     #[serde(default)]
     pub leases: BTreeMap<String, Lease>,
 }
@@ -27,6 +32,8 @@ pub struct NetState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub project: String,
     pub service: String,
     #[serde(default)]
@@ -175,6 +182,62 @@ pub fn lease_address(
         })
 }
 
+/// The IPv6 address of `container` on an IPv6 network: the one it has, the file's, or the
+/// host part of its IPv4 address in the IPv6 subnet (so the two are easy to match up), or
+/// else the first free one.
+pub fn lease_address6(
+    st: &NetState,
+    container: &str,
+    ip4: Ipv4Addr,
+    wanted: Option<std::net::Ipv6Addr>,
+) -> Result<Option<std::net::Ipv6Addr>, NetError> {
+    let Some(net6) = st.subnet6 else {
+        return Ok(None);
+    };
+    if let Some(ip6) = st.leases.get(container).and_then(|l| l.ip6)
+        && wanted.is_none_or(|w| w == ip6)
+    {
+        return Ok(Some(ip6));
+    }
+    let used = |ip: std::net::Ipv6Addr| {
+        Some(ip) == st.gateway6
+            || ip == net6.host(0)
+            || st
+                .leases
+                .iter()
+                .any(|(n, l)| n != container && l.ip6 == Some(ip))
+    };
+    if let Some(w) = wanted {
+        let why = if !net6.contains(w) {
+            Some(format!("outside the subnet {net6}"))
+        } else if used(w) {
+            Some("already in use".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(NetError::Invalid(format!(
+                "network {}: address {w} is {why}",
+                st.name
+            )));
+        }
+        return Ok(Some(w));
+    }
+    let index = u128::from(u32::from(ip4) - st.subnet.network());
+    let first = net6.host(index);
+    if !used(first) {
+        return Ok(Some(first));
+    }
+    (2..=u128::from(u16::MAX))
+        .map(|n| net6.host(n))
+        .find(|ip| !used(*ip))
+        .map(Some)
+        .ok_or_else(|| NetError::Full {
+            network: st.name.clone(),
+            subnet: net6.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +250,8 @@ mod tests {
             subnet: Subnet::parse("10.0.0.0/29").unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
             internal: false,
+            subnet6: None,
+            gateway6: None,
             leases: BTreeMap::new(),
         }
     }
@@ -194,6 +259,7 @@ mod tests {
     fn lease(ip: &str) -> Lease {
         Lease {
             ip: ip.parse().unwrap(),
+            ip6: None,
             project: "p".into(),
             service: "s".into(),
             aliases: vec![],
@@ -260,5 +326,35 @@ mod tests {
             pick_subnet(&fixed, &routes, &taken),
             Err(NetError::Overlap { .. })
         ));
+    }
+
+    #[test]
+    fn ipv6_addresses_follow_the_ipv4_ones_and_stay() {
+        let mut s = st();
+        let net6 = super::super::Subnet6::parse("fd00:1:2::/64").unwrap();
+        assert_eq!(
+            lease_address6(&s, "a", "10.0.0.2".parse().unwrap(), None).unwrap(),
+            None
+        );
+        s.subnet6 = Some(net6);
+        s.gateway6 = Some(net6.host(1));
+        let a = lease_address6(&s, "a", "10.0.0.2".parse().unwrap(), None).unwrap();
+        assert_eq!(a, Some("fd00:1:2::2".parse().unwrap()));
+        let mut l = lease("10.0.0.2");
+        l.ip6 = a;
+        s.leases.insert("a".into(), l);
+        // Kept; the gateway's and a taken address are refused when asked for.
+        assert_eq!(
+            lease_address6(&s, "a", "10.0.0.2".parse().unwrap(), None).unwrap(),
+            a
+        );
+        assert!(lease_address6(&s, "b", "10.0.0.3".parse().unwrap(), a).is_err());
+        assert!(lease_address6(&s, "b", "10.0.0.3".parse().unwrap(), s.gateway6).is_err());
+        // An IPv4 host part that maps onto a taken address falls back to a free one.
+        let b = lease_address6(&s, "b", "10.0.0.2".parse().unwrap(), None).unwrap();
+        assert_ne!(b, a);
+        assert!(b.is_some_and(|b| net6.contains(b)));
+        assert!(super::super::Subnet6::parse("fd00:1:2::1/64").is_err());
+        assert!(super::super::Subnet6::ula(&["r", "n"]).addr.segments()[0] >> 8 == 0xfd);
     }
 }

@@ -3,7 +3,7 @@
 //! bandwidth limits (netlink-packet-route types only a few qdiscs; tbf's options are encoded
 //! here as the kernel's `struct tc_tbf_qopt`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures_util::TryStreamExt;
@@ -86,7 +86,12 @@ pub fn routes() -> Result<Vec<Subnet>, NetError> {
 
 /// Creates the bridge `name` with `gateway/prefix` and brings it up; a bridge that exists
 /// already (a network that an earlier `up` made) is completed, not recreated.
-pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+pub fn ensure_bridge(
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    v6: Option<(Ipv6Addr, u8)>,
+) -> Result<(), NetError> {
     block_on(async {
         let h = connect()?;
         let idx = match index_of(&h, name).await? {
@@ -112,12 +117,36 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), Ne
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
             Err(e) => return Err(step(name, "address the bridge", e)),
         }
+        if let Some((gw6, p6)) = v6 {
+            add_address6(&h, idx, gw6, p6, name).await?;
+        }
         h.link()
             .set(LinkUnspec::new_with_index(idx).up().build())
             .execute()
             .await
             .map_err(|e| step(name, "bring the bridge up", e))
     })
+}
+
+/// Adds an IPv6 address without duplicate address detection: berth leased it, so it is
+/// unique, and DAD would keep it unusable for a second or two after the container starts.
+async fn add_address6(
+    h: &Handle,
+    idx: u32,
+    ip: Ipv6Addr,
+    prefix: u8,
+    what: &str,
+) -> Result<(), NetError> {
+    use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+    let mut req = h.address().add(idx, IpAddr::V6(ip), prefix);
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(step(what, "add an IPv6 address", e)),
+    }
 }
 
 /// Deletes the link `name` (a bridge, or the host side of a veth); a missing one is fine.
@@ -169,6 +198,9 @@ pub struct Iface {
     pub prefix: u8,
     /// The default route goes through the first interface whose network is not internal.
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 address and prefix on an IPv6 network, and the IPv6 default route's gateway.
+    pub ip6: Option<(Ipv6Addr, u8)>,
+    pub gateway6: Option<Ipv6Addr>,
     pub mac: Option<[u8; 6]>,
 }
 
@@ -283,6 +315,17 @@ async fn wire(
         .execute()
         .await
         .map_err(|e| step(&f.veth, "address the container", e))?;
+    if let Some((ip6, p6)) = f.ip6 {
+        add_address6(inner, cv, ip6, p6, &f.veth).await?;
+    }
+    if let Some(gw6) = f.gateway6 {
+        inner
+            .route()
+            .add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw6).build())
+            .execute()
+            .await
+            .map_err(|e| step(&f.veth, "add the IPv6 default route", e))?;
+    }
     if let Some(gw) = f.gateway
         && !*routed
     {

@@ -11,7 +11,7 @@ pub mod link;
 pub mod nft;
 pub mod ports;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +123,78 @@ impl Subnet {
     }
 }
 
+/// An IPv6 subnet of a network (`enable_ipv6`): a /64 unless the file gives another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet6 {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Subnet6 {
+    pub fn parse(s: &str) -> Result<Subnet6, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected a subnet like fd00:1:2::/64, found `{s}`"))?;
+        let addr: Ipv6Addr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv6 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (16..=120).contains(p))
+            .ok_or_else(|| format!("prefix `{p}` must be between 16 and 120"))?;
+        let net = Subnet6 { addr, prefix };
+        if u128::from(addr) & !net.mask() != 0 {
+            return Err(format!("`{s}` has host bits set"));
+        }
+        Ok(net)
+    }
+
+    /// A unique local /64 (RFC 4193) for `parts`: fd, then 40 bits of their hash.
+    pub fn ula(parts: &[&str]) -> Subnet6 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for p in parts {
+            h.update(p.as_bytes());
+            h.update([0]);
+        }
+        let d = h.finalize();
+        let w = |a: u8, b: u8| (u16::from(a) << 8) | u16::from(b);
+        Subnet6 {
+            addr: Ipv6Addr::new(
+                0xfd00 | u16::from(d[0]),
+                w(d[1], d[2]),
+                w(d[3], d[4]),
+                0,
+                0,
+                0,
+                0,
+                0,
+            ),
+            prefix: 64,
+        }
+    }
+
+    fn mask(&self) -> u128 {
+        u128::MAX << (128 - u32::from(self.prefix))
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr)
+    }
+
+    /// The n-th address of the subnet.
+    pub fn host(&self, n: u128) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) | (n & !self.mask()))
+    }
+}
+
+impl std::fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl std::fmt::Display for Subnet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -151,6 +223,15 @@ pub struct Attachment {
     pub ipv4_address: Option<Ipv4Addr>,
     #[serde(default)]
     pub mac_address: Option<String>,
+    /// `enable_ipv6`, with the file's IPv6 subnet and gateway if it gives them.
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default)]
+    pub subnet6: Option<Subnet6>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub ipv6_address: Option<Ipv6Addr>,
 }
 
 /// How a service's container is networked.
@@ -245,6 +326,51 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
                 "network {key}: gateway {g} is outside its subnet {s}"
             )));
         }
+        let ipv6 = def.enable_ipv6.unwrap_or(false);
+        let ipam6 = def
+            .extra
+            .get("ipam")
+            .and_then(|i| i.get("config"))
+            .and_then(|c| c.as_array())
+            .and_then(|c| {
+                c.iter().find(|e| {
+                    e.get("subnet")
+                        .and_then(|s| s.as_str())
+                        .is_some_and(|s| s.contains(':'))
+                })
+            });
+        let subnet6 = match ipam6.and_then(|c| c.get("subnet")).and_then(|s| s.as_str()) {
+            Some(s) => Some(
+                Subnet6::parse(s).map_err(|e| NetError::Invalid(format!("network {key}: {e}")))?,
+            ),
+            None => None,
+        };
+        let gateway6 = match ipam6
+            .and_then(|c| c.get("gateway"))
+            .and_then(|s| s.as_str())
+        {
+            Some(g) => Some(g.parse::<Ipv6Addr>().map_err(|_| {
+                NetError::Invalid(format!(
+                    "network {key}: gateway `{g}` is not an IPv6 address"
+                ))
+            })?),
+            None => None,
+        };
+        if let (Some(s), Some(g)) = (subnet6, gateway6)
+            && !s.contains(g)
+        {
+            return Err(NetError::Invalid(format!(
+                "network {key}: gateway {g} is outside its subnet {s}"
+            )));
+        }
+        let ipv6_address = match cfg.and_then(|c| c.ipv6_address.as_deref()) {
+            Some(a) => Some(a.parse::<Ipv6Addr>().map_err(|_| {
+                NetError::Invalid(format!(
+                    "service {service}: ipv6_address `{a}` on network {key} is not an IPv6 address"
+                ))
+            })?),
+            None => None,
+        };
         let ipv4_address = match cfg.and_then(|c| c.ipv4_address.as_deref()) {
             Some(a) => Some(a.parse::<Ipv4Addr>().map_err(|_| {
                 NetError::Invalid(format!(
@@ -269,6 +395,10 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
                     .and_then(|m| m.as_str())
                     .map(str::to_string)
             }),
+            ipv6,
+            subnet6,
+            gateway6,
+            ipv6_address,
         });
     }
     Ok(out)
@@ -379,9 +509,11 @@ pub fn join(
     let _lock = ipam::lock()?;
     let mut out = Joined::default();
     let mut routed = false;
+    let mut routed6 = false;
     for att in atts {
         let mut st = ensure_network(root, att)?;
         let ip = ipam::lease_address(&st, container, att.ipv4_address)?;
+        let ip6 = ipam::lease_address6(&st, container, ip, att.ipv6_address)?;
         let veth = ifname(&[&root.to_string_lossy(), container, &st.name]);
         let mut aliases = att.aliases.clone();
         if hostname != container && !aliases.iter().any(|a| a == hostname) {
@@ -391,6 +523,7 @@ pub fn join(
             container.to_string(),
             ipam::Lease {
                 ip,
+                ip6,
                 project: att.project.clone(),
                 service: service.to_string(),
                 aliases,
@@ -401,6 +534,8 @@ pub fn join(
         ipam::write(root, &st)?;
         let gateway = (!st.internal && !routed).then_some(st.gateway);
         routed |= gateway.is_some();
+        let gateway6 = st.gateway6.filter(|_| !st.internal && !routed6);
+        routed6 |= gateway6.is_some();
         if out.nameservers.is_empty() {
             out.nameservers.push(st.gateway);
         }
@@ -411,6 +546,8 @@ pub fn join(
             ip,
             prefix: st.subnet.prefix,
             gateway,
+            ip6: ip6.zip(st.subnet6.map(|s| s.prefix)),
+            gateway6,
             mac: att.mac_address.as_deref().map(parse_mac).transpose()?,
         });
     }
@@ -418,10 +555,17 @@ pub fn join(
 }
 
 fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, NetError> {
-    if let Some(st) = ipam::read(root, &att.network) {
+    if let Some(mut st) = ipam::read(root, &att.network) {
+        // IPv6 turned on since the network was made: it gets its IPv6 subnet now.
+        let mut changed = false;
+        if att.ipv6 && st.subnet6.is_none() {
+            add_ipv6(root, att, &mut st)?;
+            ipam::write(root, &st)?;
+            changed = true;
+        }
         // Made by an earlier up; the bridge may be gone (a reboot): put it back.
-        if !link::link_exists(&st.bridge) {
-            link::ensure_bridge(&st.bridge, st.gateway, st.subnet.prefix)?;
+        if changed || !link::link_exists(&st.bridge) {
+            link::ensure_bridge(&st.bridge, st.gateway, st.subnet.prefix, v6_of(&st))?;
             nft::install(&st)?;
         }
         if !st.internal {
@@ -436,24 +580,50 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
     let taken: Vec<Subnet> = ipam::all(root).iter().map(|n| n.subnet).collect();
     let subnet = ipam::pick_subnet(att, &routes, &taken)?;
     let gateway = att.gateway.unwrap_or_else(|| subnet.host(1));
-    let st = NetState {
+    let mut st = NetState {
         name: att.network.clone(),
         project: att.project.clone(),
         bridge: ifname(&[&root.to_string_lossy(), &att.network]),
         subnet,
         gateway,
         internal: att.internal,
+        subnet6: None,
+        gateway6: None,
         leases: Default::default(),
     };
+    if att.ipv6 {
+        add_ipv6(root, att, &mut st)?;
+    }
     // The state first: a failure below leaves a record that `down` (or the next `up`) uses
     // to find and remove what was made.
     ipam::write(root, &st)?;
-    link::ensure_bridge(&st.bridge, gateway, subnet.prefix)?;
+    link::ensure_bridge(&st.bridge, gateway, subnet.prefix, v6_of(&st))?;
     nft::install(&st)?;
     if !st.internal {
         nft::ensure_forwarding(&st.name)?;
     }
     Ok(st)
+}
+
+/// Gives an `enable_ipv6` network its IPv6 subnet (the file's, or a unique local /64) and
+/// gateway, on a host that has IPv6.
+fn add_ipv6(root: &std::path::Path, att: &Attachment, st: &mut NetState) -> Result<(), NetError> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").is_dir() {
+        return Err(NetError::Invalid(format!(
+            "network {}: enable_ipv6 is set, but this host has no IPv6 (the kernel's ipv6 is off)",
+            att.key
+        )));
+    }
+    let net6 = att
+        .subnet6
+        .unwrap_or_else(|| Subnet6::ula(&[&root.to_string_lossy(), &att.network]));
+    st.subnet6 = Some(net6);
+    st.gateway6 = Some(att.gateway6.unwrap_or_else(|| net6.host(1)));
+    Ok(())
+}
+
+fn v6_of(st: &NetState) -> Option<(Ipv6Addr, u8)> {
+    st.gateway6.zip(st.subnet6.map(|s| s.prefix))
 }
 
 /// Gives up `container`'s addresses (it is being removed). Its veths go with its network

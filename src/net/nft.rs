@@ -1,4 +1,5 @@
-//! The packet filter rules of a network, in an nftables table of its own (`ip berth_<bridge>`),
+//! The packet filter rules of a network, in an nftables table of its own (`inet berth_<bridge>`:
+//! IPv4 and IPv6 alike),
 //! removed with the network. Written with the `nft` command: the nftables netlink protocol has
 //! no well-kept Rust crate, and a network's rules are written once, when it is made.
 //!
@@ -22,7 +23,7 @@ pub fn ruleset(st: &NetState) -> String {
     let t = table(st);
     let br = &st.bridge;
     let mut s = format!(
-        "table ip {t} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{br}\" oifname \"{br}\" accept\n    oifname \"{br}\" ct state established,related accept\n    oifname \"{br}\" drop\n"
+        "table inet {t} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{br}\" oifname \"{br}\" accept\n    oifname \"{br}\" ct state established,related accept\n    oifname \"{br}\" drop\n"
     );
     if st.internal {
         s.push_str(&format!("    iifname \"{br}\" drop\n"));
@@ -70,20 +71,20 @@ fn nft(network: &str, what: &'static str, input: &str) -> Result<(), NetError> {
 
 /// Installs (or replaces) the network's table.
 pub fn install(st: &NetState) -> Result<(), NetError> {
-    let t = table(st);
-    // `add` then `delete` makes the delete succeed whether or not the table existed.
-    let text = format!("add table ip {t}\ndelete table ip {t}\n{}", ruleset(st));
+    let text = format!("{}{}", drop_table(st), ruleset(st));
     nft(&st.name, "install packet filter rules", &text)
 }
 
 /// Removes the network's table (nothing if it is not there).
 pub fn remove(st: &NetState) -> Result<(), NetError> {
+    nft(&st.name, "remove packet filter rules", &drop_table(st))
+}
+
+/// Commands that delete the network's table whether or not it exists (`add` then `delete`),
+/// in the `ip` family of networks made by earlier versions too.
+fn drop_table(st: &NetState) -> String {
     let t = table(st);
-    nft(
-        &st.name,
-        "remove packet filter rules",
-        &format!("add table ip {t}\ndelete table ip {t}\n"),
-    )
+    format!("add table inet {t}\ndelete table inet {t}\nadd table ip {t}\ndelete table ip {t}\n")
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -152,10 +153,12 @@ mod tests {
             subnet: super::super::Subnet::parse("10.213.4.0/24").unwrap(),
             gateway: "10.213.4.1".parse().unwrap(),
             internal: false,
+            subnet6: None,
+            gateway6: None,
             leases: Default::default(),
         };
         let r = ruleset(&st);
-        assert!(r.contains("table ip berth_bt0123456789"));
+        assert!(r.contains("table inet berth_bt0123456789"));
         assert!(r.contains("oifname \"bt0123456789\" drop"));
         assert!(r.contains("ip saddr 10.213.4.0/24 oifname != \"bt0123456789\" masquerade"));
         st.internal = true;
