@@ -86,6 +86,7 @@ impl Berth {
             shm_size: None,
             sysctls: Vec::new(),
             log: None,
+            mounts: Vec::new(),
             process,
         }
     }

@@ -4,6 +4,7 @@
 //! → `plan` (desired vs observed → actions) → reconcile → `runtime` (the kernel).
 
 pub mod cli;
+pub mod disk;
 pub mod graph;
 pub mod image;
 pub mod net;

@@ -18,8 +18,7 @@ pub enum Support {
     Ignored(&'static str),
 }
 
-/// The runtime applies these already; no verb starts containers until the reconciler lands.
-const RUNTIME: &str = "`berth up`: the runtime applies it, the verbs come with the reconciler";
+const RUNTIME: &str = "the runtime";
 const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
 const DISK: &str = "disks and volumes";
@@ -32,22 +31,25 @@ pub fn service_key(key: &str) -> Support {
     match key {
         // Read by the loader itself: fully handled.
         "extends" | "profiles" | "env_file" | "label_file" | "depends_on" => Acted,
-        "annotations" | "cap_add" | "cap_drop" | "cgroup" | "command" | "container_name"
-        | "cpus" | "cpu_shares" | "cpu_period" | "cpu_quota" | "cpuset" | "devices"
-        | "domainname" | "entrypoint" | "environment" | "group_add" | "hostname" | "image"
-        | "init" | "ipc" | "labels" | "mem_limit" | "mem_reservation" | "memswap_limit"
-        | "mem_swappiness" | "oom_score_adj" | "pid" | "pids_limit" | "privileged"
-        | "read_only" | "security_opt" | "shm_size" | "stdin_open" | "stop_grace_period"
-        | "stop_signal" | "sysctls" | "tty" | "ulimits" | "user" | "uts" | "working_dir"
-        | "oom_kill_disable" | "attach" => Planned(RUNTIME),
-        "deploy" | "restart" | "healthcheck" | "scale" | "post_start" | "pre_stop" => {
-            Planned(RECONCILE)
+        // `init`: every berth container has berth's init as PID 1 already.
+        "cap_add" | "cap_drop" | "cgroup" | "command" | "container_name" | "cpus"
+        | "cpu_shares" | "cpuset" | "domainname" | "entrypoint" | "environment" | "hostname"
+        | "image" | "init" | "labels" | "mem_limit" | "mem_reservation" | "memswap_limit"
+        | "pid" | "pids_limit" | "privileged" | "read_only" | "security_opt" | "shm_size"
+        | "stdin_open" | "stop_grace_period" | "stop_signal" | "sysctls" | "tty" | "ulimits"
+        | "user" | "working_dir" => Acted,
+        "annotations" | "cpu_period" | "cpu_quota" | "devices" | "group_add" | "ipc"
+        | "mem_swappiness" | "oom_score_adj" | "uts" | "oom_kill_disable" | "attach" => {
+            Planned(RUNTIME)
         }
-        "networks" | "network_mode" | "ports" | "expose" | "dns" | "dns_opt" | "dns_search"
-        | "extra_hosts" | "links" | "external_links" | "mac_address" | "bandwidth" => Planned(NET),
-        "volumes" | "volumes_from" | "tmpfs" | "disks" | "storage_opt" | "secrets" | "configs" => {
-            Planned(DISK)
-        }
+        "deploy" | "restart" | "healthcheck" | "scale" => Acted,
+        "post_start" | "pre_stop" => Planned(RECONCILE),
+        "networks" | "network_mode" | "ports" | "dns" | "dns_opt" | "dns_search"
+        | "extra_hosts" | "mac_address" | "bandwidth" => Acted,
+        "expose" => Ignored("documentation only: containers on a network reach every port"),
+        "links" | "external_links" => Planned(NET),
+        "volumes" | "tmpfs" => Acted,
+        "volumes_from" | "disks" | "storage_opt" | "secrets" | "configs" => Planned(DISK),
         "build" | "develop" => Planned(BUILD),
         "pull_policy" | "platform" | "pull_refresh_after" => Planned(PULL),
         "logging" => Ignored("berth keeps each container's output in its own log files"),
@@ -72,9 +74,8 @@ pub fn service_key(key: &str) -> Support {
 pub fn top_key(key: &str) -> Support {
     use Support::*;
     match key {
-        "name" | "services" | "include" | "version" => Acted,
-        "networks" => Planned(NET),
-        "volumes" | "secrets" | "configs" | "disks" => Planned(DISK),
+        "name" | "services" | "include" | "version" | "networks" | "volumes" => Acted,
+        "secrets" | "configs" | "disks" => Planned(DISK),
         "models" => Ignored("Docker Desktop feature"),
         k if k.starts_with("x-") => Acted,
         _ => Ignored("unknown to berth"),

@@ -46,6 +46,7 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         shm_size: None,
         sysctls: Vec::new(),
         log: None,
+        mounts: Vec::new(),
         process: Process {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
@@ -505,6 +506,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         config_hash: "h1".into(),
         oneoff: false,
         networks: Vec::new(),
+        mounts: Vec::new(),
         definition: Service {
             image: Some(image.clone()),
             command: Some(cmd.iter().map(|s| s.to_string()).collect()),

@@ -15,7 +15,7 @@ use crate::state::ProjectState;
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Also remove named volumes and private disks (arrives with the disks)
+    /// Also remove the project's named and anonymous volumes
     #[arg(short, long)]
     pub volumes: bool,
     /// Stop grace period in seconds, instead of each service's stop_grace_period
@@ -80,6 +80,21 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         if let Err(e) = crate::net::prune(&super::image::state_root(), &name) {
             eprintln!("berth: {e}");
             return Ok(1);
+        }
+        if a.volumes {
+            match crate::disk::remove_project_volumes(&super::image::state_root(), &name) {
+                Ok(gone) => {
+                    if a.progress != Progress::Quiet {
+                        for v in gone {
+                            eprintln!(" Volume {v}  Removed");
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    return Ok(1);
+                }
+            }
         }
         drop(lock);
         st.remove()?;

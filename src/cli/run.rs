@@ -134,6 +134,7 @@ pub fn run(g: &Global, a: &RunArgs) -> anyhow::Result<i32> {
         definition: def,
         oneoff: true,
         networks: crate::net::attachments(&target.project, &a.service)?,
+        mounts: crate::disk::mounts(&target.project, &a.service)?,
     };
     tk.block_on(rt.create(&spec))?;
     if let Err(e) = tk.block_on(rt.start(&name)) {

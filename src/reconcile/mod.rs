@@ -495,6 +495,8 @@ async fn create_and_start<R: Runtime>(
         oneoff: false,
         networks: crate::net::attachments(project, service)
             .map_err(|e| fail(service, Some(&name), "network", e))?,
+        mounts: crate::disk::mounts(project, service)
+            .map_err(|e| fail(service, Some(&name), "volumes", e))?,
     };
     if let Err(e) = ctx.rt.create(&spec).await {
         let f = runtime_failure(service, &name, e);

@@ -307,6 +307,7 @@ mod tests {
                         definition: svc.clone(),
                         oneoff: false,
                         networks: Vec::new(),
+                        mounts: Vec::new(),
                     }))?;
                     now(rt.start(&name))?;
                 }
@@ -328,6 +329,7 @@ mod tests {
                         definition: svc.clone(),
                         oneoff: false,
                         networks: Vec::new(),
+                        mounts: Vec::new(),
                     }))?;
                     now(rt.start(name))?;
                 }

@@ -25,6 +25,8 @@ pub struct ContainerSpec {
     pub oneoff: bool,
     /// The project networks it joins (empty: no network of the project, see network_mode).
     pub networks: Vec<crate::net::Attachment>,
+    /// Its volumes, bind mounts and tmpfs.
+    pub mounts: Vec<crate::disk::MountSpec>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -69,18 +69,7 @@ fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
         .map_err(|e| LaunchError::Seal(e.clone()))
 }
 
-/// `struct mount_attr` of mount_setattr(2) (libc does not define it).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
+use super::mounts::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MountAttr, set_attr};
 
 /// A detached, read-only bind mount of `source` (a file), as an O_PATH descriptor.
 fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, String> {
@@ -97,24 +86,7 @@ fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, String> {
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: mount_setattr reads `attr` (size given) and the empty path; the descriptor is
-    // open for the whole call. Its result is checked.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(format!(
-            "mount_setattr: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    set_attr(&fd, &attr, false).map_err(|e| format!("mount_setattr: {e}"))?;
     Ok(fd)
 }
 

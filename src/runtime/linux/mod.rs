@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod error;
 pub mod launch;
 pub mod logs;
+pub mod mounts;
 pub mod net;
 pub mod rootfs;
 pub mod runtime;

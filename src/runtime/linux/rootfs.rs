@@ -180,6 +180,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     set_sysctls(&root, &spec.sysctls, spec.own_network)?;
     build_sys(&root, spec.own_network)?;
     etc_files(spec, &root)?;
+    super::mounts::apply(&root, &spec.mounts)?;
     super::setup::trace("rootfs-sys-etc");
     mask(&root, &spec.dir)?;
     super::setup::trace("rootfs-masks");

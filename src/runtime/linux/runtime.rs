@@ -57,6 +57,9 @@ struct Record {
     /// How the container is networked.
     #[serde(default)]
     net: NetConfig,
+    /// Its volumes, bind mounts and tmpfs, as the file asks (made ready at each start).
+    #[serde(default)]
+    mounts: Vec<crate::disk::MountSpec>,
 }
 
 /// What the container's network needs at each start, kept from the project file.
@@ -215,6 +218,7 @@ impl LinuxRuntime {
                 resolv: None,
                 shm_size: svc.shm_size,
                 log: Some(log_spec(svc)),
+                mounts: Vec::new(),
                 sysctls: svc
                     .sysctls
                     .iter()
@@ -235,6 +239,7 @@ impl LinuxRuntime {
             cgroup_dirs: Vec::new(),
             oneoff: spec.oneoff,
             net: net_config(spec)?,
+            mounts: spec.mounts.clone(),
         })
     }
 }
@@ -936,6 +941,12 @@ impl LinuxRuntime {
             .append(true)
             .open(dir.join("setup.log"))
             .map_err(|e| step(name, "open log", e))?;
+        // Volumes and bind sources are made ready at each start (a volume removed by hand
+        // comes back empty, a bind source must still be there).
+        r.launch.mounts = crate::disk::prepare(&self.root, &r.mounts).map_err(|e| {
+            let _ = cg.remove();
+            step(name, "prepare mounts", e)
+        })?;
         let netns = self.network_for(&mut r).inspect_err(|_| {
             let _ = cg.remove();
         })?;

@@ -123,6 +123,9 @@ pub struct LaunchSpec {
     /// leaves the service on the setup process's stdout and stderr.
     #[serde(default)]
     pub log: Option<super::logs::LogSpec>,
+    /// The service's volumes, bind mounts and tmpfs, ready on the host.
+    #[serde(default)]
+    pub mounts: Vec<crate::disk::Resolved>,
     pub process: Process,
 }
 

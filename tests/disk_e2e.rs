@@ -1,0 +1,144 @@
+//! End to end: a service's volumes, bind mounts and tmpfs on the real kernel (root required;
+//! CI runs as root). Nothing is left behind: volumes go with `down -v`, mounts with the
+//! containers' mount namespaces.
+
+use std::path::Path;
+
+use berth::image::testutil::{self, DockerLayout, LayerBuilder, TestImage};
+
+#[path = "support/env.rs"]
+mod env;
+use env::Env;
+
+fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// `sh -c script` in service `svc`: (exit status, stdout + stderr).
+fn sh(env: &Env, p: &Path, svc: &str, script: &str) -> (bool, String) {
+    let o = env.berth(p, &["exec", svc, "sh", "-c", script]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+#[test]
+fn volumes_keep_data_binds_can_be_read_only_and_tmpfs_has_its_size() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    // The image's content at a volume's target fills the volume when it is new.
+    let seeded = Path::new("/usr/share/base-files").is_dir();
+    let p = env.project(
+        "vol",
+        &format!(
+            "name: dvol\nservices:\n  app:\n    image: host\n    read_only: true\n    command: [sleep, '300']\n    volumes:\n      - data:/data\n      - ./site:/site:ro\n      - /scratch\n{}    tmpfs: ['/cache:size=8m']\nvolumes:\n  data: {{}}\n  base: {{}}\n",
+            if seeded { "      - base:/usr/share/base-files\n" } else { "" }
+        ),
+    );
+    let site = p.join("site");
+    std::fs::create_dir_all(&site).expect("mkdir");
+    std::fs::write(site.join("index.html"), "from the host\n").expect("write");
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(
+        &env,
+        &p,
+        "app",
+        "echo kept > /data/f && echo anon > /scratch/f && cat /site/index.html",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("from the host"), "{out}");
+    // The read-only root stays read-only, the bind is read-only, the volumes are writable.
+    let (ok, out) = sh(&env, &p, "app", "touch /etc/nope");
+    assert!(!ok && out.contains("Read-only"), "{out}");
+    let (ok, out) = sh(&env, &p, "app", "touch /site/nope");
+    assert!(!ok && out.contains("Read-only"), "{out}");
+    assert!(!site.join("nope").exists());
+    // tmpfs: its size, as the kernel reports it.
+    let (ok, out) = sh(&env, &p, "app", "df -k /cache | tail -1");
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().nth(1), Some("8192"), "{out}");
+    if seeded {
+        let (ok, out) = sh(&env, &p, "app", "ls /usr/share/base-files");
+        assert!(
+            ok && !out.trim().is_empty(),
+            "the volume was not filled: {out}"
+        );
+    }
+    // The data is on the host, in the volume; it outlives `down`.
+    let data = env.state.join("volumes/dvol_data/_data/f");
+    assert_eq!(
+        std::fs::read_to_string(&data).expect("volume file"),
+        "kept\n"
+    );
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(data.exists(), "down removed a named volume");
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "app", "cat /data/f /scratch/f");
+    assert!(ok && out.contains("kept") && out.contains("anon"), "{out}");
+    // `down -v` removes the project's volumes, anonymous ones too.
+    env.ok(&p, &["down", "-v", "-t", "0", "--progress", "quiet"]);
+    let left: Vec<_> = std::fs::read_dir(env.state.join("volumes"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "volumes left after down -v: {left:?}");
+}
+
+#[test]
+fn a_symlink_in_the_image_cannot_aim_a_mount_at_the_host() {
+    if !root() || !testutil::busybox_available() {
+        eprintln!("skipped: needs root and busybox-static");
+        return;
+    }
+    let env = Env::new();
+    // Two links out of the image: one absolute, one climbing with `..`. Resolved on the host
+    // they would land in this directory.
+    let bait = env.dir.path().join("bait");
+    std::fs::create_dir_all(&bait).expect("mkdir");
+    let bait_s = bait.to_string_lossy().into_owned();
+    let up = "../".repeat(12) + bait_s.trim_start_matches('/');
+    let evil = TestImage {
+        tags: vec!["evil:1".into()],
+        layers: vec![
+            testutil::busybox_layer(),
+            LayerBuilder::new()
+                .symlink("abs", &bait_s)
+                .symlink("rel", &up)
+                .finish(),
+        ],
+        gzip_layers: false,
+        config: serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}),
+    };
+    let tar = env.dir.path().join("evil.tar");
+    testutil::docker_save(&tar, &[evil], DockerLayout::Legacy, false);
+    let p = env.project(
+        "evil",
+        "name: devil\nservices:\n  x:\n    image: evil:1\n    command: [sleep, '300']\n    volumes:\n      - ./src:/abs/a\n      - ./src:/rel/b\n      - type: tmpfs\n        target: /abs/t\n",
+    );
+    env.ok(&p, &["image", "import", &tar.to_string_lossy()]);
+    std::fs::create_dir_all(p.join("src")).expect("mkdir");
+    std::fs::write(p.join("src/marker"), "m").expect("write");
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    // Inside, the links resolve within the container's own root, where the mounts are.
+    let inside = format!("{bait_s}/a/marker");
+    let (ok, out) = sh(&env, &p, "x", &format!("cat {inside} && ls {bait_s}"));
+    assert!(ok, "{out}");
+    // Nothing was made or mounted in the host's directory.
+    let on_host: Vec<_> = std::fs::read_dir(&bait)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        on_host.is_empty(),
+        "mount targets escaped to the host: {on_host:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&bait_s), "a mount landed on the host");
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+}
