@@ -71,6 +71,7 @@ fn bench(c: &mut Criterion) {
                 config_hash: config_hash(s, Path::new(dir.path())),
                 state: State::Running,
                 oneoff: false,
+                pid: None,
             })
             .collect(),
     };

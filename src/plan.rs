@@ -22,7 +22,32 @@ use crate::spec::model::{Project, Service, hash_view};
 /// the project directory are hashed relative to it, so the same project checked out at another
 /// path, or on another machine, hashes the same.
 pub fn config_hash(service: &Service, project_dir: &Path) -> String {
-    let text = hash_view(|| serde_json::to_string(service)).unwrap_or_default();
+    config_hash_with(service, project_dir, "")
+}
+
+/// The config hash of service `name` of `project`: its own configuration, and the definitions
+/// of the disks it mounts (a private disk's new size takes effect when its container is made
+/// again).
+pub fn service_hash(project: &Project, name: &str, project_dir: &Path) -> String {
+    let Some(svc) = project.services.get(name) else {
+        return String::new();
+    };
+    let disks: BTreeMap<&str, _> = svc
+        .disks
+        .iter()
+        .filter_map(|d| project.disks.get_key_value(&d.source))
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    if disks.is_empty() {
+        return config_hash(svc, project_dir);
+    }
+    let extra = serde_json::to_string(&disks).unwrap_or_default();
+    config_hash_with(svc, project_dir, &extra)
+}
+
+fn config_hash_with(service: &Service, project_dir: &Path, extra: &str) -> String {
+    let mut text = hash_view(|| serde_json::to_string(service)).unwrap_or_default();
+    text.push_str(extra);
     let dir = serde_json::to_string(&project_dir.to_string_lossy()).unwrap_or_default();
     // `"<dir>` as it appears at the start of a JSON string, without its closing quote.
     let prefix = dir.strip_suffix('"').unwrap_or(&dir);
@@ -44,12 +69,12 @@ pub fn config_hash(service: &Service, project_dir: &Path) -> String {
 /// The config hash of every service, in service-name order. Hashing is the bulk of planning a
 /// large project, and each hash is independent: big projects hash on all cores.
 pub fn config_hashes(project: &Project, project_dir: &Path) -> Vec<String> {
-    let services: Vec<&Service> = project.services.values().collect();
+    let services: Vec<&String> = project.services.keys().collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if services.len() < 128 || cores < 2 {
         return services
             .iter()
-            .map(|s| config_hash(s, project_dir))
+            .map(|s| service_hash(project, s, project_dir))
             .collect();
     }
     let chunk = services.len().div_ceil(cores);
@@ -59,7 +84,7 @@ pub fn config_hashes(project: &Project, project_dir: &Path) -> Vec<String> {
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|s| config_hash(s, project_dir))
+                        .map(|s| service_hash(project, s, project_dir))
                         .collect::<Vec<_>>()
                 })
             })
@@ -95,6 +120,10 @@ pub struct ObservedContainer {
     /// A one-off container (`berth run`): plans leave it alone.
     #[serde(default)]
     pub oneoff: bool,
+    /// The host pid of its init in its latest run (None if it never ran): tells one run of
+    /// a container from the next.
+    #[serde(default)]
+    pub pid: Option<i32>,
 }
 
 /// What exists now, for one project.
@@ -367,6 +396,7 @@ mod tests {
                     service: n.clone(),
                     index: i,
                     config_hash: config_hash(s, dir),
+                    pid: None,
                     state: State::Running,
                     oneoff: false,
                 });

@@ -108,3 +108,19 @@ pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
     }
     out
 }
+
+/// Sizes as Docker prints them (binary units, up to two decimals): `64.00MiB`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.2}{}", UNITS[u])
+    }
+}

@@ -142,3 +142,117 @@ fn a_symlink_in_the_image_cannot_aim_a_mount_at_the_host() {
     assert!(!mounts.contains(&bait_s), "a mount landed on the host");
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
 }
+
+/// The loop devices whose backing file is under `dir` (from sysfs).
+fn loops_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && b.trim().starts_with(&*dir.to_string_lossy())
+        {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_private_disk_keeps_its_data_holds_its_size_and_grows() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let yaml = |size: &str| {
+        format!(
+            "name: dpriv\nservices:\n  db:\n    image: host\n    restart: always\n    command: [sleep, '300']\n    disks: ['pg:/var/lib/pg']\ndisks:\n  pg:\n    size: {size}\n"
+        )
+    };
+    let p = env.project("priv", &yaml("64m"));
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "db", "echo precious > /var/lib/pg/f && sync");
+    assert!(ok, "{out}");
+    let img = env.state.join("disks/dpriv_pg/disk.img");
+    assert!(img.is_file());
+    // 64 MiB holds no 65th MiB.
+    let (ok, out) = sh(
+        &env,
+        &p,
+        "db",
+        "dd if=/dev/zero of=/var/lib/pg/big bs=1M count=65",
+    );
+    assert!(!ok && out.contains("No space left"), "{out}");
+    let (ok, out) = sh(&env, &p, "db", "rm /var/lib/pg/big && cat /var/lib/pg/f");
+    assert!(ok && out.contains("precious"), "{out}");
+    // A restart, then kill -9 of the container's process (the supervisor brings it back).
+    env.ok(&p, &["restart", "db"]);
+    let (ok, out) = sh(&env, &p, "db", "cat /var/lib/pg/f");
+    assert!(ok && out.contains("precious"), "after restart: {out}");
+    let pid = env.container(&p, "dpriv-db-1")["Pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    assert!(
+        env::eventually(std::time::Duration::from_secs(15), || {
+            let c = env.container(&p, "dpriv-db-1");
+            c["State"] == "running" && c["Pid"].as_i64() != Some(i64::from(pid))
+        }),
+        "not restarted after kill -9: {}",
+        env.supervisor_log("dpriv")
+    );
+    let (ok, out) = sh(&env, &p, "db", "cat /var/lib/pg/f");
+    assert!(ok && out.contains("precious"), "after kill -9: {out}");
+    // down + up.
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(img.is_file(), "down removed the disk");
+    assert!(
+        loops_under(&env.state).is_empty(),
+        "a loop device is left after down"
+    );
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "db", "cat /var/lib/pg/f");
+    assert!(ok && out.contains("precious"), "after down + up: {out}");
+    // Growing keeps the data; shrinking is refused and changes nothing.
+    std::fs::write(p.join("berth.yaml"), yaml("128m")).expect("write");
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(
+        &env,
+        &p,
+        "db",
+        "cat /var/lib/pg/f; df -k /var/lib/pg | tail -1",
+    );
+    assert!(ok && out.contains("precious"), "after growing: {out}");
+    let kib: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(kib > 100 * 1024, "the file system did not grow: {out}");
+    let before = env.container(&p, "dpriv-db-1")["Pid"].clone();
+    std::fs::write(p.join("berth.yaml"), yaml("32m")).expect("write");
+    let o = env.berth(&p, &["up", "-d", "--progress", "quiet"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("shrinking a private disk is refused"),
+        "{err}"
+    );
+    assert_eq!(
+        env.container(&p, "dpriv-db-1")["Pid"],
+        before,
+        "a refused shrink changed the container"
+    );
+    // down -v takes the disk with it, and no loop device stays.
+    env.ok(&p, &["down", "-v", "-t", "0", "--progress", "quiet"]);
+    assert!(!img.exists(), "down -v left the disk");
+    assert!(loops_under(&env.state).is_empty(), "a loop device is left");
+}

@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Global;
-use crate::plan::config_hash;
 use crate::spec;
 use crate::support::Support;
 
@@ -101,7 +100,7 @@ pub fn run(g: &Global, a: &ConfigArgs) -> anyhow::Result<i32> {
         for n in names {
             out.push_str(&format!(
                 "{n} {}\n",
-                config_hash(&project.services[n], &p.loaded.project_dir)
+                crate::plan::service_hash(project, n, &p.loaded.project_dir)
             ));
         }
     } else if a.unsupported {

@@ -15,7 +15,7 @@ use crate::state::ProjectState;
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Also remove the project's named and anonymous volumes
+    /// Also remove the project's named and anonymous volumes and its private disks
     #[arg(short, long)]
     pub volumes: bool,
     /// Stop grace period in seconds, instead of each service's stop_grace_period
@@ -82,11 +82,19 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
             return Ok(1);
         }
         if a.volumes {
-            match crate::disk::remove_project_volumes(&super::image::state_root(), &name) {
-                Ok(gone) => {
+            let root = super::image::state_root();
+            let gone = crate::disk::remove_project_volumes(&root, &name).and_then(|v| {
+                let d = crate::disk::private::remove_project(&root, &name)?;
+                Ok((v, d))
+            });
+            match gone {
+                Ok((volumes, disks)) => {
                     if a.progress != Progress::Quiet {
-                        for v in gone {
+                        for v in volumes {
                             eprintln!(" Volume {v}  Removed");
+                        }
+                        for d in disks {
+                            eprintln!(" Disk {d}  Removed");
                         }
                     }
                 }

@@ -3,6 +3,7 @@
 
 mod boot;
 mod config;
+mod disk;
 mod down;
 mod events;
 mod exec;
@@ -148,7 +149,7 @@ pub enum Verb {
     /// Log out of a registry
     Logout(Later),
     /// Private and shared disks (ls, rm, update...)
-    Disk(Later),
+    Disk(disk::DiskArgs),
     /// Bring the project up at boot (systemd unit)
     Enable(boot::EnableArgs),
     /// Remove the boot-time unit
@@ -176,6 +177,7 @@ impl Verb {
             | Verb::Up(_)
             | Verb::Down(_)
             | Verb::Ps(_)
+            | Verb::Disk(_)
             | Verb::Port(_)
             | Verb::Logs(_)
             | Verb::Supervise(_)
@@ -207,7 +209,6 @@ impl Verb {
             Verb::Save(_) => "save",
             Verb::Login(_) => "login",
             Verb::Logout(_) => "logout",
-            Verb::Disk(_) => "disk",
             Verb::Export(_) => "export",
             Verb::Import(_) => "import",
         };
@@ -249,6 +250,7 @@ pub fn main() -> i32 {
         Verb::Up(a) => up::run(&cli.global, a),
         Verb::Down(a) => down::run(&cli.global, a),
         Verb::Ps(a) => ps::run(&cli.global, a),
+        Verb::Disk(a) => disk::run(a),
         Verb::Port(a) => ps::port(&cli.global, a),
         Verb::Logs(a) => logs::run(&cli.global, a),
         Verb::Supervise(a) => up::supervise(&cli.global, a),

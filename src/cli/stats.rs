@@ -47,21 +47,7 @@ struct Row {
     pids: u64,
 }
 
-/// Sizes as Docker prints them (binary units, up to two decimals).
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.2}{}", UNITS[u])
-    }
-}
+pub use crate::support::human_size as human;
 
 /// A rate in bits per second as the file's `bandwidth:` keys write it (`8mbit`).
 pub fn bits(bytes_per_sec: u64) -> String {

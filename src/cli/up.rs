@@ -146,6 +146,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     // Published ports are bound before anything else happens, so a port that is taken fails
     // `up` with nothing changed. Those the running supervisor serves are bound again once it
     // has stopped and let them go.
+    crate::disk::private::check_sizes(&super::image::state_root(), &l.target.project)?;
     let bound = {
         let locate = |s: &str, p: &crate::spec::model::Port| l.port_at(s, p);
         ports::check(&l.target.project, &locate)?;
@@ -208,7 +209,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             }
             plan.actions
                 .retain(|act| !matches!(act, Action::Start { name, .. } if *name == c.name));
-            let hash = crate::plan::config_hash(&target.project.services[&c.service], &target.dir);
+            let hash = crate::plan::service_hash(&target.project, &c.service, &target.dir);
             plan.actions.push(Action::Recreate {
                 service: c.service.clone(),
                 index: c.index,

@@ -7,7 +7,10 @@
 //! `volume.json` says whose it is. Named volumes outlive `down`; `down -v` removes the
 //! project's own (not `external` ones).
 
+pub mod private;
+
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,12 @@ pub enum DiskError {
     #[error("volume {volume}: {step}: {message}")]
     Volume {
         volume: String,
+        step: &'static str,
+        message: String,
+    },
+    #[error("private disk {disk}: {step}: {message}")]
+    Disk {
+        disk: String,
         step: &'static str,
         message: String,
     },
@@ -50,6 +59,15 @@ pub enum Source {
     Tmpfs {
         size: Option<u64>,
         mode: Option<u32>,
+    },
+    /// A private disk by its name on the host.
+    Private {
+        name: String,
+        project: String,
+        size: u64,
+        external: bool,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
     },
 }
 
@@ -88,6 +106,8 @@ pub enum Kind {
         size: Option<u64>,
         mode: Option<u32>,
     },
+    /// An ext4 file system on a block device (a private disk's loop device).
+    Block { device: PathBuf },
 }
 
 fn invalid(service: &str, message: impl Into<String>) -> DiskError {
@@ -120,6 +140,39 @@ pub fn mounts(project: &Project, service: &str) -> Result<Vec<MountSpec>, DiskEr
     let mut out = Vec::new();
     for m in &svc.volumes {
         out.push(mount_of(project, service, m)?);
+    }
+    for dm in &svc.disks {
+        let Some(def) = project.disks.get(&dm.source) else {
+            return Err(invalid(
+                service,
+                format!("no disk `{}` under the top-level `disks:`", dm.source),
+            ));
+        };
+        let name = def
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}_{}", project.name, dm.source));
+        let source = match def.kind {
+            crate::spec::model::DiskKind::Private => Source::Private {
+                name,
+                project: project.name.clone(),
+                size: def.size.unwrap_or(0),
+                external: def.external.unwrap_or(false),
+                labels: def.labels.clone(),
+            },
+            crate::spec::model::DiskKind::Shared => {
+                return Err(invalid(
+                    service,
+                    format!("disk `{}`: shared disks are not built yet", dm.source),
+                ));
+            }
+        };
+        out.push(MountSpec {
+            source,
+            target: dm.target.clone(),
+            read_only: dm.read_only,
+            propagation: None,
+        });
     }
     for t in &svc.tmpfs {
         // `/run` or `/run:size=64m,mode=1777`, as `docker run --tmpfs`.
@@ -270,9 +323,15 @@ fn vstep(volume: &str, step: &'static str, e: impl std::fmt::Display) -> DiskErr
 }
 
 /// Makes the host side of `mounts` ready: volumes exist (an `external` one must already),
-/// bind sources exist (or are made when the file says so). Idempotent; run at each start.
-pub fn prepare(root: &Path, mounts: &[MountSpec]) -> Result<Vec<Resolved>, DiskError> {
+/// bind sources exist (or are made when the file says so), private disks are attached to loop
+/// devices. Idempotent; run at each start. The descriptors returned (the loop devices) are
+/// held until the container has mounted what they stand for.
+pub fn prepare(
+    root: &Path,
+    mounts: &[MountSpec],
+) -> Result<(Vec<Resolved>, Vec<OwnedFd>), DiskError> {
     let mut out = Vec::new();
+    let mut held = Vec::new();
     for m in mounts {
         let kind = match &m.source {
             Source::Bind { path, create } => {
@@ -342,6 +401,17 @@ pub fn prepare(root: &Path, mounts: &[MountSpec]) -> Result<Vec<Resolved>, DiskE
                 size: *size,
                 mode: *mode,
             },
+            Source::Private {
+                name,
+                project,
+                size,
+                external,
+                labels,
+            } => {
+                let (device, fd) = private::prepare(root, name, project, *size, labels, *external)?;
+                held.push(fd);
+                Kind::Block { device }
+            }
         };
         out.push(Resolved {
             kind,
@@ -350,7 +420,7 @@ pub fn prepare(root: &Path, mounts: &[MountSpec]) -> Result<Vec<Resolved>, DiskE
             propagation: m.propagation.clone(),
         });
     }
-    Ok(out)
+    Ok((out, held))
 }
 
 /// Every volume recorded under `root`.
@@ -367,6 +437,29 @@ pub fn volumes(root: &Path) -> Vec<VolumeState> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Bytes a volume's data takes on the host.
+pub fn volume_usage(root: &Path, name: &str) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(md) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        let own = md.blocks() * 512;
+        if !md.is_dir() {
+            return own;
+        }
+        own + std::fs::read_dir(p)
+            .map(|d| d.flatten().map(|e| walk(&e.path())).sum::<u64>())
+            .unwrap_or(0)
+    }
+    walk(&volumes_dir(root).join(name).join("_data"))
+}
+
+/// Removes one volume with its data (`berth disk rm`).
+pub fn remove_volume(root: &Path, name: &str) -> Result<(), DiskError> {
+    std::fs::remove_dir_all(volumes_dir(root).join(name)).map_err(|e| vstep(name, "remove", e))
 }
 
 /// Removes the volumes `project` made (`down -v`); external ones belong to someone else and

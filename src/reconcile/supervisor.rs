@@ -66,6 +66,10 @@ struct Watch {
     /// Restarts so far in the current run of failures, and when it last started.
     attempts: u32,
     started: Option<Instant>,
+    /// The run (its init's pid) whose end this watch reports or has reported. A container
+    /// seen ended in another run ended unwatched (started by the CLI, it died before the
+    /// supervisor looked), and the policy still decides for it.
+    pid: Option<i32>,
 }
 
 pub struct Supervisor<R> {
@@ -358,7 +362,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         self.status.containers.retain(|n, _| names.contains(n));
         for c in observed.containers {
             if c.state == State::Running {
-                self.arm(&c.name);
+                self.arm(&c.name, c.pid);
             } else if !matches!(c.state, State::Created) {
                 // Ended while nobody watched (between two supervisors): the policy decides,
                 // counting the restarts it already had (a crash loop that gave up stays down).
@@ -367,19 +371,25 @@ impl<R: Runtime + 'static> Supervisor<R> {
                     .containers
                     .get(&c.name)
                     .map_or(0, |s| s.restarts);
-                let w = self.watches.entry(c.name.clone()).or_default();
-                if w.started.is_none() {
-                    w.attempts = had;
-                }
-                let generation = self.fresh_gen(&c.name);
-                let _ = self.tx.send(Trigger::Exited {
-                    name: c.name,
-                    state: c.state,
-                    generation,
-                });
+                self.unwatched_end(&c, had);
             }
         }
         self.save();
+    }
+
+    /// A run of `c` that ended with nobody watching: the policy decides, as for a watched one.
+    fn unwatched_end(&mut self, c: &crate::plan::ObservedContainer, had: u32) {
+        let w = self.watches.entry(c.name.clone()).or_default();
+        if w.started.is_none() {
+            w.attempts = had;
+        }
+        w.pid = c.pid;
+        let generation = self.fresh_gen(&c.name);
+        let _ = self.tx.send(Trigger::Exited {
+            name: c.name.clone(),
+            state: c.state,
+            generation,
+        });
     }
 
     /// Watches containers that run without a watch: started again by `berth start` or
@@ -389,16 +399,28 @@ impl<R: Runtime + 'static> Supervisor<R> {
             return;
         };
         for c in observed.containers {
-            let idle = self
-                .watches
-                .get(&c.name)
-                .is_none_or(|w| w.tasks.iter().all(|t| t.is_finished()));
-            if c.state == State::Running && idle {
+            let w = self.watches.get(&c.name);
+            let idle = w.is_none_or(|w| w.tasks.iter().all(|t| t.is_finished()));
+            if !idle {
+                continue;
+            }
+            if c.state == State::Running {
                 if let Some(s) = self.status.containers.get_mut(&c.name) {
                     s.restarting = false;
                 }
-                self.arm(&c.name);
+                self.arm(&c.name, c.pid);
                 self.save();
+            } else if c.state != State::Created
+                && c.pid.is_some()
+                && w.is_some_and(|w| w.pid != c.pid)
+            {
+                // Started outside the supervisor and ended before it looked.
+                let had = self
+                    .status
+                    .containers
+                    .get(&c.name)
+                    .map_or(0, |s| s.restarts);
+                self.unwatched_end(&c, had);
             }
         }
     }
@@ -414,9 +436,12 @@ impl<R: Runtime + 'static> Supervisor<R> {
         g
     }
 
-    /// Waits for the container's end and runs its health checks.
-    fn arm(&mut self, name: &str) {
+    /// Waits for the end of the container's run `pid` and runs its health checks.
+    fn arm(&mut self, name: &str, pid: Option<i32>) {
         let generation = self.fresh_gen(name);
+        if let Some(w) = self.watches.get_mut(name) {
+            w.pid = pid;
+        }
         let mut tasks = Vec::new();
         let rt = self.rt.clone();
         let tx = self.tx.clone();
@@ -613,7 +638,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
         match r {
             Ok(()) => {
                 log(format!("{name}: restarted ({attempts})"));
-                self.arm(name);
+                let pid = match self.rt.observe(&self.target.project.name).await {
+                    Ok(o) => o
+                        .containers
+                        .into_iter()
+                        .find(|c| c.name == name)
+                        .and_then(|c| c.pid),
+                    Err(_) => None,
+                };
+                self.arm(name, pid);
                 self.save();
             }
             Err(e) => {

@@ -164,6 +164,7 @@ impl Runtime for FakeRuntime {
                     config_hash: spec.config_hash.clone(),
                     state: State::Created,
                     oneoff: spec.oneoff,
+                    pid: None,
                 },
             ),
         );

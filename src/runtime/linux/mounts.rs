@@ -212,6 +212,23 @@ pub fn apply(root: &Path, mounts: &[Resolved]) -> Result<(), SetupError> {
                 let target = open_target(&rootfd, root, &m.target, is_file)?;
                 (tree, target)
             }
+            Kind::Block { device } => {
+                let dev = device.display().to_string();
+                let fs = fsopen("ext4", FsOpenFlags::FSOPEN_CLOEXEC)
+                    .map_err(|e| err("open ext4", &dev, e))?;
+                fsconfig_set_string(&fs, "source", &dev)
+                    .map_err(|e| err("ext4 source", &dev, e))?;
+                fsconfig_create(&fs).map_err(|e| err("mount private disk", &dev, e))?;
+                let mut attrs =
+                    MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+                if m.read_only {
+                    attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+                }
+                let tree = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+                    .map_err(|e| err("mount private disk", &dev, e))?;
+                let target = open_target(&rootfd, root, &m.target, false)?;
+                (tree, target)
+            }
             Kind::Tmpfs { size, mode } => {
                 let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)
                     .map_err(|e| err("open tmpfs", &m.target, e))?;

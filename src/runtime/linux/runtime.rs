@@ -834,6 +834,7 @@ impl LinuxRuntime {
                 config_hash: r.config_hash,
                 state,
                 oneoff: r.oneoff,
+                pid: r.pid,
             });
         }
         out.containers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -943,10 +944,11 @@ impl LinuxRuntime {
             .map_err(|e| step(name, "open log", e))?;
         // Volumes and bind sources are made ready at each start (a volume removed by hand
         // comes back empty, a bind source must still be there).
-        r.launch.mounts = crate::disk::prepare(&self.root, &r.mounts).map_err(|e| {
+        let (mounts, held) = crate::disk::prepare(&self.root, &r.mounts).map_err(|e| {
             let _ = cg.remove();
             step(name, "prepare mounts", e)
         })?;
+        r.launch.mounts = mounts;
         let netns = self.network_for(&mut r).inspect_err(|_| {
             let _ = cg.remove();
         })?;
@@ -954,8 +956,10 @@ impl LinuxRuntime {
             let _ = cg.remove();
             step(name, "start", e)
         })?;
-        // Setup has joined it; the namespace lives on with the container's processes.
+        // Setup has joined it; the namespace lives on with the container's processes. The
+        // container has mounted its disks: their loop devices now live as long as it does.
         drop(netns);
+        drop(held);
         r.pid = Some(running.pid);
         r.starttime = starttime(running.pid);
         r.started_at = Some(now_unix());
