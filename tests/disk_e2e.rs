@@ -256,3 +256,82 @@ fn a_private_disk_keeps_its_data_holds_its_size_and_grows() {
     assert!(!img.exists(), "down -v left the disk");
     assert!(loops_under(&env.state).is_empty(), "a loop device is left");
 }
+
+#[test]
+fn a_shared_disk_gives_each_container_the_baseline_and_its_own_throwaway_changes() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "shared",
+        "name: dshared\nservices:\n  one:\n    image: host\n    command: [sleep, '300']\n    disks: ['assets:/srv']\n  two:\n    image: host\n    command: [sleep, '300']\n    disks: ['assets:/srv:ro']\ndisks:\n  assets:\n    kind: shared\n    source: ./seed\n    size: 16m\n",
+    );
+    std::fs::create_dir_all(p.join("seed/sub")).expect("mkdir");
+    std::fs::write(p.join("seed/a.txt"), "baseline\n").expect("write");
+    std::fs::write(p.join("seed/sub/b"), "deep\n").expect("write");
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    for svc in ["one", "two"] {
+        let (ok, out) = sh(&env, &p, svc, "cat /srv/a.txt /srv/sub/b");
+        assert!(
+            ok && out.contains("baseline") && out.contains("deep"),
+            "{svc}: {out}"
+        );
+    }
+    // One's writes are its own: not the other's, not the baseline's, not the seed's.
+    let (ok, out) = sh(
+        &env,
+        &p,
+        "one",
+        "echo mine > /srv/new && echo edited > /srv/a.txt && cat /srv/a.txt",
+    );
+    assert!(ok && out.contains("edited"), "{out}");
+    let (ok, out) = sh(&env, &p, "two", "cat /srv/a.txt; ls /srv");
+    assert!(
+        ok && out.contains("baseline") && !out.contains("new"),
+        "{out}"
+    );
+    let (ok, out) = sh(&env, &p, "two", "echo x > /srv/x");
+    assert!(
+        !ok && out.contains("Read-only"),
+        "a read-only mount took a write: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("seed/a.txt")).expect("seed"),
+        "baseline\n"
+    );
+    let bases: Vec<_> = std::fs::read_dir(env.state.join("disks/dshared_assets"))
+        .expect("disk dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("base-"))
+        .collect();
+    assert_eq!(bases.len(), 1);
+    let base = bases[0].path();
+    assert_eq!(
+        std::fs::read_to_string(base.join("a.txt")).expect("baseline"),
+        "baseline\n"
+    );
+    assert!(!base.join("new").exists(), "the baseline was written");
+    // A restart throws the changes away.
+    env.ok(&p, &["restart", "one"]);
+    let (ok, out) = sh(&env, &p, "one", "cat /srv/a.txt; ls /srv");
+    assert!(
+        ok && out.contains("baseline") && !out.contains("new"),
+        "after restart: {out}"
+    );
+    // An edited seed is a new baseline, and the containers using it are made again with it.
+    std::fs::write(p.join("seed/a.txt"), "second\n").expect("write");
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "two", "cat /srv/a.txt");
+    assert!(
+        ok && out.contains("second"),
+        "after the seed changed: {out}"
+    );
+    env.ok(&p, &["down", "-v", "-t", "0", "--progress", "quiet"]);
+    assert!(
+        !env.state.join("disks/dshared_assets").exists(),
+        "down -v left the shared disk"
+    );
+}

@@ -59,6 +59,16 @@ pub fn run(a: &DiskArgs) -> anyhow::Result<i32> {
                     d.attached.as_deref().unwrap_or("-")
                 );
             }
+            for (name, project, on_host) in crate::disk::shared::list(&root) {
+                println!(
+                    "{:<32} {:<8} {:>10} {:>10}   {:<16} -",
+                    name,
+                    "shared",
+                    "-",
+                    human(on_host),
+                    project
+                );
+            }
             for v in &volumes {
                 println!(
                     "{:<32} {:<8} {:>10} {:>10}   {:<16} -",
@@ -79,6 +89,12 @@ pub fn run(a: &DiskArgs) -> anyhow::Result<i32> {
             for n in names {
                 let r = if crate::disk::private::state(&root, n).is_some() {
                     crate::disk::private::remove(&root, n).map_err(anyhow::Error::from)
+                } else if crate::disk::shared::list(&root)
+                    .iter()
+                    .any(|(d, _, _)| d == n)
+                {
+                    std::fs::remove_dir_all(crate::disk::private::disks_dir(&root).join(n))
+                        .map_err(anyhow::Error::from)
                 } else if crate::disk::volumes(&root).iter().any(|v| &v.name == n) {
                     crate::disk::remove_volume(&root, n).map_err(anyhow::Error::from)
                 } else {

@@ -84,7 +84,8 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         if a.volumes {
             let root = super::image::state_root();
             let gone = crate::disk::remove_project_volumes(&root, &name).and_then(|v| {
-                let d = crate::disk::private::remove_project(&root, &name)?;
+                let mut d = crate::disk::private::remove_project(&root, &name)?;
+                d.extend(crate::disk::remove_project_shared(&root, &name)?);
                 Ok((v, d))
             });
             match gone {

@@ -47,7 +47,8 @@ impl Loaded {
 }
 
 pub fn load(g: &Global) -> anyhow::Result<Loaded> {
-    let p = crate::load_project(&g.load_options())?;
+    let mut p = crate::load_project(&g.load_options())?;
+    crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
     for w in &p.loaded.warnings {
         eprintln!("berth: warning: {w}");
     }

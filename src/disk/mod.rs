@@ -8,6 +8,7 @@
 //! project's own (not `external` ones).
 
 pub mod private;
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -60,6 +61,14 @@ pub enum Source {
         size: Option<u64>,
         mode: Option<u32>,
     },
+    /// A shared disk: its baseline from `seed`, each container's writes in a cache of `cache`
+    /// bytes.
+    Shared {
+        name: String,
+        project: String,
+        seed: PathBuf,
+        cache: Option<u64>,
+    },
     /// A private disk by its name on the host.
     Private {
         name: String,
@@ -108,6 +117,9 @@ pub enum Kind {
     },
     /// An ext4 file system on a block device (a private disk's loop device).
     Block { device: PathBuf },
+    /// An overlay: `lower` (a shared disk's baseline, never written) under an upper layer in a
+    /// tmpfs of `cache` bytes made for this run of the container.
+    Overlay { lower: PathBuf, cache: u64 },
 }
 
 fn invalid(service: &str, message: impl Into<String>) -> DiskError {
@@ -160,12 +172,12 @@ pub fn mounts(project: &Project, service: &str) -> Result<Vec<MountSpec>, DiskEr
                 external: def.external.unwrap_or(false),
                 labels: def.labels.clone(),
             },
-            crate::spec::model::DiskKind::Shared => {
-                return Err(invalid(
-                    service,
-                    format!("disk `{}`: shared disks are not built yet", dm.source),
-                ));
-            }
+            crate::spec::model::DiskKind::Shared => Source::Shared {
+                name,
+                project: project.name.clone(),
+                seed: PathBuf::from(def.source.clone().unwrap_or_default()),
+                cache: def.size,
+            },
         };
         out.push(MountSpec {
             source,
@@ -412,6 +424,15 @@ pub fn prepare(
                 held.push(fd);
                 Kind::Block { device }
             }
+            Source::Shared {
+                name,
+                project,
+                seed,
+                cache,
+            } => Kind::Overlay {
+                lower: shared::prepare(root, name, project, seed)?,
+                cache: cache.unwrap_or(shared::DEFAULT_CACHE),
+            },
         };
         out.push(Resolved {
             kind,
@@ -439,22 +460,63 @@ pub fn volumes(root: &Path) -> Vec<VolumeState> {
     out
 }
 
+/// Bytes the files under `p` take on the host.
+pub fn tree_usage(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let own = md.blocks() * 512;
+    if !md.is_dir() {
+        return own;
+    }
+    own + std::fs::read_dir(p)
+        .map(|d| d.flatten().map(|e| tree_usage(&e.path())).sum::<u64>())
+        .unwrap_or(0)
+}
+
 /// Bytes a volume's data takes on the host.
 pub fn volume_usage(root: &Path, name: &str) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(md) = std::fs::symlink_metadata(p) else {
-            return 0;
-        };
-        let own = md.blocks() * 512;
-        if !md.is_dir() {
-            return own;
+    tree_usage(&volumes_dir(root).join(name).join("_data"))
+}
+
+/// Copies the tree under `from` into the existing directory `to`: modes, owners and
+/// symlinks kept, symlinks never followed; devices, fifos and sockets left out.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let md = std::fs::symlink_metadata(&src)?;
+        let ft = md.file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        } else {
+            continue;
         }
-        own + std::fs::read_dir(p)
-            .map(|d| d.flatten().map(|e| walk(&e.path())).sum::<u64>())
-            .unwrap_or(0)
+        std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
     }
-    walk(&volumes_dir(root).join(name).join("_data"))
+    Ok(())
+}
+
+/// Removes the shared disks `project` made (`down -v`). Returns their names.
+pub fn remove_project_shared(root: &Path, project: &str) -> Result<Vec<String>, DiskError> {
+    let mut gone = Vec::new();
+    for (name, owner, _) in shared::list(root) {
+        if owner == project {
+            std::fs::remove_dir_all(private::disks_dir(root).join(&name))
+                .map_err(|e| vstep(&name, "remove", e))?;
+            gone.push(name);
+        }
+    }
+    Ok(gone)
 }
 
 /// Removes one volume with its data (`berth disk rm`).

@@ -138,7 +138,8 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
     // SAFETY: mi_collect only returns the allocator's free memory to the OS.
     unsafe { libmimalloc_sys::mi_collect(true) };
     release_cold_code();
-    let p = r?;
+    let mut p = r?;
+    crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
     Ok(Target {
         project: p.loaded.project,
         dir: p.loaded.project_dir,

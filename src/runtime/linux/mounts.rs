@@ -179,6 +179,7 @@ pub fn apply(root: &Path, mounts: &[Resolved]) -> Result<(), SetupError> {
     let real_root = fs::read_link(format!("/proc/self/fd/{}", rootfd.as_raw_fd()))
         .unwrap_or_else(|_| root.to_path_buf());
     let root = real_root.as_path();
+    let mut caches = 0;
     for m in mounts {
         let tree = match &m.kind {
             Kind::Bind { source, fill } => {
@@ -226,6 +227,50 @@ pub fn apply(root: &Path, mounts: &[Resolved]) -> Result<(), SetupError> {
                 }
                 let tree = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
                     .map_err(|e| err("mount private disk", &dev, e))?;
+                let target = open_target(&rootfd, root, &m.target, false)?;
+                (tree, target)
+            }
+            Kind::Overlay { lower, cache } => {
+                let low = lower.display().to_string();
+                // The write cache: a tmpfs of this run's, mounted in the container's mount
+                // namespace only, beside its root (out of the container's sight).
+                let dir = root
+                    .parent()
+                    .unwrap_or(root)
+                    .join(format!("cache-{caches}"));
+                caches += 1;
+                let c = dir.display().to_string();
+                fs::create_dir_all(&dir).map_err(|e| err("create shared disk cache", &c, e))?;
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                    Some(format!("size={cache},mode=0755").as_str()),
+                )
+                .map_err(|e| err("mount shared disk cache", &c, std::io::Error::from(e)))?;
+                for d in ["upper", "work"] {
+                    fs::create_dir(dir.join(d))
+                        .map_err(|e| err("create shared disk cache", &c, e))?;
+                }
+                let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+                    .map_err(|e| err("open overlay", &low, e))?;
+                for (k, v) in [
+                    ("lowerdir", low.clone()),
+                    ("upperdir", format!("{c}/upper")),
+                    ("workdir", format!("{c}/work")),
+                ] {
+                    fsconfig_set_string(&fs, k, v)
+                        .map_err(|e| err("configure shared disk", &low, e))?;
+                }
+                fsconfig_create(&fs).map_err(|e| err("mount shared disk", &low, e))?;
+                let mut attrs =
+                    MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+                if m.read_only {
+                    attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+                }
+                let tree = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+                    .map_err(|e| err("mount shared disk", &low, e))?;
                 let target = open_target(&rootfd, root, &m.target, false)?;
                 (tree, target)
             }
@@ -281,7 +326,8 @@ fn fill_from_image(
         // The resolved directory, by its descriptor: what lies below is walked without
         // following a symlink (each is copied as one).
         let from = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        copy_tree(&from, volume).map_err(|e| err("fill volume from the image", target, e))?;
+        crate::disk::copy_tree(&from, volume)
+            .map_err(|e| err("fill volume from the image", target, e))?;
         // The volume's root takes the mode and owner of the image's directory too.
         if let Ok(md) = fs::metadata(&from) {
             let _ = fs::set_permissions(volume, fs::Permissions::from_mode(md.mode() & 0o7777));
@@ -290,28 +336,4 @@ fn fill_from_image(
         drop(dir);
     }
     fs::write(mark, b"").map_err(|e| err("mark volume filled", &mark.display().to_string(), e))
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for e in fs::read_dir(from)? {
-        let e = e?;
-        let src = e.path();
-        let dst = to.join(e.file_name());
-        let md = fs::symlink_metadata(&src)?;
-        let ft = md.file_type();
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-        } else if ft.is_dir() {
-            fs::create_dir(&dst)?;
-            copy_tree(&src, &dst)?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(md.mode() & 0o7777))?;
-        } else if ft.is_file() {
-            fs::copy(&src, &dst)?;
-        } else {
-            // Devices, fifos and sockets are not carried into a volume.
-            continue;
-        }
-        std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
-    }
-    Ok(())
 }
