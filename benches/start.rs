@@ -87,6 +87,7 @@ impl Berth {
             sysctls: Vec::new(),
             log: None,
             mounts: Vec::new(),
+            rw_device: None,
             process,
         }
     }

@@ -335,3 +335,53 @@ fn a_shared_disk_gives_each_container_the_baseline_and_its_own_throwaway_changes
         "down -v left the shared disk"
     );
 }
+
+#[test]
+fn storage_opt_size_limits_the_writable_layer() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "sized",
+        "name: dsized\nservices:\n  app:\n    image: host\n    command: [sleep, '300']\n    storage_opt: {size: 32m}\n",
+    );
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "app", "dd if=/dev/zero of=/big bs=1M count=40");
+    assert!(
+        !ok && out.contains("No space left"),
+        "40 MB fit in a 32m layer: {out}"
+    );
+    // The host holds no more than the limit for it.
+    let dir = env.state.join("containers/dsized-app-1");
+    let used = testutil_du(&dir);
+    assert!(
+        used <= 33 << 20,
+        "the host took {used} bytes for a 32m layer"
+    );
+    // The layer survives a restart, as a writable layer does.
+    let (ok, out) = sh(&env, &p, "app", "rm /big && echo kept > /keep");
+    assert!(ok, "{out}");
+    env.ok(&p, &["restart", "app"]);
+    let (ok, out) = sh(&env, &p, "app", "cat /keep");
+    assert!(ok && out.contains("kept"), "{out}");
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(loops_under(&env.state).is_empty(), "a loop device is left");
+}
+
+/// Bytes the files under `p` take on disk.
+fn testutil_du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let own = md.blocks() * 512;
+    if !md.is_dir() {
+        return own;
+    }
+    own + std::fs::read_dir(p)
+        .map(|d| d.flatten().map(|e| testutil_du(&e.path())).sum::<u64>())
+        .unwrap_or(0)
+}

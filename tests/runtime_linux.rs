@@ -47,6 +47,7 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         sysctls: Vec::new(),
         log: None,
         mounts: Vec::new(),
+        rw_device: None,
         process: Process {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],

@@ -171,7 +171,24 @@ fn create(
 ) -> Result<(), DiskError> {
     let dir = disks_dir(root).join(name);
     fs::create_dir_all(&dir).map_err(|e| fail(name, "create", e))?;
-    let tmp = dir.join("disk.img.new");
+    make_ext4(name, &image(root, name), size)?;
+    write_state(
+        root,
+        &DiskState {
+            name: name.to_string(),
+            project: project.to_string(),
+            size,
+            labels: labels.clone(),
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        },
+    )
+}
+
+/// Makes `img`: a sparse file of `size` bytes holding an empty ext4 file system.
+pub fn make_ext4(name: &str, img: &Path, size: u64) -> Result<(), DiskError> {
+    let tmp = img.with_extension("new");
     let f = fs::File::create(&tmp).map_err(|e| fail(name, "create", e))?;
     // Sparse: the host spends blocks only for what is written.
     f.set_len(size).map_err(|e| fail(name, "create", e))?;
@@ -192,19 +209,7 @@ fn create(
             ])
             .arg(&tmp),
     )?;
-    fs::rename(&tmp, image(root, name)).map_err(|e| fail(name, "create", e))?;
-    write_state(
-        root,
-        &DiskState {
-            name: name.to_string(),
-            project: project.to_string(),
-            size,
-            labels: labels.clone(),
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        },
-    )
+    fs::rename(&tmp, img).map_err(|e| fail(name, "create", e))
 }
 
 fn grow(name: &str, img: &Path, size: u64) -> Result<(), DiskError> {
@@ -226,7 +231,9 @@ fn grow(name: &str, img: &Path, size: u64) -> Result<(), DiskError> {
     )
 }
 
-fn attach(name: &str, img: &Path) -> Result<(PathBuf, OwnedFd), DiskError> {
+/// Attaches `img` to a free loop device with autoclear; the device goes when its last user
+/// (the descriptor returned, then the container's mount) lets it go.
+pub fn attach(name: &str, img: &Path) -> Result<(PathBuf, OwnedFd), DiskError> {
     let ctl = fs::OpenOptions::new()
         .read(true)
         .write(true)

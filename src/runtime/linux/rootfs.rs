@@ -117,9 +117,27 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
         None,
     )?;
 
-    let root = spec.dir.join("root");
-    let upper = spec.dir.join("upper");
-    let work = spec.dir.join("work");
+    // With a size limit the writable layer lives in a file system of that size, mounted in
+    // this namespace only; writes past it fail with ENOSPC inside the container.
+    let layer = match &spec.rw_device {
+        Some(dev) => {
+            let rw = spec.dir.join("rw");
+            mkdir_all(&rw)?;
+            mnt(
+                "mount the sized writable layer",
+                Some(&p2s(dev)),
+                &rw,
+                Some("ext4"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None,
+            )?;
+            rw
+        }
+        None => spec.dir.clone(),
+    };
+    let root = layer.join("root");
+    let upper = layer.join("upper");
+    let work = layer.join("work");
     mkdir_all(&root)?;
     match &spec.rootfs {
         Rootfs::Layers(layers) => {

@@ -60,6 +60,9 @@ struct Record {
     /// Its volumes, bind mounts and tmpfs, as the file asks (made ready at each start).
     #[serde(default)]
     mounts: Vec<crate::disk::MountSpec>,
+    /// `storage_opt.size`: the size of its writable layer's own file system.
+    #[serde(default)]
+    storage: Option<u64>,
 }
 
 /// What the container's network needs at each start, kept from the project file.
@@ -219,6 +222,7 @@ impl LinuxRuntime {
                 shm_size: svc.shm_size,
                 log: Some(log_spec(svc)),
                 mounts: Vec::new(),
+                rw_device: None,
                 sysctls: svc
                     .sysctls
                     .iter()
@@ -240,6 +244,7 @@ impl LinuxRuntime {
             oneoff: spec.oneoff,
             net: net_config(spec)?,
             mounts: spec.mounts.clone(),
+            storage: svc.storage_opt.as_ref().and_then(|s| s.size),
         })
     }
 }
@@ -766,7 +771,10 @@ impl LinuxRuntime {
             net_tx_limit: r.net.egress,
             // The writable layer is `upper/`, plus, for `image: host`, what is written
             // beside the OS overlays in the root directory itself (/tmp, /var, ...).
-            disk: disk_usage(&r.launch.dir.join("upper")) + disk_usage(&r.launch.dir.join("root")),
+            // With `storage_opt.size`, all of it is in `rw.img`.
+            disk: disk_usage(&r.launch.dir.join("upper"))
+                + disk_usage(&r.launch.dir.join("root"))
+                + disk_usage(&r.launch.dir.join("rw.img")),
         })
     }
 
@@ -949,6 +957,25 @@ impl LinuxRuntime {
             step(name, "prepare mounts", e)
         })?;
         r.launch.mounts = mounts;
+        let mut held = held;
+        r.launch.rw_device = None;
+        if let Some(size) = r.storage {
+            // Made on first start, kept across restarts (the writable layer is), removed with
+            // the container's directory.
+            let img = dir.join("rw.img");
+            let sized = || -> Result<_, crate::disk::DiskError> {
+                if !img.exists() {
+                    crate::disk::private::make_ext4(name, &img, size)?;
+                }
+                crate::disk::private::attach(name, &img)
+            };
+            let (dev, fd) = sized().map_err(|e| {
+                let _ = cg.remove();
+                step(name, "size the writable layer", e)
+            })?;
+            held.push(fd);
+            r.launch.rw_device = Some(dev);
+        }
         let netns = self.network_for(&mut r).inspect_err(|_| {
             let _ = cg.remove();
         })?;

@@ -126,6 +126,10 @@ pub struct LaunchSpec {
     /// The service's volumes, bind mounts and tmpfs, ready on the host.
     #[serde(default)]
     pub mounts: Vec<crate::disk::Resolved>,
+    /// `storage_opt.size`: the loop device of the sized file system that holds the writable
+    /// layer (`root/`, `upper/`, `work/` go in it, mounted at `<dir>/rw`).
+    #[serde(default)]
+    pub rw_device: Option<PathBuf>,
     pub process: Process,
 }
 
