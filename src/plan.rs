@@ -26,8 +26,8 @@ pub fn config_hash(service: &Service, project_dir: &Path) -> String {
 }
 
 /// The config hash of service `name` of `project`: its own configuration, and the definitions
-/// of the disks it mounts (a private disk's new size takes effect when its container is made
-/// again).
+/// of the disks it mounts and of the secrets and configs it is given (with the digests their
+/// loaders stamp in: a changed seed or secret file recreates its users).
 pub fn service_hash(project: &Project, name: &str, project_dir: &Path) -> String {
     let Some(svc) = project.services.get(name) else {
         return String::new();
@@ -38,10 +38,19 @@ pub fn service_hash(project: &Project, name: &str, project_dir: &Path) -> String
         .filter_map(|d| project.disks.get_key_value(&d.source))
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    if disks.is_empty() {
+    let files = |refs: &[crate::spec::model::FileRef],
+                 defs: &BTreeMap<String, crate::spec::model::FileObject>| {
+        refs.iter()
+            .filter_map(|r| defs.get_key_value(&r.source))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<String, crate::spec::model::FileObject>>()
+    };
+    let secrets = files(&svc.secrets, &project.secrets);
+    let configs = files(&svc.configs, &project.configs);
+    if disks.is_empty() && secrets.is_empty() && configs.is_empty() {
         return config_hash(svc, project_dir);
     }
-    let extra = serde_json::to_string(&disks).unwrap_or_default();
+    let extra = serde_json::to_string(&(&disks, &secrets, &configs)).unwrap_or_default();
     config_hash_with(svc, project_dir, &extra)
 }
 

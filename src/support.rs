@@ -49,7 +49,8 @@ pub fn service_key(key: &str) -> Support {
         "expose" => Ignored("documentation only: containers on a network reach every port"),
         "links" | "external_links" => Planned(NET),
         "volumes" | "tmpfs" | "disks" | "storage_opt" => Acted,
-        "volumes_from" | "secrets" | "configs" => Planned(DISK),
+        "secrets" | "configs" => Acted,
+        "volumes_from" => Planned(DISK),
         "build" | "develop" => Planned(BUILD),
         "pull_policy" | "platform" | "pull_refresh_after" => Planned(PULL),
         "logging" => Ignored("berth keeps each container's output in its own log files"),
@@ -74,8 +75,8 @@ pub fn service_key(key: &str) -> Support {
 pub fn top_key(key: &str) -> Support {
     use Support::*;
     match key {
-        "name" | "services" | "include" | "version" | "networks" | "volumes" | "disks" => Acted,
-        "secrets" | "configs" => Planned(DISK),
+        "name" | "services" | "include" | "version" | "networks" | "volumes" | "disks"
+        | "secrets" | "configs" => Acted,
         "models" => Ignored("Docker Desktop feature"),
         k if k.starts_with("x-") => Acted,
         _ => Ignored("unknown to berth"),

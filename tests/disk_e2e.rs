@@ -385,3 +385,54 @@ fn testutil_du(p: &Path) -> u64 {
         .map(|d| d.flatten().map(|e| testutil_du(&e.path())).sum::<u64>())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_secret_is_a_read_only_file_with_its_owner_and_mode_and_nowhere_else() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "secret",
+        "name: dsecret\nservices:\n  app:\n    image: host\n    command: [sleep, '300']\n    secrets:\n      - source: token\n        uid: '1000'\n        gid: '1001'\n        mode: 0440\n      - inline\n    configs:\n      - source: conf\n        target: /etc/app.conf\nsecrets:\n  token:\n    file: ./token.txt\n  inline:\n    content: inline-value\nconfigs:\n  conf:\n    content: \"level: debug\\n\"\n",
+    );
+    std::fs::write(p.join("token.txt"), "s3cr3t-value\n").expect("write");
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(
+        &env,
+        &p,
+        "app",
+        "cat /run/secrets/token; stat -c '%u %g %a' /run/secrets/token; cat /run/secrets/inline; cat /etc/app.conf",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("s3cr3t-value"), "{out}");
+    assert!(out.contains("1000 1001 440"), "owner and mode: {out}");
+    assert!(
+        out.contains("inline-value") && out.contains("level: debug"),
+        "{out}"
+    );
+    let (ok, out) = sh(&env, &p, "app", "echo x > /run/secrets/token");
+    assert!(
+        !ok && out.contains("Read-only"),
+        "a secret took a write: {out}"
+    );
+    // Not in the environment, not in `berth config`.
+    let (_, envs) = sh(&env, &p, "app", "env; cat /proc/1/environ | tr '\\0' '\\n'");
+    assert!(
+        !envs.contains("s3cr3t"),
+        "the secret is in the environment: {envs}"
+    );
+    let config = env.ok(&p, &["config"]);
+    assert!(
+        !config.contains("s3cr3t"),
+        "the secret is in berth config: {config}"
+    );
+    // A changed secret file recreates the service that uses it.
+    std::fs::write(p.join("token.txt"), "rotated\n").expect("write");
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "app", "cat /run/secrets/token");
+    assert!(ok && out.contains("rotated"), "{out}");
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+}

@@ -508,6 +508,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
         oneoff: false,
         networks: Vec::new(),
         mounts: Vec::new(),
+        granted: Vec::new(),
         definition: Service {
             image: Some(image.clone()),
             command: Some(cmd.iter().map(|s| s.to_string()).collect()),

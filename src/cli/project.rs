@@ -49,6 +49,7 @@ impl Loaded {
 pub fn load(g: &Global) -> anyhow::Result<Loaded> {
     let mut p = crate::load_project(&g.load_options())?;
     crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
+    crate::disk::secrets::stamp(&mut p.loaded.project, &p.loaded.project_dir);
     for w in &p.loaded.warnings {
         eprintln!("berth: warning: {w}");
     }

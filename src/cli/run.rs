@@ -135,6 +135,7 @@ pub fn run(g: &Global, a: &RunArgs) -> anyhow::Result<i32> {
         oneoff: true,
         networks: crate::net::attachments(&target.project, &a.service)?,
         mounts: crate::disk::mounts(&target.project, &a.service)?,
+        granted: crate::disk::secrets::granted(&target.project, &a.service, &target.dir)?,
     };
     tk.block_on(rt.create(&spec))?;
     if let Err(e) = tk.block_on(rt.start(&name)) {

@@ -8,6 +8,7 @@
 //! project's own (not `external` ones).
 
 pub mod private;
+pub mod secrets;
 pub mod shared;
 
 use std::collections::BTreeMap;

@@ -497,6 +497,8 @@ async fn create_and_start<R: Runtime>(
             .map_err(|e| fail(service, Some(&name), "network", e))?,
         mounts: crate::disk::mounts(project, service)
             .map_err(|e| fail(service, Some(&name), "volumes", e))?,
+        granted: crate::disk::secrets::granted(project, service, &ctx.target.dir)
+            .map_err(|e| fail(service, Some(&name), "secrets", e))?,
     };
     if let Err(e) = ctx.rt.create(&spec).await {
         let f = runtime_failure(service, &name, e);

@@ -140,6 +140,7 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
     release_cold_code();
     let mut p = r?;
     crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
+    crate::disk::secrets::stamp(&mut p.loaded.project, &p.loaded.project_dir);
     Ok(Target {
         project: p.loaded.project,
         dir: p.loaded.project_dir,

@@ -309,6 +309,7 @@ mod tests {
                         oneoff: false,
                         networks: Vec::new(),
                         mounts: Vec::new(),
+                        granted: Vec::new(),
                     }))?;
                     now(rt.start(&name))?;
                 }
@@ -331,6 +332,7 @@ mod tests {
                         oneoff: false,
                         networks: Vec::new(),
                         mounts: Vec::new(),
+                        granted: Vec::new(),
                     }))?;
                     now(rt.start(name))?;
                 }

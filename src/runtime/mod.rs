@@ -27,6 +27,8 @@ pub struct ContainerSpec {
     pub networks: Vec<crate::net::Attachment>,
     /// Its volumes, bind mounts and tmpfs.
     pub mounts: Vec<crate::disk::MountSpec>,
+    /// Its secrets and configs, with their contents.
+    pub granted: Vec<crate::disk::secrets::Granted>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -854,8 +854,12 @@ impl LinuxRuntime {
         if dir.join("container.json").exists() {
             return Err(RuntimeError::Exists(spec.name.clone()));
         }
-        let record = self.prepare(spec)?;
+        let mut record = self.prepare(spec)?;
         fs::create_dir_all(&dir).map_err(|e| step(&spec.name, "create container directory", e))?;
+        // Secrets and configs are kept with the container, and mounted from there.
+        let grants = crate::disk::secrets::write(&dir, &spec.granted)
+            .map_err(|e| step(&spec.name, "write secrets and configs", e))?;
+        record.mounts.extend(grants);
         self.write(&record)?;
         self.event(
             &record,
