@@ -21,7 +21,6 @@ pub enum Support {
 const RUNTIME: &str = "the runtime";
 const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
-const DISK: &str = "disks and volumes";
 const BUILD: &str = "image builds";
 const PULL: &str = "registry pulls";
 
@@ -49,8 +48,7 @@ pub fn service_key(key: &str) -> Support {
         "expose" => Ignored("documentation only: containers on a network reach every port"),
         "links" | "external_links" => Planned(NET),
         "volumes" | "tmpfs" | "disks" | "storage_opt" => Acted,
-        "secrets" | "configs" => Acted,
-        "volumes_from" => Planned(DISK),
+        "secrets" | "configs" | "volumes_from" => Acted,
         "build" | "develop" => Planned(BUILD),
         "pull_policy" | "platform" | "pull_refresh_after" => Planned(PULL),
         "logging" => Ignored("berth keeps each container's output in its own log files"),

@@ -329,6 +329,14 @@ fn a_shared_disk_gives_each_container_the_baseline_and_its_own_throwaway_changes
         ok && out.contains("second"),
         "after the seed changed: {out}"
     );
+    // `berth disk update` takes the seed again and makes its users anew.
+    let before = env.container(&p, "dshared-one-1")["Pid"].clone();
+    env.ok(&p, &["disk", "update", "assets"]);
+    assert_ne!(
+        env.container(&p, "dshared-one-1")["Pid"],
+        before,
+        "disk update recreated nothing"
+    );
     env.ok(&p, &["down", "-v", "-t", "0", "--progress", "quiet"]);
     assert!(
         !env.state.join("disks/dshared_assets").exists(),

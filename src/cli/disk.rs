@@ -21,11 +21,45 @@ pub enum DiskVerb {
     },
     /// Remove private disks or volumes, with their data (refused while a container has them)
     Rm { names: Vec<String> },
+    /// Take a shared disk's baseline from its seed again and recreate the services using it
+    Update { name: String },
 }
 
-pub fn run(a: &DiskArgs) -> anyhow::Result<i32> {
+pub fn run(g: &super::Global, a: &DiskArgs) -> anyhow::Result<i32> {
     let root = state_root();
     match &a.verb {
+        DiskVerb::Update { name } => {
+            let l = super::project::load(g)?;
+            let p = &l.target.project;
+            let key = p
+                .disks
+                .iter()
+                .find(|(k, d)| {
+                    *k == name
+                        || d.name.as_deref() == Some(name)
+                        || format!("{}_{k}", p.name) == *name
+                })
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| anyhow::anyhow!("no disk {name} in project {}", p.name))?;
+            let users: Vec<String> = p
+                .services
+                .iter()
+                .filter(|(_, s)| s.disks.iter().any(|d| d.source == key))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if users.is_empty() {
+                println!("no service uses disk {key}");
+                return Ok(0);
+            }
+            let up = super::up::UpArgs {
+                detach: true,
+                force_recreate: true,
+                no_deps: true,
+                services: users,
+                ..Default::default()
+            };
+            super::up::run(g, &up)
+        }
         DiskVerb::Ls { format } => {
             let disks = crate::disk::private::list(&root);
             let volumes = crate::disk::volumes(&root);

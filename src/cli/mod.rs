@@ -250,7 +250,7 @@ pub fn main() -> i32 {
         Verb::Up(a) => up::run(&cli.global, a),
         Verb::Down(a) => down::run(&cli.global, a),
         Verb::Ps(a) => ps::run(&cli.global, a),
-        Verb::Disk(a) => disk::run(a),
+        Verb::Disk(a) => disk::run(&cli.global, a),
         Verb::Port(a) => ps::port(&cli.global, a),
         Verb::Logs(a) => logs::run(&cli.global, a),
         Verb::Supervise(a) => up::supervise(&cli.global, a),

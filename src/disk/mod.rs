@@ -145,7 +145,8 @@ fn short_hash(parts: &[&str]) -> String {
         .collect()
 }
 
-/// The mounts of `service`: its `volumes:` (short and long syntax) and `tmpfs:`, in order.
+/// The mounts of `service`: its `volumes:` (short and long syntax), those of the services it
+/// names in `volumes_from:`, its disks and its `tmpfs:`, in order.
 pub fn mounts(project: &Project, service: &str) -> Result<Vec<MountSpec>, DiskError> {
     let Some(svc) = project.services.get(service) else {
         return Ok(Vec::new());
@@ -153,6 +154,31 @@ pub fn mounts(project: &Project, service: &str) -> Result<Vec<MountSpec>, DiskEr
     let mut out = Vec::new();
     for m in &svc.volumes {
         out.push(mount_of(project, service, m)?);
+    }
+    for entry in &svc.volumes_from {
+        let Some(other) = crate::spec::validate::volumes_from_service(entry) else {
+            return Err(invalid(
+                service,
+                format!("volumes_from `{entry}`: only services of the project can be named"),
+            ));
+        };
+        let ro = entry.ends_with(":ro");
+        let theirs = project.services.get(other).ok_or_else(|| {
+            invalid(
+                service,
+                format!("volumes_from `{entry}`: no service {other}"),
+            )
+        })?;
+        // Their volumes and bind mounts (the same volumes: the data is shared), not their
+        // disks or tmpfs, as Docker copies them.
+        for m in &theirs.volumes {
+            if m.kind == "tmpfs" || out.iter().any(|o: &MountSpec| o.target == m.target) {
+                continue;
+            }
+            let mut spec = mount_of(project, other, m)?;
+            spec.read_only |= ro;
+            out.push(spec);
+        }
     }
     for dm in &svc.disks {
         let Some(def) = project.disks.get(&dm.source) else {
@@ -570,5 +596,18 @@ mod tests {
                 mode: Some(0o1777)
             }
         );
+    }
+
+    #[test]
+    fn volumes_from_shares_the_other_services_volumes() {
+        let p = crate::net::tests::project(
+            "name: p\nservices:\n  a:\n    image: x\n    volumes: [data:/data, /anon]\n    tmpfs: [/t]\n  b:\n    image: x\n    volumes_from: ['a:ro']\nvolumes:\n  data: {}\n",
+        );
+        let a = mounts(&p, "a").unwrap();
+        let b = mounts(&p, "b").unwrap();
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert_eq!(b[0].source, a[0].source);
+        assert_eq!(b[1].source, a[1].source, "the same anonymous volume");
+        assert!(b.iter().all(|m| m.read_only));
     }
 }
