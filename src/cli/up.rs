@@ -147,6 +147,17 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     // `up` with nothing changed. Those the running supervisor serves are bound again once it
     // has stopped and let them go.
     crate::disk::private::check_sizes(&super::image::state_root(), &l.target.project)?;
+    for (name, svc) in &l.target.project.services {
+        if svc
+            .volumes
+            .iter()
+            .any(|m| m.bind.as_ref().is_some_and(|b| b.selinux.is_some()))
+        {
+            eprintln!(
+                "berth: warning: services.{name}.volumes: the SELinux relabelling option (:z, :Z) is ignored; berth does not manage SELinux labels"
+            );
+        }
+    }
     let bound = {
         let locate = |s: &str, p: &crate::spec::model::Port| l.port_at(s, p);
         ports::check(&l.target.project, &locate)?;
