@@ -444,3 +444,46 @@ fn a_secret_is_a_read_only_file_with_its_owner_and_mode_and_nowhere_else() {
     assert!(ok && out.contains("rotated"), "{out}");
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
 }
+
+#[test]
+fn an_image_volume_becomes_an_anonymous_volume_filled_from_the_image() {
+    if !root() || !testutil::busybox_available() {
+        eprintln!("skipped: needs root and busybox-static");
+        return;
+    }
+    let env = Env::new();
+    let img = TestImage {
+        tags: vec!["withvol:1".into()],
+        layers: vec![
+            testutil::busybox_layer(),
+            LayerBuilder::new()
+                .dir("data", 0o755)
+                .file("data/seed", b"from the image\n", 0o644)
+                .finish(),
+        ],
+        gzip_layers: false,
+        config: serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"], "Volumes": {"/data": {}}}),
+    };
+    let tar = env.dir.path().join("withvol.tar");
+    testutil::docker_save(&tar, &[img], DockerLayout::Legacy, false);
+    let p = env.project(
+        "imgvol",
+        "name: dimgvol\nservices:\n  x:\n    image: withvol:1\n    command: [sleep, '300']\n",
+    );
+    env.ok(&p, &["image", "import", &tar.to_string_lossy()]);
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "x", "cat /data/seed && echo more > /data/more");
+    assert!(ok && out.contains("from the image"), "{out}");
+    env.ok(&p, &["up", "-d", "--force-recreate", "--progress", "quiet"]);
+    let (ok, out) = sh(&env, &p, "x", "cat /data/more");
+    assert!(
+        ok && out.contains("more"),
+        "the image volume was not kept: {out}"
+    );
+    env.ok(&p, &["down", "-v", "-t", "0", "--progress", "quiet"]);
+    let left: Vec<_> = std::fs::read_dir(env.state.join("volumes"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "volumes left after down -v: {left:?}");
+}

@@ -130,6 +130,14 @@ fn invalid(service: &str, message: impl Into<String>) -> DiskError {
     }
 }
 
+/// The name of the anonymous volume of `service` at `target`.
+pub fn anonymous_name(project: &str, service: &str, target: &str) -> String {
+    format!(
+        "{project}_{service}_anon_{}",
+        short_hash(&[project, service, target])
+    )
+}
+
 /// A short stable hash, for the names of anonymous volumes.
 fn short_hash(parts: &[&str]) -> String {
     use sha2::Digest;
@@ -294,11 +302,7 @@ fn mount_of(project: &Project, service: &str, m: &Mount) -> Result<MountSpec, Di
                 // Anonymous: one per service and target, so a recreated container gets the
                 // same data back (as Compose reuses them); `down -v` removes it.
                 None => Source::Volume {
-                    name: format!(
-                        "{}_{service}_anon_{}",
-                        project.name,
-                        short_hash(&[&project.name, service, &m.target])
-                    ),
+                    name: anonymous_name(&project.name, service, &m.target),
                     project: project.name.clone(),
                     anonymous: true,
                     external: false,

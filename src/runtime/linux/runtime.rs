@@ -243,10 +243,39 @@ impl LinuxRuntime {
             cgroup_dirs: Vec::new(),
             oneoff: spec.oneoff,
             net: net_config(spec)?,
-            mounts: spec.mounts.clone(),
+            mounts: with_image_volumes(spec, &config.volumes),
             storage: svc.storage_opt.as_ref().and_then(|s| s.size),
         })
     }
+}
+
+/// The file's mounts, and an anonymous volume for each `VOLUME` of the image that nothing of
+/// the file mounts over, as Docker makes them (filled from the image on first use).
+fn with_image_volumes(
+    spec: &ContainerSpec,
+    image_volumes: &[String],
+) -> Vec<crate::disk::MountSpec> {
+    let mut out = spec.mounts.clone();
+    for target in image_volumes {
+        let t = target.trim_end_matches('/');
+        if t.is_empty() || out.iter().any(|m| m.target.trim_end_matches('/') == t) {
+            continue;
+        }
+        out.push(crate::disk::MountSpec {
+            source: crate::disk::Source::Volume {
+                name: crate::disk::anonymous_name(&spec.project, &spec.service, t),
+                project: spec.project.clone(),
+                anonymous: true,
+                external: false,
+                labels: Default::default(),
+                copy: true,
+            },
+            target: t.to_string(),
+            read_only: false,
+            propagation: None,
+        });
+    }
+    out
 }
 
 /// The network part of a container's record, from its spec.
