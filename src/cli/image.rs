@@ -166,3 +166,82 @@ pub fn remove(images: &[String]) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// Services of the project (their images), or image references
+    pub names: Vec<String>,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `berth pull`: the images of the named services (all of them without names), or images
+/// named directly (`berth pull 127.0.0.1:5000/app:1`).
+pub fn pull(g: &super::Global, a: &PullArgs) -> anyhow::Result<i32> {
+    let project = super::project::load(g).ok().map(|l| l.target.project);
+    let mut refs: Vec<String> = Vec::new();
+    let services = |p: &crate::spec::model::Project, names: &[String]| -> Vec<String> {
+        p.services
+            .iter()
+            .filter(|(n, _)| names.is_empty() || names.contains(n))
+            .filter_map(|(_, s)| s.image.clone())
+            .filter(|i| i != "host")
+            .collect()
+    };
+    match &project {
+        Some(p) if a.names.is_empty() => refs = services(p, &[]),
+        _ => {
+            for n in &a.names {
+                match &project {
+                    Some(p) if p.services.contains_key(n) => {
+                        refs.extend(services(p, std::slice::from_ref(n)))
+                    }
+                    _ => refs.push(n.clone()),
+                }
+            }
+        }
+    }
+    refs.sort();
+    refs.dedup();
+    if refs.is_empty() {
+        anyhow::bail!(
+            "nothing to pull: name an image, or run it in a project whose services use registry images"
+        );
+    }
+    let rt = runtime()?;
+    let mut code = 0;
+    for r in &refs {
+        let quiet = a.quiet;
+        let shown = |d: &str, n: u64, had: bool| {
+            if !quiet {
+                let id: String = d.trim_start_matches("sha256:").chars().take(12).collect();
+                if had {
+                    println!(" {id} Already exists");
+                } else {
+                    println!(" {id} Pull complete ({})", human(n));
+                }
+            }
+        };
+        if !quiet {
+            println!("Pulling {r}");
+        }
+        match rt.images().pull(r, &shown) {
+            Ok(p) => {
+                if !quiet {
+                    println!(
+                        "{r}: {} blob(s) fetched ({}), {} already present",
+                        p.fetched,
+                        human(p.bytes),
+                        p.reused
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("berth: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}

@@ -131,7 +131,7 @@ pub enum Verb {
     /// List running projects
     Ls(boot::LsArgs),
     /// Pull service images
-    Pull(Later),
+    Pull(image::PullArgs),
     /// Build service images
     Build(Later),
     /// Rebuild and sync on file changes (develop.watch)
@@ -178,6 +178,7 @@ impl Verb {
             | Verb::Down(_)
             | Verb::Ps(_)
             | Verb::Disk(_)
+            | Verb::Pull(_)
             | Verb::Port(_)
             | Verb::Logs(_)
             | Verb::Supervise(_)
@@ -203,7 +204,6 @@ impl Verb {
             }
             Verb::Create(_) => "create",
             Verb::Cp(_) => "cp",
-            Verb::Pull(_) => "pull",
             Verb::Build(_) => "build",
             Verb::Watch(_) => "watch",
             Verb::Save(_) => "save",
@@ -251,6 +251,7 @@ pub fn main() -> i32 {
         Verb::Down(a) => down::run(&cli.global, a),
         Verb::Ps(a) => ps::run(&cli.global, a),
         Verb::Disk(a) => disk::run(&cli.global, a),
+        Verb::Pull(a) => image::pull(&cli.global, a),
         Verb::Port(a) => ps::port(&cli.global, a),
         Verb::Logs(a) => logs::run(&cli.global, a),
         Verb::Supervise(a) => up::supervise(&cli.global, a),

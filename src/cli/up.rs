@@ -147,6 +147,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     // `up` with nothing changed. Those the running supervisor serves are bound again once it
     // has stopped and let them go.
     crate::disk::private::check_sizes(&super::image::state_root(), &l.target.project)?;
+    pull_missing(&rt, &l.target.project, a.progress == Progress::Quiet)?;
     for (name, svc) in &l.target.project.services {
         if svc
             .volumes
@@ -378,6 +379,55 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     });
     drop(lock);
     Ok(code)
+}
+
+/// Pulls the registry images of the project that the store lacks (`pull_policy: missing`,
+/// the default) or that the file says to pull each time (`always`), before anything is made.
+fn pull_missing(
+    rt: &crate::runtime::linux::runtime::LinuxRuntime,
+    project: &crate::spec::model::Project,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut done = BTreeSet::new();
+    for svc in project.services.values() {
+        let Some(image) = svc.image.as_deref().filter(|i| *i != "host") else {
+            continue;
+        };
+        let policy = svc.pull_policy.as_deref().unwrap_or("missing");
+        let have = rt.images().resolve(image).is_ok();
+        let want = match policy {
+            "always" => true,
+            "never" | "build" => false,
+            _ => !have,
+        };
+        if !want || !done.insert(image.to_string()) {
+            if !have && policy == "never" {
+                bail!("image {image} is not in the store and its pull_policy is never");
+            }
+            continue;
+        }
+        if !quiet {
+            eprintln!(" Image {image}  Pulling");
+        }
+        let shown = |d: &str, n: u64, had: bool| {
+            if !quiet {
+                let id: String = d.trim_start_matches("sha256:").chars().take(12).collect();
+                eprintln!(
+                    "   {id} {}",
+                    if had {
+                        "Already exists".to_string()
+                    } else {
+                        format!("Pull complete ({n} bytes)")
+                    }
+                );
+            }
+        };
+        rt.images().pull(image, &shown)?;
+        if !quiet {
+            eprintln!(" Image {image}  Pulled");
+        }
+    }
+    Ok(())
 }
 
 /// Starts the project's supervisor in the background, handing it this command's lock (the

@@ -84,6 +84,16 @@ fn normalize(path: &str) -> String {
 }
 
 impl Staged {
+    /// Members already in files (a pull's downloads), by their archive-style names; `origin`
+    /// names where they came from in messages.
+    pub fn from_members(origin: PathBuf, members: HashMap<String, Member>) -> Staged {
+        Staged {
+            tarball: origin,
+            members,
+            links: HashMap::new(),
+        }
+    }
+
     /// Reads `tarball` into `dir` (which must exist and be empty).
     pub fn read(tarball: &Path, dir: &Path) -> Result<Staged, ImageError> {
         let open_err = |source| ImageError::OpenTarball {

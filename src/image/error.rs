@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// blob or layer it was working on, so a refused import says what was wrong with the tarball.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("pull {reference}: {message}")]
+    Registry { reference: String, message: String },
     #[error("image store {path}: cannot {op}: {source}")]
     Store {
         op: &'static str,

@@ -21,6 +21,7 @@ mod config;
 mod digest;
 mod error;
 mod reference;
+pub mod registry;
 #[doc(hidden)]
 pub mod testutil;
 mod unpack;
@@ -460,8 +461,19 @@ impl ImageStore {
                 path: tarball.to_path_buf(),
             });
         };
+        self.finish_import(images, &staging, &layers)
+    }
+
+    /// Verifies and unpacks the layers of `images` (staged in `staging`), then commits them
+    /// and their records. Caller holds the lock.
+    fn finish_import(
+        &self,
+        images: Vec<PlannedImage>,
+        staging: &TempDir,
+        layers: &Path,
+    ) -> Result<Vec<ImageInfo>, ImageError> {
         let mut repos = self.load()?;
-        let prepared = self.prepare_layers(&images, &repos, &layers)?;
+        let prepared = self.prepare_layers(&images, &repos, layers)?;
         let result = self.commit(&images, &prepared, &staging.path, &mut repos);
         if result.is_err()
             && let Ok(saved) = self.load()

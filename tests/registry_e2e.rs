@@ -1,0 +1,151 @@
+//! End to end: `berth pull` from a real registry (Debian's `docker-registry`) that the test
+//! starts on 127.0.0.1 with its storage in a temporary directory, holding an image the test
+//! pushes itself with `skopeo copy`. Skipped (outside CI) when those are not installed.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+#[path = "support/env.rs"]
+mod env;
+use env::{Env, eventually};
+
+/// A registry of the test's own, stopped on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.join("registry.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let up = eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        assert!(up, "the registry did not start on {addr}");
+        Registry { child, addr }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "CI must install {cmd} (.ci/run)"
+    );
+    ok
+}
+
+#[test]
+fn pull_fetches_once_runs_and_names_what_is_missing() {
+    if !nix::unistd::Uid::effective().is_root()
+        || !have("docker-registry")
+        || !have("skopeo")
+        || !berth::image::testutil::busybox_available()
+    {
+        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+        return;
+    }
+    let env = Env::new();
+    let reg = Registry::start(env.dir.path());
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    let image = format!("{}/bb:1", reg.addr);
+    let push = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let p = env.project(
+        "reg",
+        &format!(
+            "name: dreg\nservices:\n  app:\n    image: {image}\n    command: [sleep, '300']\n"
+        ),
+    );
+    // The first pull fetches, the second fetches nothing.
+    let out = env.ok(&p, &["pull", &image]);
+    assert!(out.contains("2 blob(s) fetched"), "{out}");
+    let out = env.ok(&p, &["pull", &image]);
+    assert!(
+        out.contains("0 blob(s) fetched") && out.contains("2 already present"),
+        "{out}"
+    );
+    let images = env.ok(&p, &["images"]);
+    assert!(images.contains(&format!("{}/bb", reg.addr)), "{images}");
+    // It runs.
+    let out = env.ok(&p, &["run", "--rm", "app", "echo", "pulled-and-running"]);
+    assert!(out.contains("pulled-and-running"), "{out}");
+    // By digest.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo inspect");
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
+    let digest = v["Digest"].as_str().expect("digest");
+    env.ok(&p, &["pull", &format!("{}/bb@{digest}", reg.addr)]);
+    // A tag and an image that do not exist say so.
+    let o = env.berth(&p, &["pull", &format!("{}/bb:nope", reg.addr)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no tag `nope`"),
+        "{err}"
+    );
+    let o = env.berth(&p, &["pull", &format!("{}/nothing:1", reg.addr)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no image nothing"),
+        "{err}"
+    );
+
+    // `up` in another state root pulls what it lacks, then runs it.
+    let fresh = Env::new();
+    let q = fresh.project(
+        "reg2",
+        &format!(
+            "name: dreg2\nservices:\n  app:\n    image: {image}\n    command: [sleep, '300']\n"
+        ),
+    );
+    let _down = fresh.down_on_drop(&q);
+    let o = fresh.berth(&q, &["up", "-d"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("Pulling") && err.contains("Pulled"), "{err}");
+    assert_eq!(fresh.container(&q, "dreg2-app-1")["State"], "running");
+    fresh.ok(&q, &["down", "-t", "0", "--progress", "quiet"]);
+}
