@@ -149,3 +149,115 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
     assert_eq!(fresh.container(&q, "dreg2-app-1")["State"], "running");
     fresh.ok(&q, &["down", "-t", "0", "--progress", "quiet"]);
 }
+
+/// What the test's proxy does to the first response bigger than 300 KiB (a layer).
+#[derive(Clone, Copy)]
+enum Mischief {
+    /// Drops the connection in the middle of it.
+    Cut,
+    /// Flips one byte of it.
+    Flip,
+}
+
+/// A TCP proxy of the test's own in front of the registry: returns its address.
+fn proxy(to: String, what: Mischief) -> String {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+    let addr = l.local_addr().expect("addr").to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut down) = c else { continue };
+            let Ok(mut up) = std::net::TcpStream::connect(&to) else {
+                continue;
+            };
+            let (mut down2, mut up2) = (
+                down.try_clone().expect("clone"),
+                up.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down2, &mut up2);
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut sent = 0usize;
+                loop {
+                    let n = match up.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if sent + n > 300 << 10 && !done.swap(true, Ordering::SeqCst) {
+                        match what {
+                            Mischief::Cut => {
+                                let _ = down.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            Mischief::Flip => buf[n / 2] ^= 0xff,
+                        }
+                    }
+                    if down.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                let _ = down.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_cut_transfer_resumes_and_a_corrupt_blob_is_refused() {
+    if !nix::unistd::Uid::effective().is_root()
+        || !have("docker-registry")
+        || !have("skopeo")
+        || !berth::image::testutil::busybox_available()
+    {
+        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+        return;
+    }
+    let env = Env::new();
+    let reg = Registry::start(env.dir.path());
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    let push = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("docker://{}/bb:1", reg.addr))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let p = env.project("cut", "name: dcut\nservices: {}\n");
+    // Cut in the middle: resumed, and the image is whole.
+    let cut = proxy(reg.addr.clone(), Mischief::Cut);
+    let out = env.ok(&p, &["pull", &format!("{cut}/bb:1")]);
+    assert!(out.contains("2 blob(s) fetched"), "{out}");
+    let images = env.ok(&p, &["images"]);
+    assert!(images.contains(&format!("{cut}/bb")), "{images}");
+    // One flipped byte: refused, and nothing of it is stored.
+    let other = Env::new();
+    let q = other.project("flip", "name: dflip\nservices: {}\n");
+    let flip = proxy(reg.addr.clone(), Mischief::Flip);
+    let o = other.berth(&q, &["pull", &format!("{flip}/bb:1")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("does not match its digest"),
+        "{err}"
+    );
+    let images = other.ok(&q, &["images", "-q"]);
+    assert!(
+        images.trim().is_empty(),
+        "a corrupt pull stored an image: {images}"
+    );
+    let blobs = other.state.join("images/blobs/sha256");
+    let stored = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(stored, 0, "blobs of a refused pull were stored");
+}
