@@ -18,6 +18,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, None)
+    }
+
+    /// With `htpasswd`, the registry asks for basic auth.
+    fn start_with(dir: &Path, htpasswd: Option<&Path>) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -27,8 +32,12 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.join("data").display()
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{}",
+                dir.join("data").display(),
+                htpasswd.map_or(String::new(), |h| format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    h.display()
+                ))
             ),
         )
         .expect("write config");
@@ -260,4 +269,73 @@ fn a_cut_transfer_resumes_and_a_corrupt_blob_is_refused() {
     let blobs = other.state.join("images/blobs/sha256");
     let stored = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
     assert_eq!(stored, 0, "blobs of a refused pull were stored");
+}
+
+#[test]
+fn a_registry_with_basic_auth_needs_berth_login() {
+    if !nix::unistd::Uid::effective().is_root()
+        || !have("docker-registry")
+        || !have("skopeo")
+        || !have("htpasswd")
+        || !berth::image::testutil::busybox_available()
+    {
+        eprintln!("skipped: needs root, docker-registry, skopeo, htpasswd and busybox-static");
+        return;
+    }
+    let env = Env::new();
+    let hp = env.dir.path().join("htpasswd");
+    let h = Command::new("htpasswd")
+        .args(["-Bbn", "tester", "s3cret"])
+        .output()
+        .expect("htpasswd");
+    std::fs::write(&hp, &h.stdout).expect("write htpasswd");
+    let reg = Registry::start_with(env.dir.path(), Some(&hp));
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    let image = format!("{}/bb:1", reg.addr);
+    let push = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "tester:s3cret",
+        ])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let p = env.project("auth", "name: dauth\nservices: {}\n");
+    // The test's own docker config, never the user's.
+    let conf = env.dir.path().join("docker");
+    let run = |args: &[&str]| {
+        env.command(&p, args)
+            .env("DOCKER_CONFIG", &conf)
+            .output()
+            .expect("berth")
+    };
+    let o = run(&["pull", &image]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("berth login"), "{err}");
+    let o = run(&["login", &reg.addr, "-u", "tester", "--password", "wrong"]);
+    assert!(!o.status.success(), "a wrong password logged in");
+    let o = run(&["login", &reg.addr, "-u", "tester", "--password", "s3cret"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = conf.join("config.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cfg)
+        .expect("config.json")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "credentials readable by others");
+    let o = run(&["pull", &image]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["logout", &reg.addr]);
+    assert!(o.status.success());
+    let o = run(&["pull", &image]);
+    assert!(!o.status.success(), "pulled after logout");
 }

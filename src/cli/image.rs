@@ -245,3 +245,56 @@ pub fn pull(g: &super::Global, a: &PullArgs) -> anyhow::Result<i32> {
     }
     Ok(code)
 }
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// The registry (default: Docker Hub)
+    pub server: Option<String>,
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (prefer --password-stdin: a command line is visible to other users;
+    /// `-p` is the project here, as in every berth verb)
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Read the password from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// `berth login`: checks the credentials with the registry and keeps them in the docker config
+/// file, where Docker keeps them too.
+pub fn login(a: &LoginArgs) -> anyhow::Result<i32> {
+    let server = a.server.clone().unwrap_or_else(|| "docker.io".into());
+    let Some(user) = a.username.clone() else {
+        anyhow::bail!("berth login: give the user name with -u");
+    };
+    let password = match (&a.password, a.password_stdin) {
+        (Some(p), false) => p.clone(),
+        (None, true) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+        _ => anyhow::bail!("berth login: give the password with --password or --password-stdin"),
+    };
+    let path = crate::image::registry::login(&server, &user, &password)?;
+    println!("Login Succeeded (credentials in {})", path.display());
+    Ok(0)
+}
+
+/// `berth logout`: forgets the credentials of a registry.
+pub fn logout(server: Option<&str>) -> anyhow::Result<i32> {
+    let server = server.unwrap_or("docker.io");
+    if crate::image::registry::logout(server)? {
+        println!("Removed login credentials for {server}");
+    } else {
+        println!("Not logged in to {server}");
+    }
+    Ok(0)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogoutArgs {
+    /// The registry (default: Docker Hub)
+    pub server: Option<String>,
+}

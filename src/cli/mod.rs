@@ -145,9 +145,9 @@ pub enum Verb {
     /// Save images to a tarball
     Save(Later),
     /// Log in to a registry
-    Login(Later),
+    Login(image::LoginArgs),
     /// Log out of a registry
-    Logout(Later),
+    Logout(image::LogoutArgs),
     /// Private and shared disks (ls, rm, update...)
     Disk(disk::DiskArgs),
     /// Bring the project up at boot (systemd unit)
@@ -179,6 +179,8 @@ impl Verb {
             | Verb::Ps(_)
             | Verb::Disk(_)
             | Verb::Pull(_)
+            | Verb::Login(_)
+            | Verb::Logout(_)
             | Verb::Port(_)
             | Verb::Logs(_)
             | Verb::Supervise(_)
@@ -207,8 +209,6 @@ impl Verb {
             Verb::Build(_) => "build",
             Verb::Watch(_) => "watch",
             Verb::Save(_) => "save",
-            Verb::Login(_) => "login",
-            Verb::Logout(_) => "logout",
             Verb::Export(_) => "export",
             Verb::Import(_) => "import",
         };
@@ -252,6 +252,8 @@ pub fn main() -> i32 {
         Verb::Ps(a) => ps::run(&cli.global, a),
         Verb::Disk(a) => disk::run(&cli.global, a),
         Verb::Pull(a) => image::pull(&cli.global, a),
+        Verb::Login(a) => image::login(a),
+        Verb::Logout(a) => image::logout(a.server.as_deref()),
         Verb::Port(a) => ps::port(&cli.global, a),
         Verb::Logs(a) => logs::run(&cli.global, a),
         Verb::Supervise(a) => up::supervise(&cli.global, a),

@@ -120,6 +120,125 @@ fn reg_err(r: &str, message: impl Into<String>) -> ImageError {
     }
 }
 
+/// The docker config file berth reads credentials from and `berth login` writes:
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, as Docker's.
+pub fn docker_config() -> PathBuf {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) => PathBuf::from(d).join("config.json"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".docker/config.json"),
+    }
+}
+
+/// The `user:password` stored for `registry` (its `auths` entry), if any.
+pub fn credentials(registry: &str) -> Option<String> {
+    use base64::Engine;
+    let text = fs::read_to_string(docker_config()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let auths = v.get("auths")?.as_object()?;
+    let keys = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        if registry == "docker.io" {
+            "https://index.docker.io/v1/".into()
+        } else {
+            String::new()
+        },
+    ];
+    let entry = keys.iter().find_map(|k| auths.get(k))?;
+    let auth = entry.get("auth")?.as_str()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .ok()?;
+    String::from_utf8(raw).ok()
+}
+
+/// Checks `user:password` against `registry` and records it in the docker config file.
+pub fn login(registry: &str, user: &str, password: &str) -> Result<PathBuf, ImageError> {
+    use base64::Engine;
+    let r = Reference::parse(&format!("{registry}/x"))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let resp = agent
+        .get(&format!("{}/v2/", r.base()))
+        .header("Authorization", &format!("Basic {basic}"))
+        .call()
+        .map_err(|e| reg_err(registry, format!("cannot reach the registry: {e}")))?;
+    match resp.status().as_u16() {
+        200 => {}
+        401 => {
+            // A token registry: the credentials are checked when the token is asked for.
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if !challenge.starts_with("Bearer ") {
+                return Err(reg_err(
+                    registry,
+                    "login refused: wrong user name or password",
+                ));
+            }
+            let c = Client::new(registry, r.clone());
+            c.token(&challenge, Some(&format!("{user}:{password}")))
+                .map_err(|_| reg_err(registry, "login refused: wrong user name or password"))?;
+        }
+        s => return Err(reg_err(registry, format!("the registry answered {s}"))),
+    }
+    let path = docker_config();
+    let mut v: serde_json::Value = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if !v.get("auths").is_some_and(|a| a.is_object()) {
+        v["auths"] = serde_json::json!({});
+    }
+    v["auths"][registry] = serde_json::json!({ "auth": basic });
+    write_config(&path, &v)?;
+    Ok(path)
+}
+
+/// Forgets the credentials of `registry`. Returns whether there were any.
+pub fn logout(registry: &str) -> Result<bool, ImageError> {
+    let path = docker_config();
+    let Some(mut v) = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return Ok(false);
+    };
+    let had = v
+        .get_mut("auths")
+        .and_then(|a| a.as_object_mut())
+        .is_some_and(|a| a.remove(registry).is_some());
+    if had {
+        write_config(&path, &v)?;
+    }
+    Ok(had)
+}
+
+fn write_config(path: &Path, v: &serde_json::Value) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ImageError::Store {
+        op: "write the docker config file",
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).map_err(err)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap_or_default()).map_err(err)?;
+    // Credentials: readable by their owner only.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.oci.image.manifest.v1+json, \
@@ -167,7 +286,7 @@ impl Client {
                 req = req.header("Range", &format!("bytes={from}-"));
             }
             if let Some(t) = &self.token {
-                req = req.header("Authorization", &format!("Bearer {t}"));
+                req = req.header("Authorization", t);
             }
             let resp = req.call().map_err(|e| {
                 reg_err(
@@ -182,7 +301,8 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                self.token = Some(self.anonymous_token(&challenge)?);
+                let creds = credentials(&self.r.registry);
+                self.token = Some(self.token(&challenge, creds.as_deref())?);
                 continue;
             }
             return Ok(resp);
@@ -193,11 +313,27 @@ impl Client {
         ))
     }
 
-    fn anonymous_token(&self, challenge: &str) -> Result<String, ImageError> {
+    /// The `Authorization` value that answers `challenge`: basic credentials, or a bearer
+    /// token from the registry's token service (anonymous, or with the credentials).
+    fn token(&self, challenge: &str, creds: Option<&str>) -> Result<String, ImageError> {
+        use base64::Engine;
+        let basic = creds.map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        if challenge.starts_with("Basic") {
+            return match basic {
+                Some(b) => Ok(format!("Basic {b}")),
+                None => Err(reg_err(
+                    &self.written,
+                    format!(
+                        "the registry requires a login: run `berth login {}`",
+                        self.r.registry
+                    ),
+                )),
+            };
+        }
         let Some(params) = challenge.strip_prefix("Bearer ") else {
             return Err(reg_err(
                 &self.written,
-                "the registry requires authentication (berth login is not built yet)",
+                "the registry asks for an unknown kind of authentication",
             ));
         };
         let mut realm = String::new();
@@ -213,9 +349,11 @@ impl Client {
             }
         }
         let url = format!("{realm}?{}", query.join("&"));
-        let mut resp = self
-            .agent
-            .get(&url)
+        let mut req = self.agent.get(&url);
+        if let Some(b) = &basic {
+            req = req.header("Authorization", &format!("Basic {b}"));
+        }
+        let mut resp = req
             .call()
             .map_err(|e| reg_err(&self.written, format!("token service {realm}: {e}")))?;
         if resp.status() != 200 {
@@ -236,7 +374,7 @@ impl Client {
         v.get("token")
             .or_else(|| v.get("access_token"))
             .and_then(|t| t.as_str())
-            .map(str::to_string)
+            .map(|t| format!("Bearer {t}"))
             .ok_or_else(|| reg_err(&self.written, "the token service gave no token"))
     }
 
