@@ -244,6 +244,7 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
+#[derive(Clone)]
 struct Client {
     agent: ureq::Agent,
     written: String,
@@ -627,21 +628,48 @@ impl ImageStore {
         );
 
         let mut out = Pulled::default();
+        // Blobs the store has are linked in; the others are fetched at once, a connection
+        // each (a registry serves layers in parallel; one stream at a time left the link idle
+        // between them).
+        let mut fetch: Vec<(Digest, u64, PathBuf, String)> = Vec::new();
         for desc in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
             let d = Digest::parse(&desc.digest)?;
             let size = u64::try_from(desc.size).unwrap_or(0);
             let file = dir.join(format!("b{}", d.hex()));
+            let key = format!("blobs/sha256/{}", d.hex());
+            if members.contains_key(&key) {
+                continue;
+            }
             let have = self.blob_path(&d);
             if have.is_file() && fs::hard_link(&have, &file).is_ok() {
                 out.reused += 1;
                 progress(&desc.digest, size, true);
             } else {
-                let n = c.blob(&d, size, &file)?;
-                out.fetched += 1;
-                out.bytes += n;
-                progress(&desc.digest, n, false);
+                fetch.push((d.clone(), size, file.clone(), desc.digest.clone()));
             }
-            members.insert(format!("blobs/sha256/{}", d.hex()), member(file, (d, size)));
+            members.insert(key, member(file, (d, size)));
+        }
+        let results: Vec<Result<(String, u64), ImageError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = fetch
+                .iter()
+                .map(|(d, size, file, shown)| {
+                    let mut c = c.clone();
+                    sc.spawn(move || c.blob(d, *size, file).map(|n| (shown.clone(), n)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(reg_err(reference, "a download thread panicked")))
+                })
+                .collect()
+        });
+        for r in results {
+            let (shown, n) = r?;
+            out.fetched += 1;
+            out.bytes += n;
+            progress(&shown, n, false);
         }
         let staged = Staged::from_members(PathBuf::from(reference), members);
         let images = super::plan_oci(&staged)?;
