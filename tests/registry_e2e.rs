@@ -106,6 +106,8 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
             "name: dreg\nservices:\n  app:\n    image: {image}\n    command: [sleep, '300']\n"
         ),
     );
+    // `run` makes the project's network: `down` takes it away again.
+    let _down = env.down_on_drop(&p);
     // The first pull fetches, the second fetches nothing.
     let out = env.ok(&p, &["pull", &image]);
     assert!(out.contains("2 blob(s) fetched"), "{out}");
@@ -338,4 +340,65 @@ fn a_registry_with_basic_auth_needs_berth_login() {
     assert!(o.status.success());
     let o = run(&["pull", &image]);
     assert!(!o.status.success(), "pulled after logout");
+}
+
+#[test]
+fn a_two_platform_index_gives_this_hosts_image() {
+    if !nix::unistd::Uid::effective().is_root()
+        || !have("docker-registry")
+        || !have("skopeo")
+        || !berth::image::testutil::busybox_available()
+    {
+        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+        return;
+    }
+    use berth::image::testutil::{self, LayerBuilder, TestImage};
+    let env = Env::new();
+    let reg = Registry::start(env.dir.path());
+    let host = testutil::busybox_image();
+    // The other platform's image: a marker file the test can look for.
+    let other = TestImage {
+        tags: vec![],
+        layers: vec![
+            LayerBuilder::new()
+                .file("wrong-platform", b"x", 0o644)
+                .finish(),
+        ],
+        gzip_layers: false,
+        config: serde_json::json!({"Cmd": ["sh"]}),
+    };
+    let layout = env.dir.path().join("layout");
+    testutil::two_platform_layout(&layout, &host, &other, "1");
+    let image = format!("{}/multi:1", reg.addr);
+    let push = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let p = env.project(
+        "multi",
+        &format!(
+            "name: dmulti\nservices:\n  app:\n    image: {image}\n    command: [sleep, '300']\n"
+        ),
+    );
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["pull", &image]);
+    let out = env.ok(
+        &p,
+        &[
+            "run",
+            "--rm",
+            "app",
+            "sh",
+            "-c",
+            "ls /; test ! -e /wrong-platform && echo right-platform",
+        ],
+    );
+    assert!(out.contains("right-platform"), "{out}");
 }

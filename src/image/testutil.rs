@@ -551,3 +551,67 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         .and_then(|mut f| f.write_all(bytes))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+/// Writes an OCI image layout directory at `dir` whose index.json names (`ref`) a
+/// two-platform image index: `host` for this host's architecture and `other` for another,
+/// both present (for `skopeo copy --all oci:DIR:REF docker://...`).
+pub fn two_platform_layout(dir: &Path, host: &TestImage, other: &TestImage, r#ref: &str) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir blobs");
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = sha256(bytes);
+        write_file(&blobs.join(&d[7..]), bytes);
+        (d, bytes.len())
+    };
+    let manifest = |img: &TestImage| -> (String, usize) {
+        let cfg = img.config_json();
+        let (cfg_d, cfg_len) = put(&cfg);
+        let layers: Vec<Value> = img
+            .blobs()
+            .iter()
+            .map(|b| {
+                let (d, len) = put(b);
+                json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": len})
+            })
+            .collect();
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d, "size": cfg_len},
+            "layers": layers,
+        }))
+        .expect("serialize a manifest");
+        put(&m)
+    };
+    let other_arch = if super::config::host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let (hd, hl) = manifest(host);
+    let (od, ol) = manifest(other);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": od, "size": ol,
+             "platform": {"os": "linux", "architecture": other_arch}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": hd, "size": hl,
+             "platform": {"os": "linux", "architecture": super::config::host_arch()}},
+        ],
+    }))
+    .expect("serialize an index");
+    let (id, il) = put(&index);
+    write_file(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    );
+    write_file(
+        &dir.join("index.json"),
+        &serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": il,
+             "annotations": {"org.opencontainers.image.ref.name": r#ref}},
+        ]}))
+        .expect("serialize index.json"),
+    );
+}
