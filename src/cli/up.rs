@@ -395,11 +395,12 @@ fn pull_missing(
         };
         let policy = svc.pull_policy.as_deref().unwrap_or("missing");
         let have = rt.images().resolve(image).is_ok();
-        let want = match policy {
-            "always" => true,
-            "never" | "build" => false,
-            _ => !have,
-        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = crate::image::registry::last_pull(rt.images(), image);
+        let want = crate::image::registry::pull_due(policy, have, last, now)
+            .map_err(|e| anyhow::anyhow!("image {image}: {e}"))?;
         if !want || !done.insert(image.to_string()) {
             if !have && policy == "never" {
                 bail!("image {image} is not in the store and its pull_policy is never");

@@ -524,6 +524,50 @@ impl Client {
     }
 }
 
+/// Whether `pull_policy` asks for a pull now: `always`; `missing` (the default, also
+/// `if_not_present`) when the store lacks the image; `daily`, `weekly` or `every_<duration>`
+/// when it lacks it or its last pull is older than that; `never` and `build` never.
+pub fn pull_due(policy: &str, have: bool, last: Option<u64>, now: u64) -> Result<bool, String> {
+    let age = |secs: u64| !have || last.is_none_or(|t| now.saturating_sub(t) >= secs);
+    Ok(match policy {
+        "always" => true,
+        "never" | "build" => false,
+        "missing" | "if_not_present" => !have,
+        "daily" => age(86_400),
+        "weekly" => age(7 * 86_400),
+        p => match p.strip_prefix("every_") {
+            Some(d) => age(crate::spec::units::parse_duration(d)?.as_std().as_secs()),
+            None => return Err(format!("unknown pull_policy `{p}`")),
+        },
+    })
+}
+
+fn pulls_file(store: &ImageStore) -> PathBuf {
+    store.dir().join("pulled.json")
+}
+
+/// When `reference` was last pulled (seconds since the epoch), for the timed policies.
+pub fn last_pull(store: &ImageStore, reference: &str) -> Option<u64> {
+    let t = fs::read_to_string(pulls_file(store)).ok()?;
+    let m: HashMap<String, u64> = serde_json::from_str(&t).ok()?;
+    m.get(reference).copied()
+}
+
+fn record_pull(store: &ImageStore, reference: &str) {
+    let mut m: HashMap<String, u64> = fs::read_to_string(pulls_file(store))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    m.insert(reference.to_string(), now);
+    let tmp = store.dir().join(".pulled.json.tmp");
+    if fs::write(&tmp, serde_json::to_vec(&m).unwrap_or_default()).is_ok() {
+        let _ = fs::rename(&tmp, pulls_file(store));
+    }
+}
+
 fn member(file: PathBuf, bytes_or_len: (Digest, u64)) -> Member {
     Member {
         file,
@@ -674,6 +718,7 @@ impl ImageStore {
         let staged = Staged::from_members(PathBuf::from(reference), members);
         let images = super::plan_oci(&staged)?;
         out.images = self.finish_import(images, &staging, &layers_dir)?;
+        record_pull(self, reference);
         Ok(out)
     }
 }
@@ -681,6 +726,26 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_policies_decide_as_compose_defines_them() {
+        let day = 86_400;
+        assert_eq!(pull_due("missing", true, None, 0), Ok(false));
+        assert_eq!(pull_due("missing", false, None, 0), Ok(true));
+        assert_eq!(pull_due("always", true, Some(0), 0), Ok(true));
+        assert_eq!(pull_due("never", false, None, 0), Ok(false));
+        assert_eq!(pull_due("daily", true, Some(10), 10 + day - 1), Ok(false));
+        assert_eq!(pull_due("daily", true, Some(10), 10 + day), Ok(true));
+        assert_eq!(pull_due("weekly", true, Some(0), 6 * day), Ok(false));
+        assert_eq!(pull_due("every_12h", true, Some(0), 12 * 3600), Ok(true));
+        assert_eq!(pull_due("every_12h", true, Some(0), 3600), Ok(false));
+        assert_eq!(
+            pull_due("daily", true, None, 5),
+            Ok(true),
+            "never pulled: pull"
+        );
+        assert!(pull_due("sometimes", true, None, 0).is_err());
+    }
 
     #[test]
     fn references_get_docker_defaults() {
