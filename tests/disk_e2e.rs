@@ -364,7 +364,7 @@ fn storage_opt_size_limits_the_writable_layer() {
     );
     // The host holds no more than the limit for it.
     let dir = env.state.join("containers/dsized-app-1");
-    let used = testutil_du(&dir);
+    let used = berth::disk::tree_usage(&dir);
     assert!(
         used <= 33 << 20,
         "the host took {used} bytes for a 32m layer"
@@ -377,21 +377,6 @@ fn storage_opt_size_limits_the_writable_layer() {
     assert!(ok && out.contains("kept"), "{out}");
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
     assert!(loops_under(&env.state).is_empty(), "a loop device is left");
-}
-
-/// Bytes the files under `p` take on disk.
-fn testutil_du(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    let own = md.blocks() * 512;
-    if !md.is_dir() {
-        return own;
-    }
-    own + std::fs::read_dir(p)
-        .map(|d| d.flatten().map(|e| testutil_du(&e.path())).sum::<u64>())
-        .unwrap_or(0)
 }
 
 #[test]

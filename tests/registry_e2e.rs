@@ -63,6 +63,22 @@ impl Drop for Registry {
     }
 }
 
+/// `skopeo copy` of `from` (a transport:path) to `image` in the registry, with `extra` options.
+fn push(from: &str, image: &str, extra: &[&str]) {
+    let push = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .args(extra)
+        .arg(from)
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+}
+
 fn have(cmd: &str) -> bool {
     let ok = Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -89,17 +105,7 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
     let reg = Registry::start(env.dir.path());
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
     let image = format!("{}/bb:1", reg.addr);
-    let push = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("docker-archive:{}", tar.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    push(&format!("docker-archive:{}", tar.display()), &image, &[]);
     let p = env.project(
         "reg",
         &format!(
@@ -235,16 +241,10 @@ fn a_cut_transfer_resumes_and_a_corrupt_blob_is_refused() {
     let env = Env::new();
     let reg = Registry::start(env.dir.path());
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    let push = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("docker-archive:{}", tar.display()))
-        .arg(format!("docker://{}/bb:1", reg.addr))
-        .output()
-        .expect("skopeo");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
+    push(
+        &format!("docker-archive:{}", tar.display()),
+        &format!("{}/bb:1", reg.addr),
+        &[],
     );
     let p = env.project("cut", "name: dcut\nservices: {}\n");
     // Cut in the middle: resumed, and the image is whole.
@@ -294,21 +294,10 @@ fn a_registry_with_basic_auth_needs_berth_login() {
     let reg = Registry::start_with(env.dir.path(), Some(&hp));
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
     let image = format!("{}/bb:1", reg.addr);
-    let push = Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "tester:s3cret",
-        ])
-        .arg(format!("docker-archive:{}", tar.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
+    push(
+        &format!("docker-archive:{}", tar.display()),
+        &image,
+        &["--dest-creds", "tester:s3cret"],
     );
     let p = env.project("auth", "name: dauth\nservices: {}\n");
     // The test's own docker config, never the user's.
@@ -370,17 +359,7 @@ fn a_two_platform_index_gives_this_hosts_image() {
     let layout = env.dir.path().join("layout");
     testutil::two_platform_layout(&layout, &host, &other, "1");
     let image = format!("{}/multi:1", reg.addr);
-    let push = Command::new("skopeo")
-        .args(["copy", "--all", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    push(&format!("oci:{}:1", layout.display()), &image, &["--all"]);
     let p = env.project(
         "multi",
         &format!(

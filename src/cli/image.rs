@@ -167,6 +167,20 @@ pub fn remove(images: &[String]) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A pulled blob as `pull` and `up` show it: `<id> Pull complete (1.1MB)` or `Already exists`.
+pub fn blob_line(digest: &str, bytes: u64, had: bool) -> String {
+    let id: String = digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect();
+    if had {
+        format!("{id} Already exists")
+    } else {
+        format!("{id} Pull complete ({})", human(bytes))
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
     /// Services of the project (their images), or image references
@@ -215,12 +229,7 @@ pub fn pull(g: &super::Global, a: &PullArgs) -> anyhow::Result<i32> {
         let quiet = a.quiet;
         let shown = |d: &str, n: u64, had: bool| {
             if !quiet {
-                let id: String = d.trim_start_matches("sha256:").chars().take(12).collect();
-                if had {
-                    println!(" {id} Already exists");
-                } else {
-                    println!(" {id} Pull complete ({})", human(n));
-                }
+                println!(" {}", blob_line(d, n, had));
             }
         };
         if !quiet {

@@ -412,15 +412,7 @@ fn pull_missing(
         }
         let shown = |d: &str, n: u64, had: bool| {
             if !quiet {
-                let id: String = d.trim_start_matches("sha256:").chars().take(12).collect();
-                eprintln!(
-                    "   {id} {}",
-                    if had {
-                        "Already exists".to_string()
-                    } else {
-                        format!("Pull complete ({n} bytes)")
-                    }
-                );
+                eprintln!("   {}", super::image::blob_line(d, n, had));
             }
         };
         rt.images().pull(image, &shown)?;

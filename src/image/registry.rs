@@ -113,6 +113,15 @@ pub struct Pulled {
     pub bytes: u64,
 }
 
+/// The authentication challenge of a 401 answer (`WWW-Authenticate`), or "".
+fn challenge(resp: &ureq::http::Response<ureq::Body>) -> String {
+    resp.headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 fn reg_err(r: &str, message: impl Into<String>) -> ImageError {
     ImageError::Registry {
         reference: r.to_string(),
@@ -172,12 +181,7 @@ pub fn login(registry: &str, user: &str, password: &str) -> Result<PathBuf, Imag
         200 => {}
         401 => {
             // A token registry: the credentials are checked when the token is asked for.
-            let challenge = resp
-                .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let challenge = challenge(&resp);
             if !challenge.starts_with("Bearer ") {
                 return Err(reg_err(
                     registry,
@@ -296,12 +300,7 @@ impl Client {
                 )
             })?;
             if resp.status() == 401 && attempt == 0 {
-                let challenge = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let challenge = challenge(&resp);
                 let creds = credentials(&self.r.registry);
                 self.token = Some(self.token(&challenge, creds.as_deref())?);
                 continue;
