@@ -151,7 +151,15 @@ fn image_import_list_and_remove() {
     );
     let out = run(&["image", "inspect", "busybox"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v[0]["Config"]["cmd"][0], "sh");
+    // Docker's shape: the config as the image has it, the tags, the digests.
+    assert_eq!(v[0]["Config"]["Cmd"][0], "sh", "{v}");
+    assert_eq!(v[0]["RepoTags"][0], "busybox:latest", "{v}");
+    assert_eq!(v[0]["Os"], "linux", "{v}");
+    assert!(
+        v[0]["RootFS"]["Layers"][0]
+            .as_str()
+            .is_some_and(|l| l.starts_with("sha256:"))
+    );
     let out = run(&["rmi", "busybox"]);
     assert!(
         out.status.success(),

@@ -640,6 +640,14 @@ fn reimporting_a_tag_moves_it_and_leaves_the_old_image_untagged() {
     assert_eq!(r.layers_freed, 1);
     assert_eq!(store.list().unwrap().len(), 1);
     assert_eq!(store.resolve("app").unwrap().id, v2.id());
+    // `prune -a` spares a tagged image in use, then untags and deletes it.
+    let r = store.prune_images(&|id| id == v2.id(), true).unwrap();
+    assert!(r.pruned.is_empty() && r.untagged.is_empty());
+    let r = store.prune_images(&|_| false, true).unwrap();
+    assert_eq!(r.pruned, [v2.id()]);
+    assert_eq!(r.untagged.len(), 1);
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(layer_dirs(&store), 0);
 }
 
 #[test]

@@ -117,11 +117,13 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
     // The first pull fetches, the second fetches nothing.
     let out = env.ok(&p, &["pull", &image]);
     assert!(out.contains("2 blob(s) fetched"), "{out}");
+    assert_eq!(out.matches("Pull complete").count(), 2, "{out}");
     let out = env.ok(&p, &["pull", &image]);
     assert!(
         out.contains("0 blob(s) fetched") && out.contains("2 already present"),
         "{out}"
     );
+    assert_eq!(out.matches("Already exists").count(), 2, "{out}");
     let images = env.ok(&p, &["images"]);
     assert!(images.contains(&format!("{}/bb", reg.addr)), "{images}");
     // It runs.
@@ -162,9 +164,88 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
     let o = fresh.berth(&q, &["up", "-d"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("Pulling") && err.contains("Pulled"), "{err}");
+    assert!(
+        err.contains("Pulling") && err.contains("Pulled") && err.contains("Pull complete"),
+        "{err}"
+    );
     assert_eq!(fresh.container(&q, "dreg2-app-1")["State"], "running");
     fresh.ok(&q, &["down", "-t", "0", "--progress", "quiet"]);
+
+    // On a terminal (forced here: the test's stdout is a pipe), a bar per layer and a total.
+    let tty = Env::new();
+    let out = tty.ok(&q, &["pull", "--progress", "tty", &image]);
+    assert!(
+        out.contains("total") && out.contains("B/s") && out.contains("Pull complete"),
+        "{out}"
+    );
+    assert!(out.contains('\u{1b}'), "no terminal drawing: {out}");
+}
+
+#[test]
+fn a_saved_image_loads_on_a_host_with_no_registry() {
+    if !nix::unistd::Uid::effective().is_root()
+        || !have("docker-registry")
+        || !have("skopeo")
+        || !berth::image::testutil::busybox_available()
+    {
+        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+        return;
+    }
+    let env = Env::new();
+    let reg = Registry::start(env.dir.path());
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    let image = format!("{}/bb:1", reg.addr);
+    // Pushed gzip-compressed: the saved archive carries the layer as pulled.
+    push(&format!("docker-archive:{}", tar.display()), &image, &[]);
+    let p = env.project("save", "name: dsave\nservices: {}\n");
+    env.ok(&p, &["pull", "-q", &image]);
+    let out_file = env.dir.path().join("saved.tar");
+    let o = env.berth(&p, &["save", "-o", out_file.to_str().unwrap(), &image]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Both readings of the archive: docker-save and OCI layout.
+    for transport in ["docker-archive", "oci-archive"] {
+        let i = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("{transport}:{}", out_file.display()))
+            .output()
+            .expect("skopeo inspect");
+        assert!(
+            i.status.success(),
+            "{transport}: {}",
+            String::from_utf8_lossy(&i.stderr)
+        );
+    }
+    // Saved twice: the same bytes.
+    let again = env.dir.path().join("again.tar");
+    env.ok(&p, &["save", "-o", again.to_str().unwrap(), &image]);
+    assert_eq!(
+        std::fs::read(&out_file).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+    // Another host (state root): import, and the image runs under its name, with the same id.
+    let other = Env::new();
+    let q = other.project(
+        "save2",
+        &format!("name: dsave2\nservices:\n  app:\n    image: {image}\n    pull_policy: never\n    command: [echo, loaded-and-running]\n"),
+    );
+    let _down = other.down_on_drop(&q);
+    other.ok(&q, &["image", "import", out_file.to_str().unwrap()]);
+    let ids = |e: &Env, d: &Path| e.ok(d, &["images", "-q"]);
+    assert_eq!(ids(&env, &p).trim(), ids(&other, &q).trim());
+    let out = other.ok(&q, &["run", "--rm", "app"]);
+    assert!(out.contains("loaded-and-running"), "{out}");
+    // An image the store lacks: a clear error, and no file left.
+    let missing = env.dir.path().join("missing.tar");
+    let o = env.berth(&p, &["save", "-o", missing.to_str().unwrap(), "nothing:1"]);
+    assert!(!o.status.success());
+    assert!(!missing.exists());
+    assert!(
+        std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains(".berth-")),
+        "a temporary file was left"
+    );
 }
 
 /// What the test's proxy does to the first response bigger than 300 KiB (a layer).

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use super::pullview::{PullView, Stream};
 use crate::image::ImageInfo;
 use crate::runtime::linux::runtime::LinuxRuntime;
 
@@ -27,7 +28,82 @@ pub enum ImageCmd {
     /// Show an image's details as JSON
     Inspect { images: Vec<String> },
     /// Remove untagged images no container uses
-    Prune,
+    Prune {
+        /// Remove every image no container uses, tagged or not
+        #[arg(short, long)]
+        all: bool,
+        /// Do not ask (berth never asks; accepted as Docker's)
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Save images to a tarball (docker-save and OCI layout in one)
+    Save(SaveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Images (name[:tag], name@digest or id)
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Write to this file instead of standard output (`-` is standard output)
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `berth save`: a tarball that `berth image import` and `docker load` read on a host with no
+/// registry. Written to a temporary name and renamed, so a failed save leaves no partial file.
+pub fn save(a: &SaveArgs) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    if a.images.iter().any(|i| i == "host") {
+        anyhow::bail!(
+            "berth save: `host` is this host's own files, not an image in the store; it cannot be saved"
+        );
+    }
+    let rt = runtime()?;
+    let to_stdout = a.output.as_deref().is_none_or(|o| o.as_os_str() == "-");
+    if to_stdout {
+        if std::io::stdout().is_terminal() {
+            anyhow::bail!(
+                "berth save: refusing to write a tarball to a terminal; use -o FILE or redirect standard output"
+            );
+        }
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        rt.images().save(&a.images, out)?;
+        return Ok(0);
+    }
+    let path = a.output.clone().unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.tar".into());
+    let tmp = path.with_file_name(format!(".{name}.berth-{}", std::process::id()));
+    let result = (|| -> anyhow::Result<crate::image::Saved> {
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let saved = rt.images().save(&a.images, &mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(saved)
+    })();
+    match result {
+        Ok(s) => {
+            eprintln!(
+                "Saved {} to {} ({} blobs, {})",
+                s.images.join(", "),
+                path.display(),
+                s.blobs,
+                human(s.bytes)
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +128,7 @@ fn runtime() -> anyhow::Result<LinuxRuntime> {
     LinuxRuntime::new(&root).with_context(|| format!("opening berth's state in {}", root.display()))
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1e9 {
         format!("{:.2}GB", b / 1e9)
@@ -120,32 +196,34 @@ pub fn run(a: &ImageArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         ImageCmd::Ls(l) => list(l),
+        ImageCmd::Save(s) => save(s),
         ImageCmd::Rm { images } => remove(images),
         ImageCmd::Inspect { images } => {
+            anyhow::ensure!(!images.is_empty(), "give the image(s) to inspect");
             let rt = runtime()?;
             let mut out = Vec::new();
             for r in images {
-                let img = rt.images().resolve(r)?;
-                out.push(serde_json::json!({
-                    "Id": img.id,
-                    "RepoTags": rt.images().list()?.iter()
-                        .filter(|i| i.id == img.id)
-                        .filter_map(|i| Some(format!("{}:{}", i.repository.as_ref()?, i.tag.as_ref()?)))
-                        .collect::<Vec<_>>(),
-                    "Config": img.config,
-                    "Layers": img.layers,
-                }));
+                out.push(rt.images().inspect(r)?);
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(0)
         }
-        ImageCmd::Prune => {
+        ImageCmd::Prune { all, force: _ } => {
             let rt = runtime()?;
             let used = rt.images_in_use();
-            let r = rt.images().prune(&|id| used.contains(id))?;
+            let r = rt.images().prune_images(&|id| used.contains(id), *all)?;
+            for u in &r.untagged {
+                println!("Untagged: {u}");
+            }
             for p in &r.pruned {
                 println!("Deleted: {p}");
             }
+            println!(
+                "Total: {} image(s), {} blob(s) and {} layer(s) freed",
+                r.pruned.len(),
+                r.blobs_freed,
+                r.layers_freed
+            );
             Ok(0)
         }
     }
@@ -167,20 +245,6 @@ pub fn remove(images: &[String]) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// A pulled blob as `pull` and `up` show it: `<id> Pull complete (1.1MB)` or `Already exists`.
-pub fn blob_line(digest: &str, bytes: u64, had: bool) -> String {
-    let id: String = digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(12)
-        .collect();
-    if had {
-        format!("{id} Already exists")
-    } else {
-        format!("{id} Pull complete ({})", human(bytes))
-    }
-}
-
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
     /// Services of the project (their images), or image references
@@ -188,6 +252,9 @@ pub struct PullArgs {
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,
+    /// Progress output: bars per layer on a terminal, plain lines otherwise
+    #[arg(long, value_enum, default_value_t = super::project::Progress::Auto)]
+    pub progress: super::project::Progress,
 }
 
 /// `berth pull`: the images of the named services (all of them without names), or images
@@ -225,28 +292,23 @@ pub fn pull(g: &super::Global, a: &PullArgs) -> anyhow::Result<i32> {
     }
     let rt = runtime()?;
     let mut code = 0;
+    let mode = if a.quiet {
+        super::project::Progress::Quiet
+    } else {
+        a.progress
+    };
     for r in &refs {
-        let quiet = a.quiet;
-        let shown = |d: &str, n: u64, had: bool| {
-            if !quiet {
-                println!(" {}", blob_line(d, n, had));
-            }
-        };
-        if !quiet {
-            println!("Pulling {r}");
-        }
-        match rt.images().pull(r, &shown) {
-            Ok(p) => {
-                if !quiet {
-                    println!(
-                        "{r}: {} blob(s) fetched ({}), {} already present",
-                        p.fetched,
-                        human(p.bytes),
-                        p.reused
-                    );
-                }
-            }
+        let view = PullView::new(mode, Stream::Stdout);
+        view.say(&format!("Pulling {r}"));
+        match rt.images().pull(r, &|e| view.event(e)) {
+            Ok(p) => view.finish(&format!(
+                "{r}: {} blob(s) fetched ({}), {} already present",
+                p.fetched,
+                human(p.bytes),
+                p.reused
+            )),
             Err(e) => {
+                view.finish("failed");
                 eprintln!("berth: {e}");
                 code = 1;
             }

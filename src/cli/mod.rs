@@ -12,6 +12,7 @@ mod lifecycle;
 mod logs;
 mod project;
 mod ps;
+mod pullview;
 mod run;
 mod stats;
 mod up;
@@ -138,12 +139,12 @@ pub enum Verb {
     Watch(Later),
     /// List images
     Images(image::LsArgs),
-    /// Image management (import, ls, rm, inspect, prune)
+    /// Image management (import, ls, rm, inspect, prune, save)
     Image(image::ImageArgs),
     /// Remove images
     Rmi { images: Vec<String> },
-    /// Save images to a tarball
-    Save(Later),
+    /// Save images to a tarball (docker-save and OCI layout in one)
+    Save(image::SaveArgs),
     /// Log in to a registry
     Login(image::LoginArgs),
     /// Log out of a registry
@@ -179,6 +180,7 @@ impl Verb {
             | Verb::Ps(_)
             | Verb::Disk(_)
             | Verb::Pull(_)
+            | Verb::Save(_)
             | Verb::Login(_)
             | Verb::Logout(_)
             | Verb::Port(_)
@@ -208,12 +210,10 @@ impl Verb {
             Verb::Cp(_) => "cp",
             Verb::Build(_) => "build",
             Verb::Watch(_) => "watch",
-            Verb::Save(_) => "save",
             Verb::Export(_) => "export",
             Verb::Import(_) => "import",
         };
         let part = match name {
-            "pull" | "save" | "login" | "logout" => "registry pulls and image management",
             "build" | "watch" => "image builds and develop.watch",
             "disk" => "disks and volumes",
             "export" | "import" => "project export and import",
@@ -252,6 +252,7 @@ pub fn main() -> i32 {
         Verb::Ps(a) => ps::run(&cli.global, a),
         Verb::Disk(a) => disk::run(&cli.global, a),
         Verb::Pull(a) => image::pull(&cli.global, a),
+        Verb::Save(a) => image::save(a),
         Verb::Login(a) => image::login(a),
         Verb::Logout(a) => image::logout(a.server.as_deref()),
         Verb::Port(a) => ps::port(&cli.global, a),

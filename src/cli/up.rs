@@ -147,7 +147,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     // `up` with nothing changed. Those the running supervisor serves are bound again once it
     // has stopped and let them go.
     crate::disk::private::check_sizes(&super::image::state_root(), &l.target.project)?;
-    pull_missing(&rt, &l.target.project, a.progress == Progress::Quiet)?;
+    pull_missing(&rt, &l.target.project, a.progress)?;
     for (name, svc) in &l.target.project.services {
         if svc
             .volumes
@@ -386,7 +386,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
 fn pull_missing(
     rt: &crate::runtime::linux::runtime::LinuxRuntime,
     project: &crate::spec::model::Project,
-    quiet: bool,
+    progress: Progress,
 ) -> anyhow::Result<()> {
     let mut done = BTreeSet::new();
     for svc in project.services.values() {
@@ -407,18 +407,14 @@ fn pull_missing(
             }
             continue;
         }
-        if !quiet {
-            eprintln!(" Image {image}  Pulling");
-        }
-        let shown = |d: &str, n: u64, had: bool| {
-            if !quiet {
-                eprintln!("   {}", super::image::blob_line(d, n, had));
-            }
-        };
-        rt.images().pull(image, &shown)?;
-        if !quiet {
-            eprintln!(" Image {image}  Pulled");
-        }
+        let view = super::pullview::PullView::new(progress, super::pullview::Stream::Stderr);
+        view.say(&format!(" Image {image}  Pulling"));
+        let pulled = rt.images().pull(image, &|e| view.event(e));
+        view.finish(&format!(
+            " Image {image}  {}",
+            if pulled.is_ok() { "Pulled" } else { "Error" }
+        ));
+        pulled?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ mod digest;
 mod error;
 mod reference;
 pub mod registry;
+mod save;
 #[doc(hidden)]
 pub mod testutil;
 mod unpack;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{Healthcheck, ImageConfig};
 pub use digest::Digest;
 pub use error::ImageError;
+pub use save::Saved;
 
 use archive::{Compression, Member, Staged};
 use config::{Descriptor, DockerSaveEntry, Index, Manifest, RawImage};
@@ -222,7 +224,7 @@ impl ImageStore {
     /// Writes `repositories.json` atomically: after a crash, the old or the new version is
     /// there, never a torn one. The store's other files are synced first, so the new version
     /// never names a blob or layer whose content is not on disk.
-    fn save(&self, repos: &Repositories) -> Result<(), ImageError> {
+    fn save_repositories(&self, repos: &Repositories) -> Result<(), ImageError> {
         let path = self.repositories_path();
         let tmp = self.dir.join("repositories.json.tmp");
         let err = |op, p: &Path| {
@@ -249,6 +251,54 @@ impl ImageStore {
         dirfd
             .sync_all()
             .map_err(err("sync the store directory", &self.dir))
+    }
+
+    /// What `image inspect` shows of an image: its config document as stored, with the
+    /// store's record (manifest digest, layer blobs and sizes).
+    pub fn inspect(&self, reference: &str) -> Result<serde_json::Value, ImageError> {
+        let repos = self.load()?;
+        let id = find(&repos, reference)?;
+        let rec = repos.images.get(&id).ok_or_else(|| ImageError::NotFound {
+            reference: reference.to_string(),
+        })?;
+        let cfg_path = self.blob_path(&rec.config);
+        let config: serde_json::Value = fs::read(&cfg_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let tags: Vec<&String> = repos
+            .tags
+            .iter()
+            .filter(|(_, i)| **i == id)
+            .map(|(t, _)| t)
+            .collect();
+        let repo_digests: Vec<String> = tags
+            .iter()
+            .map(|t| {
+                let (r, _) = reference::repository_and_tag(t);
+                format!("{r}@{}", rec.manifest)
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "Id": id.to_string(),
+            "RepoTags": tags,
+            "RepoDigests": repo_digests,
+            "Created": rec.created,
+            "Architecture": config.get("architecture"),
+            "Os": config.get("os"),
+            "Size": rec.layers.iter().map(|l| l.size).sum::<u64>(),
+            "Config": config.get("config"),
+            "RootFS": {
+                "Type": "layers",
+                "Layers": rec.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
+            },
+            "Berth": {
+                "Manifest": rec.manifest.to_string(),
+                "Blobs": rec.layers.iter().map(|l| serde_json::json!({
+                    "Digest": l.blob.to_string(), "DiffID": l.diff_id.to_string(), "Size": l.size,
+                })).collect::<Vec<_>>(),
+            },
+        }))
     }
 
     /// Lists the images: one entry per tag, plus one for each untagged image.
@@ -352,7 +402,7 @@ impl ImageStore {
                 removed.untagged.push(t);
             }
         }
-        self.save(&repos)?;
+        self.save_repositories(&repos)?;
         let (blobs, layers) = self.gc(&repos)?;
         removed.blobs_freed = blobs;
         removed.layers_freed = layers;
@@ -362,8 +412,28 @@ impl ImageStore {
     /// Deletes every untagged image that `in_use` does not claim (`berth image prune`), then
     /// the blobs and layers only they used.
     pub fn prune(&self, in_use: &dyn Fn(&str) -> bool) -> Result<Removed, ImageError> {
+        self.prune_images(in_use, false)
+    }
+
+    /// `prune`, and with `all` (`image prune -a`) tagged images no container uses as well,
+    /// their tags with them.
+    pub fn prune_images(
+        &self,
+        in_use: &dyn Fn(&str) -> bool,
+        all: bool,
+    ) -> Result<Removed, ImageError> {
         let _lock = self.lock()?;
         let mut repos = self.load()?;
+        let mut untagged = Vec::new();
+        if all {
+            repos.tags.retain(|t, id| {
+                let keep = in_use(&id.to_string());
+                if !keep {
+                    untagged.push(t.clone());
+                }
+                keep
+            });
+        }
         let tagged: BTreeSet<Digest> = repos.tags.values().cloned().collect();
         let doomed: Vec<Digest> = repos
             .images
@@ -374,12 +444,12 @@ impl ImageStore {
         for id in &doomed {
             repos.images.remove(id);
         }
-        if !doomed.is_empty() {
-            self.save(&repos)?;
+        if !doomed.is_empty() || !untagged.is_empty() {
+            self.save_repositories(&repos)?;
         }
         let (blobs_freed, layers_freed) = self.gc(&repos)?;
         Ok(Removed {
-            untagged: Vec::new(),
+            untagged,
             deleted: None,
             pruned: doomed.iter().map(Digest::to_string).collect(),
             blobs_freed,
@@ -689,7 +759,7 @@ impl ImageStore {
             }
         }
         repos.version = REPOSITORIES_VERSION;
-        self.save(repos)
+        self.save_repositories(repos)
     }
 }
 

@@ -89,18 +89,67 @@ impl Reference {
     }
 
     fn base(&self) -> String {
-        let host = self
-            .registry
-            .rsplit_once(':')
-            .map_or(self.registry.as_str(), |(h, _)| h);
-        if self.registry == "docker.io" {
-            "https://registry-1.docker.io".into()
-        } else if matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
-            format!("http://{}", self.registry)
+        base_url(&self.registry, &insecure_registries())
+    }
+}
+
+/// The registry's URL: HTTPS, except plain HTTP for the local host (`localhost`, `::1`,
+/// `127.0.0.0/8`, as Docker's defaults) and for registries listed in `insecure` (`host` or
+/// `host:port`).
+fn base_url(registry: &str, insecure: &[String]) -> String {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
+        // `[::1]` has colons of its own: only strip a port after the bracket.
+        if h.ends_with(']') || !h.contains(':') && !p.contains(']') {
+            h
         } else {
-            format!("https://{}", self.registry)
+            registry
+        }
+    });
+    let local = matches!(host, "localhost" | "[::1]")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback());
+    if registry == "docker.io" {
+        "https://registry-1.docker.io".into()
+    } else if local || insecure.iter().any(|i| i == registry || i == host) {
+        format!("http://{registry}")
+    } else {
+        format!("https://{registry}")
+    }
+}
+
+/// berth's configuration file: `$BERTH_CONFIG`, else `/etc/berth/config.json` (berth has no
+/// daemon, so no `daemon.json`; the keys are the same as there).
+pub fn config_path() -> PathBuf {
+    std::env::var_os("BERTH_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/berth/config.json"))
+}
+
+/// The registries to reach over plain HTTP: the config file's `insecure-registries` (as in
+/// Docker's daemon.json) and `BERTH_INSECURE_REGISTRIES` (comma-separated).
+pub fn insecure_registries() -> Vec<String> {
+    let mut out: Vec<String> = std::env::var("BERTH_INSECURE_REGISTRIES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let path = config_path();
+    if let Ok(bytes) = fs::read(&path) {
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => out.extend(
+                v.get("insecure-registries")
+                    .and_then(|l| l.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string)),
+            ),
+            Err(e) => tracing::warn!("{}: not JSON, ignored: {e}", path.display()),
         }
     }
+    out
 }
 
 /// What a pull did.
@@ -111,6 +160,22 @@ pub struct Pulled {
     pub fetched: usize,
     pub reused: usize,
     pub bytes: u64,
+}
+
+/// What a pull reports as it goes, for a progress display. Sent from the download threads:
+/// the receiver must be `Sync`.
+#[derive(Debug, Clone, Copy)]
+pub enum PullEvent<'a> {
+    /// The store already has this blob: it is not fetched.
+    Have { digest: &'a str, size: u64 },
+    /// A download is starting (`size` from the manifest).
+    Start { digest: &'a str, size: u64 },
+    /// `done` bytes of the blob have arrived so far.
+    Bytes { digest: &'a str, done: u64 },
+    /// The blob is complete and its digest checked.
+    Done { digest: &'a str, bytes: u64 },
+    /// Every blob is here: the layers are being verified and unpacked.
+    Unpacking,
 }
 
 /// The authentication challenge of a 401 answer (`WWW-Authenticate`), or "".
@@ -440,7 +505,14 @@ impl Client {
     }
 
     /// Streams blob `d` to `dest`, checking its digest; a cut transfer resumes where it broke.
-    fn blob(&mut self, d: &Digest, size: u64, dest: &Path) -> Result<u64, ImageError> {
+    fn blob(
+        &mut self,
+        d: &Digest,
+        size: u64,
+        dest: &Path,
+        progress: &(dyn Fn(PullEvent<'_>) + Sync),
+    ) -> Result<u64, ImageError> {
+        let shown = d.to_string();
         let url = self.url("blobs", &d.to_string());
         let file = File::create(dest).map_err(|source| ImageError::Store {
             op: "create a download file",
@@ -485,6 +557,10 @@ impl Client {
                             source,
                         })?;
                         have += n as u64;
+                        progress(PullEvent::Bytes {
+                            digest: &shown,
+                            done: have,
+                        });
                     }
                     Err(e) => break Some(e),
                 }
@@ -576,12 +652,11 @@ fn member(file: PathBuf, bytes_or_len: (Digest, u64)) -> Member {
 }
 
 impl ImageStore {
-    /// Pulls `reference` from its registry into the store. `progress` is told of each blob
-    /// (digest, bytes, already present).
+    /// Pulls `reference` from its registry into the store, telling `progress` how it goes.
     pub fn pull(
         &self,
         reference: &str,
-        progress: &dyn Fn(&str, u64, bool),
+        progress: &(dyn Fn(PullEvent<'_>) + Sync),
     ) -> Result<Pulled, ImageError> {
         let r = Reference::parse(reference)?;
         let stored = r.stored_name(reference);
@@ -686,7 +761,10 @@ impl ImageStore {
             let have = self.blob_path(&d);
             if have.is_file() && fs::hard_link(&have, &file).is_ok() {
                 out.reused += 1;
-                progress(&desc.digest, size, true);
+                progress(PullEvent::Have {
+                    digest: &desc.digest,
+                    size,
+                });
             } else {
                 fetch.push((d.clone(), size, file.clone(), desc.digest.clone()));
             }
@@ -697,7 +775,18 @@ impl ImageStore {
                 .iter()
                 .map(|(d, size, file, shown)| {
                     let mut c = c.clone();
-                    sc.spawn(move || c.blob(d, *size, file).map(|n| (shown.clone(), n)))
+                    sc.spawn(move || {
+                        progress(PullEvent::Start {
+                            digest: shown,
+                            size: *size,
+                        });
+                        let n = c.blob(d, *size, file, progress)?;
+                        progress(PullEvent::Done {
+                            digest: shown,
+                            bytes: n,
+                        });
+                        Ok((shown.clone(), n))
+                    })
                 })
                 .collect();
             handles
@@ -709,11 +798,11 @@ impl ImageStore {
                 .collect()
         });
         for r in results {
-            let (shown, n) = r?;
+            let (_, n) = r?;
             out.fetched += 1;
             out.bytes += n;
-            progress(&shown, n, false);
         }
+        progress(PullEvent::Unpacking);
         let staged = Staged::from_members(PathBuf::from(reference), members);
         let images = super::plan_oci(&staged)?;
         out.images = self.finish_import(images, &staging, &layers_dir)?;
@@ -766,6 +855,16 @@ mod tests {
             (None, Some(d.as_str()))
         );
         assert_eq!(r.base(), "https://ghcr.io");
+        let none: &[String] = &[];
+        assert_eq!(base_url("127.0.0.2:5000", none), "http://127.0.0.2:5000");
+        assert_eq!(base_url("[::1]:5000", none), "http://[::1]:5000");
+        assert_eq!(base_url("localhost", none), "http://localhost");
+        assert_eq!(base_url("reg.lan:5000", none), "https://reg.lan:5000");
+        let listed = ["reg.lan:5000".to_string(), "other.lan".to_string()];
+        assert_eq!(base_url("reg.lan:5000", &listed), "http://reg.lan:5000");
+        assert_eq!(base_url("reg.lan:5001", &listed), "https://reg.lan:5001");
+        assert_eq!(base_url("other.lan:443", &listed), "http://other.lan:443");
+        assert_eq!(base_url("127.example.com", none), "https://127.example.com");
         assert_eq!(r.stored_name(&format!("ghcr.io/x/y@{d}")), None);
         assert_eq!(
             Reference::parse("bb").unwrap().stored_name("bb").as_deref(),
