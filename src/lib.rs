@@ -3,6 +3,7 @@
 //! The flow (see DESIGN.md): `spec` (project files → typed `Project`) → `graph` (dependency DAG)
 //! → `plan` (desired vs observed → actions) → reconcile → `runtime` (the kernel).
 
+pub mod build;
 pub mod cli;
 pub mod disk;
 pub mod graph;
