@@ -3,3 +3,5 @@
 //! store, cached by parent, instruction and copied content) comes next.
 
 pub mod dockerfile;
+pub mod exec;
+pub mod layer;

@@ -2,6 +2,7 @@
 //! calls into the library, prints. `anyhow` lives here and nowhere below.
 
 mod boot;
+mod build;
 mod config;
 mod disk;
 mod down;
@@ -134,7 +135,7 @@ pub enum Verb {
     /// Pull service images
     Pull(image::PullArgs),
     /// Build service images
-    Build(Later),
+    Build(build::BuildArgs),
     /// Rebuild and sync on file changes (develop.watch)
     Watch(Later),
     /// List images
@@ -180,6 +181,7 @@ impl Verb {
             | Verb::Ps(_)
             | Verb::Disk(_)
             | Verb::Pull(_)
+            | Verb::Build(_)
             | Verb::Save(_)
             | Verb::Login(_)
             | Verb::Logout(_)
@@ -208,7 +210,6 @@ impl Verb {
             }
             Verb::Create(_) => "create",
             Verb::Cp(_) => "cp",
-            Verb::Build(_) => "build",
             Verb::Watch(_) => "watch",
             Verb::Export(_) => "export",
             Verb::Import(_) => "import",
@@ -253,6 +254,7 @@ pub fn main() -> i32 {
         Verb::Disk(a) => disk::run(&cli.global, a),
         Verb::Pull(a) => image::pull(&cli.global, a),
         Verb::Save(a) => image::save(a),
+        Verb::Build(a) => build::run(&cli.global, a),
         Verb::Login(a) => image::login(a),
         Verb::Logout(a) => image::logout(a.server.as_deref()),
         Verb::Port(a) => ps::port(&cli.global, a),

@@ -27,6 +27,12 @@ pub struct UpArgs {
     /// Detached: leave the project running under its supervisor and return
     #[arg(short, long)]
     pub detach: bool,
+    /// Build images before starting containers (else only the missing ones are built)
+    #[arg(long)]
+    pub build: bool,
+    /// Don't build images, even missing ones
+    #[arg(long, conflicts_with = "build")]
+    pub no_build: bool,
     /// Wait until services are running or healthy (implies -d)
     #[arg(long)]
     pub wait: bool,
@@ -147,6 +153,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     // `up` with nothing changed. Those the running supervisor serves are bound again once it
     // has stopped and let them go.
     crate::disk::private::check_sizes(&super::image::state_root(), &l.target.project)?;
+    build_needed(&rt, &l.target, a)?;
     pull_missing(&rt, &l.target.project, a.progress)?;
     for (name, svc) in &l.target.project.services {
         if svc
@@ -381,6 +388,40 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Builds the images of the services with `build:`: all of them with `--build` (or
+/// `pull_policy: build`), else those the store lacks; none with `--no-build`.
+fn build_needed(
+    rt: &std::sync::Arc<crate::runtime::linux::runtime::LinuxRuntime>,
+    target: &crate::reconcile::Target,
+    a: &UpArgs,
+) -> anyhow::Result<()> {
+    if a.no_build {
+        return Ok(());
+    }
+    for (name, svc) in &target.project.services {
+        if svc.build.is_none() || !(a.services.is_empty() || a.services.contains(name)) {
+            continue;
+        }
+        let have = svc
+            .image
+            .as_deref()
+            .is_some_and(|i| rt.images().resolve(i).is_ok());
+        if have && !a.build && svc.pull_policy.as_deref() != Some("build") {
+            continue;
+        }
+        super::build::build_service(
+            rt,
+            &target.project,
+            &target.dir,
+            name,
+            &Default::default(),
+            false,
+            a.progress,
+        )?;
+    }
+    Ok(())
+}
+
 /// Pulls the registry images of the project that the store lacks (`pull_policy: missing`,
 /// the default) or that the file says to pull each time (`always`), before anything is made.
 fn pull_missing(
@@ -393,6 +434,10 @@ fn pull_missing(
         let Some(image) = svc.image.as_deref().filter(|i| *i != "host") else {
             continue;
         };
+        // Built here (`build_needed`), not pulled.
+        if svc.build.is_some() {
+            continue;
+        }
         let policy = svc.pull_policy.as_deref().unwrap_or("missing");
         let have = rt.images().resolve(image).is_ok();
         let now = std::time::SystemTime::now()

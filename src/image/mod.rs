@@ -17,6 +17,7 @@
 //! see one version of `repositories.json` or the next.
 
 mod archive;
+mod commit;
 mod config;
 mod digest;
 mod error;

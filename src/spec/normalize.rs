@@ -212,6 +212,14 @@ pub fn normalize(raw: &Raw, diags: &mut Diagnostics) -> (Project, Inactive) {
         }
     }
 
+    // A service that is built and names no image gets Compose's name for it, so every verb
+    // (and the supervisor) sees the same image and the same config hash.
+    for (k, svc) in project.services.iter_mut() {
+        if svc.image.is_none() && svc.build.is_some() {
+            svc.image = Some(format!("{pname}-{k}"));
+        }
+    }
+
     let inactive = apply_profiles(&mut project, &raw.profiles);
     (project, inactive)
 }

@@ -119,7 +119,7 @@ pub struct Lock {
     pub fd: OwnedFd,
 }
 
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     // The temporary name is the writer's own: `berth up` and the supervisor it starts write
     // the same files at the same moment, and a shared name let one rename the other's away.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -1,0 +1,1448 @@
+//! Running a Dockerfile: each stage from its base, each step a new image in the store.
+//!
+//! - `RUN` is a berth container of the image so far (same runtime, namespaces, seccomp and
+//!   cgroup as any service), and its layer is what it wrote: its overlayfs upper directory,
+//!   turned into an OCI layer by [`super::layer`].
+//! - `COPY`/`ADD` write into an overlay of the image so far, mounted for the step under the
+//!   build's directory, so existing directories keep their owner and mode and the layer is
+//!   again the upper directory. Every path inside the image is resolved with
+//!   openat2(RESOLVE_IN_ROOT) and written through file descriptors: a symlink in the image
+//!   (`/app -> /etc`) cannot send a copy to the host (the same defence as the runtime's mounts,
+//!   CVE-2021-30465). Sources are resolved inside the context and never followed out of it.
+//! - Metadata steps (`ENV`, `CMD`, ...) make a new config over the same layers.
+//! - The cache: each step's result is recorded under a key made of its parent image, the
+//!   instruction after expansion, the build args in scope and, for copies, the content of
+//!   what is copied. A step whose key is recorded and whose image is still in the store is
+//!   not run again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use sha2::{Digest as _, Sha256};
+
+use super::dockerfile::{self, Command, Dockerfile, Instruction, Step, expand};
+use crate::runtime::linux::runtime::LinuxRuntime;
+use crate::runtime::{ContainerSpec, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Parse(#[from] dockerfile::ParseError),
+    #[error("{file}:{line}: {message}")]
+    Step {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error(
+        "{file}:{line}: `{command}` exited with status {status}{}",
+        if output.is_empty() { String::new() } else { format!("; its output:\n{output}") }
+    )]
+    RunFailed {
+        file: String,
+        line: usize,
+        command: String,
+        status: i32,
+        output: String,
+    },
+    #[error("build: {0}")]
+    Other(String),
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub context: PathBuf,
+    /// The Dockerfile's name for messages, and its text.
+    pub dockerfile_name: String,
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `network_mode` of the `RUN` containers: `host` (the default, so package managers reach
+    /// their mirrors as under `docker build`) or `none`.
+    pub network: Option<String>,
+    pub no_cache: bool,
+}
+
+/// A line of progress: the step, and whether it was cached or how long it ran.
+#[derive(Debug, Clone)]
+pub enum BuildEvent {
+    Step {
+        n: usize,
+        total: usize,
+        text: String,
+    },
+    Cached {
+        n: usize,
+    },
+    Done {
+        n: usize,
+        secs: f64,
+    },
+    Output {
+        n: usize,
+        line: String,
+    },
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub id: String,
+    pub steps: usize,
+    pub cached: usize,
+}
+
+struct StageState {
+    /// The image so far; `None` for scratch with nothing done yet.
+    image: Option<String>,
+    config: serde_json::Value,
+    args: BTreeMap<String, String>,
+    shell: Vec<String>,
+}
+
+impl StageState {
+    fn env(&self) -> Vec<(String, String)> {
+        self.config["config"]["Env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                e.as_str()?
+                    .split_once('=')
+                    .map(|(k, v)| (k.into(), v.into()))
+            })
+            .collect()
+    }
+
+    fn var(&self, k: &str) -> Option<String> {
+        self.env()
+            .into_iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v)
+            .or_else(|| self.args.get(k).cloned())
+    }
+
+    fn set_env(&mut self, k: &str, v: &str) {
+        let mut env: Vec<serde_json::Value> = self
+            .env()
+            .into_iter()
+            .filter(|(n, _)| n != k)
+            .map(|(n, v)| format!("{n}={v}").into())
+            .collect();
+        env.push(format!("{k}={v}").into());
+        self.config["config"]["Env"] = env.into();
+    }
+
+    fn workdir(&self) -> String {
+        self.config["config"]["WorkingDir"]
+            .as_str()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_string()
+    }
+}
+
+/// The build cache: step key -> image id, in `<root>/build/cache.json`.
+struct Cache {
+    path: PathBuf,
+    map: BTreeMap<String, String>,
+}
+
+impl Cache {
+    fn open(root: &Path) -> Cache {
+        let path = root.join("build/cache.json");
+        let map = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Cache { path, map }
+    }
+
+    fn save(&self) {
+        if let Some(d) = self.path.parent() {
+            let _ = fs::create_dir_all(d);
+        }
+        let _ = crate::state::atomic_write(
+            &self.path,
+            &serde_json::to_vec(&self.map).unwrap_or_default(),
+        );
+    }
+}
+
+fn hex(h: Sha256) -> String {
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The build's scratch directory, removed (and anything mounted in it detached) on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An overlay of an image's layers with a fresh upper directory, mounted on the host for one
+/// step; unmounted when dropped.
+struct Overlay {
+    merged: PathBuf,
+    upper: PathBuf,
+}
+
+impl Overlay {
+    fn mount(dir: &Path, layers: &[PathBuf]) -> std::io::Result<Overlay> {
+        let (upper, work, merged, empty) = (
+            dir.join("upper"),
+            dir.join("work"),
+            dir.join("merged"),
+            dir.join("empty"),
+        );
+        for d in [&upper, &work, &merged, &empty] {
+            fs::create_dir_all(d)?;
+        }
+        let mut lowers: Vec<String> = layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        if lowers.is_empty() {
+            lowers.push(empty.display().to_string());
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(Overlay { merged, upper })
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.merged, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens directory `rel` inside `root`, creating what is missing (root-owned, 0755, as
+/// Docker's COPY and WORKDIR do). Symlinks resolve inside the root.
+fn mkdir_in_root(root: &OwnedFd, rel: &str) -> std::io::Result<OwnedFd> {
+    let mut cur = rustix::fs::openat2(
+        root,
+        ".",
+        OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    )?;
+    let mut sofar = String::new();
+    for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        sofar.push('/');
+        sofar.push_str(comp);
+        let open = |p: &str| {
+            rustix::fs::openat2(
+                root,
+                p.trim_start_matches('/'),
+                OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                IN_ROOT,
+            )
+        };
+        cur = match open(&sofar) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755))?;
+                open(&sofar)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    // A real directory fd (not O_PATH) for the *at calls that follow.
+    rustix::fs::openat(
+        &cur,
+        ".",
+        OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+/// Owner for copied files: `--chown=uid[:gid]`, names looked up in the image's files.
+fn parse_chown(spec: Option<&str>, root: &Path) -> Result<Option<(u32, u32)>, String> {
+    let Some(spec) = spec else { return Ok(None) };
+    let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
+    let lookup = |name: &str, file: &str| -> Option<u32> {
+        if let Ok(n) = name.parse() {
+            return Some(n);
+        }
+        let text = fs::read_to_string(root.join(file)).ok()?;
+        text.lines()
+            .find(|l| l.split(':').next() == Some(name))
+            .and_then(|l| l.split(':').nth(2)?.parse().ok())
+    };
+    let uid = lookup(u, "etc/passwd").ok_or(format!("--chown: no user `{u}` in the image"))?;
+    let gid = if spec.contains(':') {
+        lookup(g, "etc/group").ok_or(format!("--chown: no group `{g}` in the image"))?
+    } else {
+        uid
+    };
+    Ok(Some((uid, gid)))
+}
+
+/// Copies `src` (a host path already checked to be inside its source tree) to `name` in
+/// directory `dir` (an fd inside the image), recursively, never following symlinks.
+fn copy_entry(
+    src: &Path,
+    dir: &OwnedFd,
+    name: &str,
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+) -> std::io::Result<()> {
+    let md = fs::symlink_metadata(src)?;
+    let ft = md.file_type();
+    let (uid, gid) = owner.unwrap_or((0, 0));
+    if ft.is_symlink() {
+        let target = fs::read_link(src)?;
+        let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
+        rustix::fs::symlinkat(&target, dir, name)?;
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        return Ok(());
+    }
+    let mode = chmod.unwrap_or(md.permissions().mode() & 0o7777);
+    if ft.is_dir() {
+        match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::fchmod(&sub, Mode::from_raw_mode(mode))?;
+        rustix::fs::fchown(
+            &sub,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+        let mut names: Vec<_> = fs::read_dir(src)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for n in names {
+            copy_entry(&src.join(&n), &sub, &n.to_string_lossy(), owner, chmod)?;
+        }
+        return Ok(());
+    }
+    if !ft.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{}: only files, directories and symlinks can be copied",
+            src.display()
+        )));
+    }
+    let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut out = File::from(fd);
+    std::io::copy(&mut File::open(src)?, &mut out)?;
+    rustix::fs::fchown(
+        out.as_fd(),
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )?;
+    rustix::fs::fchmod(out.as_fd(), Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+/// `.dockerignore` patterns: `#` comments, `!` exceptions, `*`, `?` and `**`; the last
+/// matching pattern decides.
+#[derive(Debug, Clone)]
+pub struct Ignore {
+    patterns: Vec<(bool, Vec<String>)>,
+}
+
+impl Ignore {
+    pub fn load(context: &Path) -> Ignore {
+        let text = fs::read_to_string(context.join(".dockerignore")).unwrap_or_default();
+        Ignore::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Ignore {
+        let patterns = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (neg, p) = match l.strip_prefix('!') {
+                    Some(p) => (true, p.trim()),
+                    None => (false, l),
+                };
+                let parts = p
+                    .trim_start_matches('/')
+                    .trim_end_matches('/')
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .map(str::to_string)
+                    .collect();
+                (neg, parts)
+            })
+            .collect();
+        Ignore { patterns }
+    }
+
+    /// Whether `rel` (a path in the context, `/`-separated) is left out. A path under an
+    /// ignored directory is ignored too.
+    pub fn ignored(&self, rel: &str) -> bool {
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let mut out = false;
+        for (neg, pat) in &self.patterns {
+            let hit = (1..=parts.len()).any(|n| glob_parts(pat, &parts[..n]));
+            if hit {
+                out = !neg;
+            }
+        }
+        out
+    }
+}
+
+fn glob_parts(pat: &[String], path: &[&str]) -> bool {
+    match (pat.first(), path.first()) {
+        (None, None) => true,
+        (Some(p), _) if p == "**" => {
+            glob_parts(&pat[1..], path) || (!path.is_empty() && glob_parts(pat, &path[1..]))
+        }
+        (Some(p), Some(s)) => glob(p.as_bytes(), s.as_bytes()) && glob_parts(&pat[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+/// `*` and `?` within one path component.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// The context files a COPY source names (a path or a glob), as (host path, path in the
+/// context). Refuses sources outside the context.
+fn sources(context: &Path, ignore: &Ignore, src: &str) -> Result<Vec<(PathBuf, String)>, String> {
+    let clean: Vec<&str> = src
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if clean.contains(&"..") {
+        return Err(format!("`{src}` is outside the build context"));
+    }
+    let mut found: Vec<(PathBuf, String)> = vec![(context.to_path_buf(), String::new())];
+    for comp in &clean {
+        let mut next = Vec::new();
+        for (dir, rel) in &found {
+            let is_glob = comp.contains(['*', '?']);
+            if !is_glob {
+                next.push((dir.join(comp), join(rel, comp)));
+                continue;
+            }
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                if glob(comp.as_bytes(), n.as_bytes()) {
+                    next.push((dir.join(&n), join(rel, &n)));
+                }
+            }
+        }
+        found = next;
+    }
+    // Never through a symlink of the context that leads out of it.
+    let mut out = Vec::new();
+    for (p, rel) in found {
+        if !rel.is_empty() && ignore.ignored(&rel) {
+            continue;
+        }
+        let Ok(real) = fs::canonicalize(p.parent().unwrap_or(context)) else {
+            continue;
+        };
+        let Ok(ctx) = fs::canonicalize(context) else {
+            continue;
+        };
+        if !real.starts_with(&ctx) {
+            return Err(format!("`{src}` leads outside the build context"));
+        }
+        if fs::symlink_metadata(&p).is_ok() {
+            out.push((p, rel));
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "COPY source `{src}` not found in the build context{}",
+            if clean.iter().any(|c| c.contains(['*', '?'])) {
+                " (no file matches)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(out)
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// Hashes what would be copied: names, modes, link targets and contents, skipping ignored
+/// files. Two contexts with the same result hash the same.
+fn hash_tree(h: &mut Sha256, path: &Path, rel: &str, ignore: &Ignore) -> std::io::Result<()> {
+    if !rel.is_empty() && ignore.ignored(rel) {
+        return Ok(());
+    }
+    let md = fs::symlink_metadata(path)?;
+    h.update(rel.as_bytes());
+    h.update(md.mode().to_le_bytes());
+    if md.file_type().is_symlink() {
+        h.update(fs::read_link(path)?.as_os_str().as_encoded_bytes());
+    } else if md.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for n in names {
+            hash_tree(h, &path.join(&n), &join(rel, &n.to_string_lossy()), ignore)?;
+        }
+    } else {
+        let mut f = File::open(path)?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(())
+}
+
+/// Copies a directory tree of the context, skipping ignored entries, for a directory source.
+fn copy_filtered(
+    src: &Path,
+    rel: &str,
+    dir: &OwnedFd,
+    ignore: &Ignore,
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+) -> std::io::Result<()> {
+    let mut names: Vec<_> = fs::read_dir(src)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for n in names {
+        let name = n.to_string_lossy().into_owned();
+        let r = join(rel, &name);
+        if ignore.ignored(&r) {
+            continue;
+        }
+        let p = src.join(&n);
+        let md = fs::symlink_metadata(&p)?;
+        if md.is_dir() {
+            let mode = chmod.unwrap_or(md.permissions().mode() & 0o7777);
+            match rustix::fs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(mode)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let sub = rustix::fs::openat(
+                dir,
+                name.as_str(),
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let (uid, gid) = owner.unwrap_or((0, 0));
+            rustix::fs::fchown(
+                &sub,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
+            copy_filtered(&p, &r, &sub, ignore, owner, chmod)?;
+        } else {
+            copy_entry(&p, dir, &name, owner, chmod)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the build.
+pub fn build(
+    rt: &Arc<LinuxRuntime>,
+    root: &Path,
+    opts: &BuildOptions,
+    progress: &dyn Fn(BuildEvent),
+) -> Result<Built, BuildError> {
+    let file = opts.dockerfile_name.clone();
+    let df = dockerfile::parse(&file, &opts.dockerfile)?;
+    let target = df.target(opts.target.as_deref()).ok_or_else(|| {
+        BuildError::Other(format!(
+            "{file}: no stage named `{}` (the stages: {})",
+            opts.target.as_deref().unwrap_or(""),
+            df.stages
+                .iter()
+                .filter_map(|s| s.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let tk = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BuildError::Other(format!("starting the async runtime: {e}")))?;
+    let scratch = Scratch {
+        dir: root
+            .join("build/tmp")
+            .join(format!("b{}", std::process::id())),
+    };
+    let _ = fs::remove_dir_all(&scratch.dir);
+    fs::create_dir_all(&scratch.dir)
+        .map_err(|e| BuildError::Other(format!("{}: {e}", scratch.dir.display())))?;
+    let mut cache = Cache::open(root);
+    let ignore = Ignore::load(&opts.context);
+    let needed = needed_stages(&df, target);
+    let total: usize = needed.iter().map(|&i| df.stages[i].steps.len() + 1).sum();
+    let mut done_stages: HashMap<usize, String> = HashMap::new();
+    let mut n = 0;
+    let mut cached = 0;
+    let global = |k: &str| -> Option<String> {
+        df.global_args
+            .iter()
+            .find(|(n, _)| n == k)
+            .and_then(|(n, d)| opts.args.get(n).cloned().or(d.clone()))
+    };
+    let mut last = String::new();
+    for &si in &needed {
+        let stage = &df.stages[si];
+        n += 1;
+        let base = expand(&stage.base, &global);
+        progress(BuildEvent::Step {
+            n,
+            total,
+            text: format!("FROM {base}"),
+        });
+        let step_err = |line: usize, message: String| BuildError::Step {
+            file: file.clone(),
+            line,
+            message,
+        };
+        let from_stage = df.stages[..si].iter().position(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|nm| nm.eq_ignore_ascii_case(&base))
+        });
+        let image = if base == "scratch" {
+            None
+        } else if let Some(i) = from_stage {
+            done_stages.get(&i).cloned()
+        } else if base == "host" {
+            return Err(step_err(
+                stage.line,
+                "FROM host: builds cannot start from the host image yet; use an image in the store"
+                    .into(),
+            ));
+        } else {
+            let id = match rt.images().resolve(&base) {
+                Ok(img) => img.id,
+                Err(_) => {
+                    rt.images().pull(&base, &|_| {}).map_err(|e| {
+                        step_err(
+                            stage.line,
+                            format!("FROM {base}: not in the store, and {e}"),
+                        )
+                    })?;
+                    rt.images()
+                        .resolve(&base)
+                        .map_err(|e| step_err(stage.line, format!("FROM {base}: {e}")))?
+                        .id
+                }
+            };
+            Some(id)
+        };
+        let config = rt
+            .images()
+            .config_document(image.as_deref())
+            .map_err(|e| step_err(stage.line, e.to_string()))?;
+        let mut st = StageState {
+            image,
+            config,
+            args: BTreeMap::new(),
+            shell: vec!["/bin/sh".into(), "-c".into()],
+        };
+        if let Some(sh) = st.config["config"]["Shell"].as_array() {
+            let v: Vec<String> = sh
+                .iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
+            if !v.is_empty() {
+                st.shell = v;
+            }
+        }
+        for step in &stage.steps {
+            n += 1;
+            progress(BuildEvent::Step {
+                n,
+                total,
+                text: step.text.clone(),
+            });
+            let t0 = Instant::now();
+            let hit = run_step(
+                rt,
+                &tk,
+                opts,
+                &df,
+                &done_stages,
+                &mut st,
+                step,
+                &scratch.dir,
+                &ignore,
+                &mut cache,
+                n,
+                progress,
+            )?;
+            match hit {
+                Outcome::Cached => {
+                    cached += 1;
+                    progress(BuildEvent::Cached { n });
+                }
+                Outcome::Ran => progress(BuildEvent::Done {
+                    n,
+                    secs: t0.elapsed().as_secs_f64(),
+                }),
+                Outcome::Meta => {}
+            }
+        }
+        // A stage that changed nothing still needs an image of its own for its config.
+        let id = commit_config(rt, &mut st, &[])?;
+        done_stages.insert(si, id.clone());
+        last = id;
+    }
+    cache.save();
+    // The final image: the build's labels, and its tags.
+    let stage_state_config = rt
+        .images()
+        .config_document(Some(&last))
+        .map_err(|e| BuildError::Other(e.to_string()))?;
+    let mut cfg = stage_state_config;
+    for (k, v) in &opts.labels {
+        cfg["config"]["Labels"][k] = v.clone().into();
+    }
+    let id = rt
+        .images()
+        .commit_image(Some(&last), None, cfg, &opts.tags)
+        .map_err(|e| BuildError::Other(e.to_string()))?;
+    Ok(Built {
+        id,
+        steps: n,
+        cached,
+    })
+}
+
+/// The stages the target needs (`FROM` an earlier stage, `COPY --from` one), in order.
+fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
+    let mut need = vec![false; df.stages.len()];
+    let by_name = |name: &str| -> Option<usize> {
+        df.stages
+            .iter()
+            .position(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .or_else(|| name.parse::<usize>().ok().filter(|i| *i < df.stages.len()))
+    };
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if need[i] {
+            continue;
+        }
+        need[i] = true;
+        let s = &df.stages[i];
+        if let Some(j) = by_name(&s.base).filter(|j| *j < i) {
+            todo.push(j);
+        }
+        for step in &s.steps {
+            if let Instruction::Copy(c) = &step.instruction
+                && let Some(f) = &c.from
+                && let Some(j) = by_name(f).filter(|j| *j < i)
+            {
+                todo.push(j);
+            }
+        }
+    }
+    (0..df.stages.len()).filter(|i| need[*i]).collect()
+}
+
+/// Commits the stage's config over its image (no new layer).
+fn commit_config(
+    rt: &Arc<LinuxRuntime>,
+    st: &mut StageState,
+    tags: &[String],
+) -> Result<String, BuildError> {
+    let id = rt
+        .images()
+        .commit_image(st.image.as_deref(), None, st.config.clone(), tags)
+        .map_err(|e| BuildError::Other(e.to_string()))?;
+    st.image = Some(id.clone());
+    Ok(id)
+}
+
+fn argv(st: &StageState, c: &Command) -> Vec<String> {
+    match c {
+        Command::Exec(v) => v.clone(),
+        Command::Shell(s) => st.shell.iter().cloned().chain([s.clone()]).collect(),
+    }
+}
+
+fn cmd_json(st: &StageState, c: &Command) -> serde_json::Value {
+    argv(st, c).into()
+}
+
+/// What became of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A config change only: nothing to run or cache.
+    Meta,
+    Cached,
+    Ran,
+}
+
+/// Runs one step, or finds it in the cache.
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    rt: &Arc<LinuxRuntime>,
+    tk: &tokio::runtime::Runtime,
+    opts: &BuildOptions,
+    df: &Dockerfile,
+    done_stages: &HashMap<usize, String>,
+    st: &mut StageState,
+    step: &Step,
+    scratch: &Path,
+    ignore: &Ignore,
+    cache: &mut Cache,
+    n: usize,
+    progress: &dyn Fn(BuildEvent),
+) -> Result<Outcome, BuildError> {
+    let file = &opts.dockerfile_name;
+    let err = |message: String| BuildError::Step {
+        file: file.clone(),
+        line: step.line,
+        message,
+    };
+    // Variables as they are before this step (all pairs of one ENV see the same values).
+    let mut snapshot: HashMap<String, String> = st.args.clone().into_iter().collect();
+    snapshot.extend(st.env());
+    let vars = |k: &str| snapshot.get(k).cloned();
+    let x = |s: &str| expand(s, &vars);
+    // Metadata steps: a new config, cheap, no cache needed.
+    match &step.instruction {
+        Instruction::Env(pairs) => {
+            let pairs: Vec<(String, String)> =
+                pairs.iter().map(|(k, v)| (k.clone(), x(v))).collect();
+            for (k, v) in pairs {
+                st.set_env(&k, &v);
+            }
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Arg(a) => {
+            for (k, d) in a {
+                let v = opts
+                    .args
+                    .get(k)
+                    .cloned()
+                    .or_else(|| d.as_ref().map(|d| x(d)))
+                    .or_else(|| {
+                        df.global_args
+                            .iter()
+                            .find(|(n, _)| n == k)
+                            .and_then(|(n, d)| opts.args.get(n).cloned().or(d.clone()))
+                    });
+                if let Some(v) = v {
+                    st.args.insert(k.clone(), v);
+                }
+            }
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Workdir(w) => {
+            let w = x(w);
+            let abs = if w.starts_with('/') {
+                w
+            } else {
+                format!("{}/{}", st.workdir().trim_end_matches('/'), w)
+            };
+            st.config["config"]["WorkingDir"] = abs.into();
+            return Ok(Outcome::Meta);
+        }
+        Instruction::User(u) => {
+            st.config["config"]["User"] = x(u).into();
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Label(pairs) => {
+            for (k, v) in pairs {
+                st.config["config"]["Labels"][x(k)] = x(v).into();
+            }
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Expose(ports) => {
+            for p in ports {
+                let p = x(p);
+                let p = if p.contains('/') {
+                    p
+                } else {
+                    format!("{p}/tcp")
+                };
+                st.config["config"]["ExposedPorts"][p] = serde_json::json!({});
+            }
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Volume(v) => {
+            for p in v {
+                st.config["config"]["Volumes"][x(p)] = serde_json::json!({});
+            }
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Cmd(c) => {
+            let v = cmd_json(st, c);
+            st.config["config"]["Cmd"] = v;
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Entrypoint(c) => {
+            let v = cmd_json(st, c);
+            st.config["config"]["Entrypoint"] = v;
+            // Docker: a new ENTRYPOINT resets an inherited CMD.
+            st.config["config"]["Cmd"] = serde_json::Value::Null;
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Shell(s) => {
+            st.shell = s.clone();
+            st.config["config"]["Shell"] = s.clone().into();
+            return Ok(Outcome::Meta);
+        }
+        Instruction::StopSignal(s) => {
+            st.config["config"]["StopSignal"] = x(s).into();
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Onbuild(t) => {
+            let mut list = st.config["config"]["OnBuild"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            list.push(t.clone().into());
+            st.config["config"]["OnBuild"] = list.into();
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Healthcheck(h) => {
+            let nanos = |d: &Option<String>| -> Result<Option<u64>, BuildError> {
+                match d {
+                    None => Ok(None),
+                    Some(d) => crate::spec::units::parse_duration(d)
+                        .map(|d| Some(d.0))
+                        .map_err(|e| err(format!("HEALTHCHECK: `{d}`: {e}"))),
+                }
+            };
+            let v = match h {
+                None => serde_json::json!({"Test": ["NONE"]}),
+                Some(h) => {
+                    let test: Vec<String> = match &h.cmd {
+                        Command::Exec(v) => std::iter::once("CMD".to_string())
+                            .chain(v.clone())
+                            .collect(),
+                        Command::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
+                    };
+                    let retries = match &h.retries {
+                        None => None,
+                        Some(r) => Some(r.parse::<u64>().map_err(|_| {
+                            err(format!("HEALTHCHECK: --retries={r}: expected a number"))
+                        })?),
+                    };
+                    serde_json::json!({
+                        "Test": test,
+                        "Interval": nanos(&h.interval)?,
+                        "Timeout": nanos(&h.timeout)?,
+                        "StartPeriod": nanos(&h.start_period)?,
+                        "StartInterval": nanos(&h.start_interval)?,
+                        "Retries": retries,
+                    })
+                }
+            };
+            st.config["config"]["Healthcheck"] = v;
+            return Ok(Outcome::Meta);
+        }
+        Instruction::Run { .. } | Instruction::Copy(_) => {}
+    }
+
+    // Steps that make a layer: first the cache.
+    let mut key = Sha256::new();
+    key.update(st.image.as_deref().unwrap_or("scratch").as_bytes());
+    key.update(serde_json::to_vec(&st.config["config"]).unwrap_or_default());
+    key.update(step.text.as_bytes());
+    for (k, v) in &st.args {
+        key.update(format!("\0{k}={v}").as_bytes());
+    }
+    if let Instruction::Copy(c) = &step.instruction {
+        match &c.from {
+            Some(f) => key.update(
+                format!(
+                    "\0from={}",
+                    stage_image(df, done_stages, f).unwrap_or_else(|| f.clone())
+                )
+                .as_bytes(),
+            ),
+            None => {
+                for s in &c.sources {
+                    for (p, rel) in sources(&opts.context, ignore, &x(s)).map_err(err)? {
+                        hash_tree(&mut key, &p, &rel, ignore)
+                            .map_err(|e| err(format!("reading {}: {e}", p.display())))?;
+                    }
+                }
+            }
+        }
+        for h in &c.heredocs {
+            key.update(h.body.as_bytes());
+        }
+    }
+    if let Instruction::Run { heredocs, .. } = &step.instruction {
+        for h in heredocs {
+            key.update(h.body.as_bytes());
+        }
+    }
+    let key = hex(key);
+    if !opts.no_cache
+        && let Some(id) = cache.map.get(&key)
+        && let Ok(cfg) = rt.images().config_document(Some(id))
+    {
+        st.image = Some(id.clone());
+        st.config = cfg;
+        return Ok(Outcome::Cached);
+    }
+    // The parent must be an image in the store for a container or an overlay of it.
+    let parent = match &st.image {
+        Some(_) => Some(commit_config(rt, st, &[])?),
+        None => None,
+    };
+    let layer_tar = scratch.join(format!("layer{n}.tar"));
+    match &step.instruction {
+        Instruction::Run {
+            command,
+            network,
+            heredocs,
+        } => {
+            let Some(parent) = parent.as_deref() else {
+                return Err(err(
+                    "RUN in an empty (scratch) stage: there is nothing to run".into(),
+                ));
+            };
+            let args = match (command, heredocs.first()) {
+                (Command::Shell(s), Some(h))
+                    if s.trim_start().starts_with("<<")
+                        && heredocs.len() == 1
+                        && s.split_whitespace().count() == 1 =>
+                {
+                    // `RUN <<EOF`: the heredoc is the script.
+                    let body = if h.expand { x(&h.body) } else { h.body.clone() };
+                    st.shell.iter().cloned().chain([body]).collect()
+                }
+                (Command::Shell(s), Some(_)) => {
+                    // `RUN cmd <<EOF`: the shell reads the heredocs itself.
+                    let mut script = s.clone();
+                    for h in heredocs {
+                        script.push('\n');
+                        script.push_str(&h.body);
+                        script.push_str(&h.name);
+                    }
+                    st.shell.iter().cloned().chain([script]).collect()
+                }
+                _ => argv(st, command),
+            };
+            run_container(
+                rt,
+                tk,
+                opts,
+                st,
+                parent,
+                &args,
+                network.as_deref(),
+                step,
+                n,
+                progress,
+                &layer_tar,
+            )?;
+        }
+        Instruction::Copy(c) => {
+            let ov_dir = scratch.join(format!("ov{n}"));
+            let layers = match &parent {
+                Some(p) => {
+                    rt.images()
+                        .resolve(p)
+                        .map_err(|e| err(e.to_string()))?
+                        .layers
+                }
+                None => Vec::new(),
+            };
+            let ov = Overlay::mount(&ov_dir, &layers)
+                .map_err(|e| err(format!("mounting the image for the copy: {e}")))?;
+            let result = copy_step(
+                rt,
+                opts,
+                df,
+                done_stages,
+                st,
+                c,
+                &ov,
+                scratch,
+                ignore,
+                n,
+                &x,
+            );
+            let tar = result.and_then(|()| {
+                let f = File::create(&layer_tar).map_err(|e| e.to_string())?;
+                super::layer::upper_to_tar(&ov.upper, f).map_err(|e| e.to_string())?;
+                Ok(())
+            });
+            drop(ov);
+            let _ = fs::remove_dir_all(&ov_dir);
+            tar.map_err(err)?;
+        }
+        _ => unreachable!("metadata steps returned above"),
+    }
+    let id = rt
+        .images()
+        .commit_image(parent.as_deref(), Some(&layer_tar), st.config.clone(), &[])
+        .map_err(|e| err(format!("storing the step's layer: {e}")))?;
+    let _ = fs::remove_file(&layer_tar);
+    st.image = Some(id.clone());
+    if let Ok(c) = rt.images().config_document(Some(&id)) {
+        st.config = c;
+    }
+    cache.map.insert(key, id);
+    cache.save();
+    Ok(Outcome::Ran)
+}
+
+fn stage_image(df: &Dockerfile, done: &HashMap<usize, String>, name: &str) -> Option<String> {
+    let i = df
+        .stages
+        .iter()
+        .position(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .or_else(|| name.parse().ok())?;
+    done.get(&i).cloned()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_step(
+    rt: &Arc<LinuxRuntime>,
+    opts: &BuildOptions,
+    df: &Dockerfile,
+    done_stages: &HashMap<usize, String>,
+    st: &StageState,
+    c: &dockerfile::Copy,
+    ov: &Overlay,
+    scratch: &Path,
+    ignore: &Ignore,
+    n: usize,
+    x: &dyn Fn(&str) -> String,
+) -> Result<(), String> {
+    let owner = parse_chown(c.chown.as_deref().map(x).as_deref(), &ov.merged)?;
+    let chmod = match &c.chmod {
+        None => None,
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .map_err(|_| format!("--chmod={m}: expected an octal mode"))?,
+        ),
+    };
+    let dest = x(&c.dest);
+    let dest_abs = if dest.starts_with('/') {
+        dest.clone()
+    } else {
+        format!("{}/{}", st.workdir().trim_end_matches('/'), dest)
+    };
+    let root_fd = rustix::fs::open(
+        &ov.merged,
+        OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {e}", ov.merged.display()))?;
+    // Where the sources come from: the context, or another stage or image.
+    let from_ov;
+    let (src_root, src_ignore): (PathBuf, Ignore) = match &c.from {
+        None => (opts.context.clone(), ignore.clone()),
+        Some(f) => {
+            let img = match stage_image(df, done_stages, f) {
+                Some(id) => id,
+                None => {
+                    rt.images()
+                        .resolve(f)
+                        .map_err(|e| format!("COPY --from={f}: no such stage, and {e}"))?
+                        .id
+                }
+            };
+            let layers = rt.images().resolve(&img).map_err(|e| e.to_string())?.layers;
+            from_ov = Overlay::mount(&scratch.join(format!("from{n}")), &layers)
+                .map_err(|e| format!("mounting --from={f}: {e}"))?;
+            (from_ov.merged.clone(), Ignore::parse(""))
+        }
+    };
+    let mut items: Vec<(PathBuf, String)> = Vec::new();
+    for s in &c.sources {
+        let s = x(s);
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return Err(format!(
+                "{}: URLs are not fetched by berth builds (no network at build time is assumed); download it in a RUN step",
+                s
+            ));
+        }
+        items.extend(sources(&src_root, &src_ignore, &s)?);
+    }
+    let many = items.len() + c.heredocs.len() > 1;
+    // As Docker: a directory when written so (`/app/`, `.`), when there are several
+    // sources, when the source is a directory, or when the image has a directory there.
+    let exists_as_dir = rustix::fs::openat2(
+        &root_fd,
+        dest_abs.trim_start_matches('/'),
+        OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    )
+    .is_ok();
+    let dest_is_dir = dest.ends_with('/')
+        || dest == "."
+        || dest.ends_with("/.")
+        || many
+        || exists_as_dir
+        || (items.len() == 1 && fs::symlink_metadata(&items[0].0).is_ok_and(|m| m.is_dir()));
+    let (dir_path, file_name) = if dest_is_dir {
+        (dest_abs.clone(), None)
+    } else {
+        let (d, f) = dest_abs.rsplit_once('/').unwrap_or(("", &dest_abs));
+        (d.to_string(), Some(f.to_string()))
+    };
+    let dir = mkdir_in_root(&root_fd, &dir_path).map_err(|e| format!("{dest}: {e}"))?;
+    for h in &c.heredocs {
+        let tmp = scratch.join(format!("heredoc{n}"));
+        let body = if h.expand { x(&h.body) } else { h.body.clone() };
+        fs::write(&tmp, body).map_err(|e| e.to_string())?;
+        let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644));
+        let name = file_name.clone().unwrap_or_else(|| h.name.clone());
+        copy_entry(&tmp, &dir, &name, owner, chmod).map_err(|e| format!("{dest}: {e}"))?;
+    }
+    for (p, rel) in items {
+        let md = fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+        if md.is_dir() {
+            copy_filtered(&p, &rel, &dir, &src_ignore, owner, chmod)
+                .map_err(|e| format!("copying {rel}/ to {dest}: {e}"))?;
+        } else if c.add && is_archive(&p) {
+            return Err(format!(
+                "ADD {rel}: unpacking local archives is not supported yet; use COPY and RUN tar"
+            ));
+        } else {
+            let name = file_name.clone().unwrap_or_else(|| {
+                p.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            copy_entry(&p, &dir, &name, owner, chmod)
+                .map_err(|e| format!("copying {rel} to {dest}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_archive(p: &Path) -> bool {
+    let mut head = [0u8; 262];
+    let n = File::open(p)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    (n >= 2 && head[..2] == [0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_container(
+    rt: &Arc<LinuxRuntime>,
+    tk: &tokio::runtime::Runtime,
+    opts: &BuildOptions,
+    st: &StageState,
+    parent: &str,
+    args: &[String],
+    network: Option<&str>,
+    step: &Step,
+    n: usize,
+    progress: &dyn Fn(BuildEvent),
+    layer_tar: &Path,
+) -> Result<(), BuildError> {
+    let file = &opts.dockerfile_name;
+    let project = format!("build{}", std::process::id());
+    let name = format!("{project}-step{n}");
+    let mut def = crate::spec::model::Service {
+        image: Some(parent.to_string()),
+        entrypoint: Some(args.to_vec()),
+        command: Some(Vec::new()),
+        network_mode: Some(
+            network
+                .or(opts.network.as_deref())
+                .unwrap_or("host")
+                .to_string(),
+        ),
+        working_dir: Some(st.workdir()),
+        ..Default::default()
+    };
+    if let Some(u) = st.config["config"]["User"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+    {
+        def.user = Some(u.to_string());
+    }
+    // Build args are in the environment of RUN, under the image's ENV.
+    for (k, v) in &st.args {
+        if st
+            .var(k)
+            .is_some_and(|e| st.env().iter().any(|(n, w)| n == k && *w == e))
+        {
+            continue;
+        }
+        def.environment.insert(k.clone(), Some(v.clone()));
+    }
+    let spec = ContainerSpec {
+        project: project.clone(),
+        service: "build".into(),
+        index: n as u32,
+        name: name.clone(),
+        config_hash: String::new(),
+        definition: def,
+        oneoff: true,
+        networks: Vec::new(),
+        mounts: Vec::new(),
+        granted: Vec::new(),
+    };
+    let fail = |message: String| BuildError::Step {
+        file: file.clone(),
+        line: step.line,
+        message,
+    };
+    tk.block_on(rt.create(&spec))
+        .map_err(|e| fail(e.to_string()))?;
+    let result = (|| -> Result<(), BuildError> {
+        tk.block_on(rt.start(&name))
+            .map_err(|e| fail(e.to_string()))?;
+        let state = tk
+            .block_on(rt.wait(&name))
+            .map_err(|e| fail(e.to_string()))?;
+        let info = rt.info(&name).map_err(|e| fail(e.to_string()))?;
+        let output = read_log(&info.dir.join(crate::runtime::linux::logs::LOG_FILE));
+        for l in output.lines() {
+            progress(BuildEvent::Output {
+                n,
+                line: l.to_string(),
+            });
+        }
+        let status = match state {
+            crate::plan::State::Exited(c) => c,
+            crate::plan::State::OomKilled => 137,
+            _ => 0,
+        };
+        if status != 0 {
+            let tail: Vec<&str> = output.lines().rev().take(30).collect();
+            return Err(BuildError::RunFailed {
+                file: file.clone(),
+                line: step.line,
+                command: step.text.clone(),
+                status,
+                output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            });
+        }
+        let f =
+            File::create(layer_tar).map_err(|e| fail(format!("{}: {e}", layer_tar.display())))?;
+        let mut w = std::io::BufWriter::new(f);
+        super::layer::upper_to_tar(&info.dir.join("upper"), &mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| fail(format!("making the step's layer: {e}")))?;
+        Ok(())
+    })();
+    let _ = tk.block_on(rt.remove(&name));
+    result
+}
+
+fn read_log(path: &Path) -> String {
+    let Ok(text) = fs::read_to_string(path) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for l in text.lines() {
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(l)
+            && let Some(t) = r["log"].as_str()
+        {
+            out.push_str(t);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerignore_matches_as_docker() {
+        let i = Ignore::parse("# comment\n*.log\nbuild/\n**/secret*\n!keep.log\n");
+        assert!(i.ignored("a.log"));
+        assert!(!i.ignored("keep.log"));
+        assert!(i.ignored("build"));
+        assert!(i.ignored("build/x/y.o"));
+        assert!(i.ignored("deep/down/secret.txt"));
+        assert!(i.ignored("secret.txt"));
+        assert!(!i.ignored("src/main.rs"));
+        assert!(
+            !i.ignored("sub/a.log"),
+            "`*.log` is anchored at the context root"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! A build step's layer: what a step's container wrote to its overlayfs upper directory, as
+//! an OCI layer tar. overlayfs records deletions its own way and OCI layers another, so the
+//! walk converts them: a whiteout (a character device 0:0) becomes an empty `.wh.NAME`, and
+//! a directory marked opaque (`trusted.overlay.opaque=y`) is followed by `.wh..wh..opq`.
+//! Entries are written in name order, and hard links inside the layer stay hard links.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Whether `path` (a directory of the upper layer) is marked opaque by overlayfs.
+fn opaque(path: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut buf)
+        .is_ok_and(|n| n >= 1 && buf[0] == b'y')
+}
+
+fn empty_file(name: &Path) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    let _ = h.set_path(name);
+    h.set_cksum();
+    h
+}
+
+/// Writes the changes in `upper` to `out` as a layer tar; returns how many entries it wrote.
+pub fn upper_to_tar(upper: &Path, out: impl Write) -> io::Result<usize> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut n = 0;
+    walk(upper, Path::new(""), &mut tar, &mut links, &mut n)?;
+    tar.into_inner()?.flush()?;
+    Ok(n)
+}
+
+fn walk<W: Write>(
+    dir: &Path,
+    rel: &Path,
+    tar: &mut tar::Builder<W>,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    n: &mut usize,
+) -> io::Result<()> {
+    let mut names: Vec<_> = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let rel_path = rel.join(&name);
+        let md = fs::symlink_metadata(&path)?;
+        let ft = md.file_type();
+        if ft.is_char_device() && md.rdev() == 0 {
+            // An overlayfs whiteout: the lower file is deleted.
+            let wh = rel.join(format!(".wh.{}", name.to_string_lossy()));
+            tar.append(&empty_file(&wh), io::empty())?;
+            *n += 1;
+            continue;
+        }
+        if ft.is_file() && md.nlink() > 1 {
+            if let Some(first) = links.get(&(md.dev(), md.ino())) {
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata(&md);
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                tar.append_link(&mut h, &rel_path, first)?;
+                *n += 1;
+                continue;
+            }
+            links.insert((md.dev(), md.ino()), rel_path.clone());
+        }
+        tar.append_path_with_name(&path, &rel_path)?;
+        *n += 1;
+        if ft.is_dir() {
+            if opaque(&path) {
+                tar.append(&empty_file(&rel_path.join(".wh..wh..opq")), io::empty())?;
+                *n += 1;
+            }
+            walk(&path, &rel_path, tar, links, n)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteouts_opaque_dirs_and_hard_links_become_oci_entries() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: whiteouts need root (mknod, trusted.* xattrs)");
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let up = t.path();
+        fs::create_dir_all(up.join("etc/conf.d")).unwrap();
+        fs::write(up.join("etc/motd"), b"hello").unwrap();
+        fs::hard_link(up.join("etc/motd"), up.join("etc/motd.bak")).unwrap();
+        std::os::unix::fs::symlink("motd", up.join("etc/issue")).unwrap();
+        nix::sys::stat::mknod(
+            &up.join("etc/gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        rustix::fs::setxattr(
+            up.join("etc/conf.d"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        let n = upper_to_tar(up, &mut bytes).unwrap();
+        let mut a = tar::Archive::new(bytes.as_slice());
+        let entries: Vec<(String, tar::EntryType, Option<String>)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path()
+                        .unwrap()
+                        .to_string_lossy()
+                        .trim_end_matches('/')
+                        .to_string(),
+                    e.header().entry_type(),
+                    e.link_name()
+                        .unwrap()
+                        .map(|l| l.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(n, entries.len());
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "etc",
+                "etc/conf.d",
+                "etc/conf.d/.wh..wh..opq",
+                "etc/.wh.gone",
+                "etc/issue",
+                "etc/motd",
+                "etc/motd.bak"
+            ]
+        );
+        assert_eq!(entries[4].1, tar::EntryType::Symlink);
+        assert_eq!(entries[4].2.as_deref(), Some("motd"));
+        assert_eq!(entries[6].1, tar::EntryType::Link);
+        assert_eq!(entries[6].2.as_deref(), Some("etc/motd"));
+    }
+}

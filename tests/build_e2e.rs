@@ -1,0 +1,176 @@
+//! End to end: `berth build` and `up` of services with `build:`, on a busybox base image the
+//! test imports itself. Root: each RUN step is a container.
+
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "support/env.rs"]
+mod env;
+use env::{Env, eventually};
+
+fn skip() -> bool {
+    if !nix::unistd::Uid::effective().is_root() || !berth::image::testutil::busybox_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with busybox-static"
+        );
+        eprintln!("skipped: needs root and busybox-static");
+        return true;
+    }
+    false
+}
+
+const DOCKERFILE: &str = "\
+FROM busybox AS builder
+WORKDIR /work
+COPY gen.sh .
+RUN sh gen.sh > /work/out.txt
+FROM busybox
+COPY --from=builder /work/out.txt /app/out.txt
+COPY data/ /app/data/
+USER 1000:1000
+WORKDIR /app
+HEALTHCHECK --interval=1s --retries=30 CMD test -f /app/out.txt
+ENTRYPOINT [\"/bin/sh\", \"-c\"]
+CMD [\"cat /app/out.txt; echo uid=$(id -u); echo pwd=$(pwd); ls /app/data; sleep 300\"]
+";
+
+fn steps(err: &str, what: &str) -> usize {
+    err.lines()
+        .filter(|l| l.starts_with('#') && l.ends_with(what) || l.contains(&format!(" {what} ")))
+        .count()
+}
+
+/// The lines `#N DONE ...`: the steps that ran.
+fn ran(err: &str) -> Vec<String> {
+    err.lines()
+        .filter(|l| l.starts_with('#') && l.contains(" DONE "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn no_mounts_under(dir: &Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    !mi.contains(&dir.display().to_string())
+}
+
+#[test]
+fn a_multi_stage_build_runs_with_its_settings_and_rebuilds_from_the_cache() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "build",
+        "name: dbuild\nservices:\n  app:\n    build: .\n    network_mode: none\n",
+    );
+    std::fs::write(p.join("Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::write(p.join("gen.sh"), "echo generated-by-the-builder-stage\n").unwrap();
+    std::fs::create_dir_all(p.join("data")).unwrap();
+    std::fs::write(p.join("data/kept.txt"), "one").unwrap();
+    std::fs::write(p.join("data/ignored.txt"), "secret").unwrap();
+    std::fs::write(p.join(".dockerignore"), "data/ignored.txt\n").unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let _down = env.down_on_drop(&p);
+
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    // COPY gen.sh, RUN, COPY --from, COPY data/: four steps that make layers.
+    assert_eq!(ran(&err).len(), 4, "{err}");
+    let images = env.ok(&p, &["images"]);
+    assert!(images.contains("dbuild-app"), "{images}");
+
+    // It runs with the image's settings.
+    env.ok(&p, &["up", "-d"]);
+    let healthy = eventually(Duration::from_secs(20), || {
+        env.container(&p, "dbuild-app-1")["Health"] == "healthy"
+    });
+    let logs = env.ok(&p, &["logs", "app"]);
+    assert!(healthy, "{:?}\n{logs}", env.ps(&p));
+    assert!(logs.contains("generated-by-the-builder-stage"), "{logs}");
+    assert!(logs.contains("uid=1000"), "{logs}");
+    assert!(logs.contains("pwd=/app"), "{logs}");
+    assert!(logs.contains("kept.txt"), "{logs}");
+    assert!(
+        !logs.contains("ignored.txt"),
+        "a .dockerignored file reached the image: {logs}"
+    );
+
+    // Nothing changed: no step runs.
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(ran(&err).is_empty(), "{err}");
+    assert_eq!(steps(&err, "CACHED"), 4, "{err}");
+
+    // One copied file changed: the steps from that COPY on run, the builder stage does not.
+    std::fs::write(p.join("data/kept.txt"), "two").unwrap();
+    // An ignored file changing changes nothing.
+    std::fs::write(p.join("data/ignored.txt"), "changed").unwrap();
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let r = ran(&err);
+    assert_eq!(r.len(), 1, "{err}");
+    assert!(
+        err.contains("COPY data/ /app/data/\n#7 DONE") || r[0].starts_with("#7 "),
+        "{err}"
+    );
+
+    // `up` builds a built service's image when the store lacks it.
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    env.ok(&p, &["rmi", "dbuild-app"]);
+    let o = env.berth(&p, &["up", "-d", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success() && err.contains("Building app"), "{err}");
+    assert_eq!(env.container(&p, "dbuild-app-1")["State"], "running");
+
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(no_mounts_under(&env.state), "a build left a mount behind");
+    let leftover = std::fs::read_dir(env.state.join("build/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftover, 0, "the build left its scratch directory");
+}
+
+#[test]
+fn a_failing_run_names_its_line_and_leaves_no_image() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "buildfail",
+        "name: dbuildfail\nservices:\n  bad:\n    build:\n      context: .\n      dockerfile: Dockerfile.bad\n",
+    );
+    std::fs::write(
+        p.join("Dockerfile.bad"),
+        "FROM busybox\n# a comment\nRUN echo about-to-fail && \\\n    exit 3\nCMD [\"true\"]\n",
+    )
+    .unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("Dockerfile.bad:3:"), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+    assert!(err.contains("about-to-fail"), "{err}");
+    assert!(err.contains("exit 3"), "{err}");
+    let images = env.ok(&p, &["images"]);
+    assert!(!images.contains("dbuildfail-bad"), "{images}");
+    // Its container is gone, and nothing is mounted.
+    assert!(env.ps(&p).is_empty());
+    assert!(no_mounts_under(&env.state));
+
+    // A parse error names the line too, and builds nothing.
+    std::fs::write(p.join("Dockerfile.bad"), "FROM busybox\nCOPPY a b\n").unwrap();
+    let o = env.berth(&p, &["build"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("Dockerfile.bad:2: unknown instruction `COPPY` (did you mean COPY?)"),
+        "{err}"
+    );
+}
