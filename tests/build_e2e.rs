@@ -174,3 +174,106 @@ fn a_failing_run_names_its_line_and_leaves_no_image() {
         "{err}"
     );
 }
+
+#[test]
+fn develop_watch_syncs_files_and_rebuilds_one_service() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "watch",
+        "name: dwatch\nservices:\n  app:\n    build: .\n    network_mode: none\n    develop:\n      watch:\n        - action: sync\n          path: ./src\n          target: /app/src\n          ignore: ['*.tmp']\n        - action: rebuild\n          path: ./Dockerfile\n  other:\n    image: busybox\n    network_mode: none\n    command: [sleep, '300']\n",
+    );
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nCOPY src/ /app/src/\nCMD [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(p.join("src/first.txt"), "first").unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let _down = env.down_on_drop(&p);
+    let mut watch = env
+        .command(&p, &["watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("berth watch");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = watch.stderr.take().unwrap();
+    let mut watch = Kill(watch);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut g = l2.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    let watching = eventually(Duration::from_secs(30), || {
+        log.lock().unwrap().contains("berth watch: watching")
+    });
+    assert!(watching, "{}", log.lock().unwrap());
+    let pid = |c: &str| env.container(&p, c)["Pid"].clone();
+    let (app_pid, other_pid) = (pid("dwatch-app-1"), pid("dwatch-other-1"));
+    assert!(app_pid.is_number(), "{:?}", env.ps(&p));
+
+    // sync: a new file shows up in the container within a second.
+    let t0 = std::time::Instant::now();
+    std::fs::write(p.join("src/new.txt"), "synced-from-the-host").unwrap();
+    let synced = eventually(Duration::from_secs(1), || {
+        let o = env.berth(&p, &["exec", "-T", "app", "cat", "/app/src/new.txt"]);
+        String::from_utf8_lossy(&o.stdout).contains("synced-from-the-host")
+    });
+    assert!(
+        synced,
+        "not synced within 1 s ({:?}): {}",
+        t0.elapsed(),
+        log.lock().unwrap()
+    );
+    // An ignored file is not synced.
+    std::fs::write(p.join("src/scratch.tmp"), "x").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = env.berth(&p, &["exec", "-T", "app", "ls", "/app/src"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("scratch.tmp"),
+        "{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(pid("dwatch-app-1"), app_pid, "a sync recreated the service");
+
+    // rebuild: the service is rebuilt and recreated, the other one untouched.
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nCOPY src/ /app/src/\nENV MARK=rebuilt\nCMD [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    let rebuilt = eventually(Duration::from_secs(30), || {
+        let o = env.berth(&p, &["exec", "-T", "app", "env"]);
+        String::from_utf8_lossy(&o.stdout).contains("MARK=rebuilt")
+    });
+    assert!(rebuilt, "{}", log.lock().unwrap());
+    assert_ne!(pid("dwatch-app-1"), app_pid);
+    assert_eq!(
+        pid("dwatch-other-1"),
+        other_pid,
+        "the other service was touched"
+    );
+    let _ = watch.0.kill();
+    let _ = watch.0.wait();
+    env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(no_mounts_under(&env.state));
+}

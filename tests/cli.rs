@@ -88,7 +88,7 @@ fn quiet_validation_and_exit_statuses() {
 #[test]
 fn verbs_not_built_yet_say_so() {
     let t = project(GOOD);
-    let out = berth(t.path(), &["watch"]);
+    let out = berth(t.path(), &["cp"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
 }

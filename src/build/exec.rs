@@ -248,7 +248,7 @@ const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGIC
 
 /// Opens directory `rel` inside `root`, creating what is missing (root-owned, 0755, as
 /// Docker's COPY and WORKDIR do). Symlinks resolve inside the root.
-fn mkdir_in_root(root: &OwnedFd, rel: &str) -> std::io::Result<OwnedFd> {
+pub(crate) fn mkdir_in_root(root: &OwnedFd, rel: &str) -> std::io::Result<OwnedFd> {
     let mut cur = rustix::fs::openat2(
         root,
         ".",
@@ -312,7 +312,7 @@ fn parse_chown(spec: Option<&str>, root: &Path) -> Result<Option<(u32, u32)>, St
 
 /// Copies `src` (a host path already checked to be inside its source tree) to `name` in
 /// directory `dir` (an fd inside the image), recursively, never following symlinks.
-fn copy_entry(
+pub(crate) fn copy_entry(
     src: &Path,
     dir: &OwnedFd,
     name: &str,

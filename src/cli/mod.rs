@@ -18,6 +18,7 @@ mod run;
 mod stats;
 mod up;
 mod version;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -137,7 +138,7 @@ pub enum Verb {
     /// Build service images
     Build(build::BuildArgs),
     /// Rebuild and sync on file changes (develop.watch)
-    Watch(Later),
+    Watch(watch::WatchArgs),
     /// List images
     Images(image::LsArgs),
     /// Image management (import, ls, rm, inspect, prune, save)
@@ -182,6 +183,7 @@ impl Verb {
             | Verb::Disk(_)
             | Verb::Pull(_)
             | Verb::Build(_)
+            | Verb::Watch(_)
             | Verb::Save(_)
             | Verb::Login(_)
             | Verb::Logout(_)
@@ -210,12 +212,10 @@ impl Verb {
             }
             Verb::Create(_) => "create",
             Verb::Cp(_) => "cp",
-            Verb::Watch(_) => "watch",
             Verb::Export(_) => "export",
             Verb::Import(_) => "import",
         };
         let part = match name {
-            "build" | "watch" => "image builds and develop.watch",
             "disk" => "disks and volumes",
             "export" | "import" => "project export and import",
             _ => "the runtime and the reconciler",
@@ -255,6 +255,7 @@ pub fn main() -> i32 {
         Verb::Pull(a) => image::pull(&cli.global, a),
         Verb::Save(a) => image::save(a),
         Verb::Build(a) => build::run(&cli.global, a),
+        Verb::Watch(a) => watch::run(&cli.global, a),
         Verb::Login(a) => image::login(a),
         Verb::Logout(a) => image::logout(a.server.as_deref()),
         Verb::Port(a) => ps::port(&cli.global, a),
