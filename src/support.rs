@@ -21,7 +21,6 @@ pub enum Support {
 const RUNTIME: &str = "the runtime";
 const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
-const BUILD: &str = "image builds";
 const PULL: &str = "registry pulls";
 
 /// The support of a service key.
@@ -50,7 +49,7 @@ pub fn service_key(key: &str) -> Support {
         "volumes" | "tmpfs" | "disks" | "storage_opt" => Acted,
         "secrets" | "configs" | "volumes_from" => Acted,
         "build" => Acted,
-        "develop" => Planned(BUILD),
+        "develop" => Acted,
         "pull_policy" => Acted,
         "platform" | "pull_refresh_after" => Planned(PULL),
         "logging" => Ignored("berth keeps each container's output in its own log files"),

@@ -277,3 +277,52 @@ fn develop_watch_syncs_files_and_rebuilds_one_service() {
     env.ok(&p, &["down", "-t", "0", "--progress", "quiet"]);
     assert!(no_mounts_under(&env.state));
 }
+
+#[test]
+fn add_unpacks_a_local_archive_and_predefined_args_are_set() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "buildadd",
+        "name: dbuildadd\nservices:\n  app:\n    build: .\n    network_mode: none\n",
+    );
+    // A gzip tarball with a directory, a file and a symlink.
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, "pkg/", std::io::empty()).unwrap();
+    let body = b"hello from the archive\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o640);
+    h.set_size(body.len() as u64);
+    b.append_data(&mut h, "pkg/hello.txt", &body[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "pkg/link", "hello.txt").unwrap();
+    let gz = b.into_inner().unwrap().finish().unwrap();
+    std::fs::write(p.join("bundle.tar.gz"), gz).unwrap();
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nARG TARGETARCH\nADD bundle.tar.gz /opt/\nRUN cat /opt/pkg/link && stat -c %a /opt/pkg/hello.txt && echo arch=$TARGETARCH\n",
+    )
+    .unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("hello from the archive"), "{err}");
+    assert!(err.contains("640"), "{err}");
+    assert!(
+        err.contains("arch=amd64") || err.contains("arch=arm64"),
+        "{err}"
+    );
+}

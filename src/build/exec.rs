@@ -784,6 +784,24 @@ pub fn build(
     })
 }
 
+/// The platform ARGs Docker defines for every build (`ARG TARGETARCH` takes its value from
+/// here); berth builds for the host's platform.
+fn predefined(k: &str) -> Option<String> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    Some(match k {
+        "TARGETPLATFORM" | "BUILDPLATFORM" => format!("linux/{arch}"),
+        "TARGETOS" | "BUILDOS" => "linux".into(),
+        "TARGETARCH" | "BUILDARCH" => arch.into(),
+        "TARGETVARIANT" | "BUILDVARIANT" => String::new(),
+        _ => return None,
+    })
+}
+
 /// The stages the target needs (`FROM` an earlier stage, `COPY --from` one), in order.
 fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
     let mut need = vec![false; df.stages.len()];
@@ -902,7 +920,8 @@ fn run_step(
                             .iter()
                             .find(|(n, _)| n == k)
                             .and_then(|(n, d)| opts.args.get(n).cloned().or(d.clone()))
-                    });
+                    })
+                    .or_else(|| predefined(k));
                 if let Some(v) = v {
                     st.args.insert(k.clone(), v);
                 }
@@ -1281,9 +1300,8 @@ fn copy_step(
             copy_filtered(&p, &rel, &dir, &src_ignore, owner, chmod)
                 .map_err(|e| format!("copying {rel}/ to {dest}: {e}"))?;
         } else if c.add && is_archive(&p) {
-            return Err(format!(
-                "ADD {rel}: unpacking local archives is not supported yet; use COPY and RUN tar"
-            ));
+            // ADD of a local tar archive (plain or gzip): unpacked at the destination.
+            unpack_archive(&p, &root_fd, &dir_path).map_err(|e| format!("ADD {rel}: {e}"))?;
         } else {
             let name = file_name.clone().unwrap_or_else(|| {
                 p.file_name()
@@ -1292,6 +1310,108 @@ fn copy_step(
             });
             copy_entry(&p, &dir, &name, owner, chmod)
                 .map_err(|e| format!("copying {rel} to {dest}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a tar archive into directory `dest` of the image, every entry written through
+/// descriptors resolved inside the image's root: an entry's `..`, an absolute path, or a
+/// symlink (in the archive or the image) cannot place a file outside it.
+fn unpack_archive(archive: &Path, root: &OwnedFd, dest: &str) -> Result<(), String> {
+    let mut f = File::open(archive).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 2];
+    let gz = f.read_exact(&mut head).is_ok() && head == [0x1f, 0x8b];
+    let f = File::open(archive).map_err(|e| e.to_string())?;
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    let mut a = tar::Archive::new(reader);
+    for entry in a.entries().map_err(|e| e.to_string())? {
+        let mut e = entry.map_err(|e| e.to_string())?;
+        let path = e.path().map_err(|e| e.to_string())?.into_owned();
+        if path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(format!("entry `{}` climbs out with `..`", path.display()));
+        }
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let Some((name, parents)) = parts.split_last() else {
+            continue;
+        };
+        let parent = format!("{}/{}", dest.trim_end_matches('/'), parents.join("/"));
+        let dir = mkdir_in_root(root, &parent).map_err(|err| format!("{parent}: {err}"))?;
+        let h = e.header();
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let uid = u32::try_from(h.uid().unwrap_or(0)).unwrap_or(0);
+        let gid = u32::try_from(h.gid().unwrap_or(0)).unwrap_or(0);
+        let kind = h.entry_type();
+        let own = |fd: &OwnedFd| {
+            let _ = rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            );
+            let _ = rustix::fs::fchmod(fd, Mode::from_raw_mode(mode));
+        };
+        let io = |err: std::io::Error| format!("{}: {err}", path.display());
+        match kind {
+            tar::EntryType::Directory => {
+                match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(mode)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(err) => return Err(io(err.into())),
+                }
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name.as_str(),
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|err| io(err.into()))?;
+                own(&fd);
+            }
+            tar::EntryType::Symlink => {
+                let target = e
+                    .link_name()
+                    .map_err(|err| err.to_string())?
+                    .unwrap_or_default()
+                    .into_owned();
+                let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
+                rustix::fs::symlinkat(&target, &dir, name.as_str())
+                    .map_err(|err| io(err.into()))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name.as_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|err| io(err.into()))?;
+                let mut out = File::from(fd);
+                std::io::copy(&mut e, &mut out).map_err(io)?;
+                own(&OwnedFd::from(out));
+            }
+            other => {
+                return Err(format!(
+                    "entry `{}`: {other:?} entries are not unpacked by ADD (files, directories and symlinks are)",
+                    path.display()
+                ));
+            }
         }
     }
     Ok(())

@@ -22,7 +22,7 @@ use crate::reconcile::{Options, Target, apply, teardown};
 use crate::runtime::Runtime;
 use crate::state::{ProjectState, Status};
 
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Clone)]
 pub struct UpArgs {
     /// Detached: leave the project running under its supervisor and return
     #[arg(short, long)]
@@ -33,6 +33,9 @@ pub struct UpArgs {
     /// Don't build images, even missing ones
     #[arg(long, conflicts_with = "build")]
     pub no_build: bool,
+    /// Bring the project up detached, then act on file changes (develop.watch), as `berth watch`
+    #[arg(short = 'w', long)]
+    pub watch: bool,
     /// Wait until services are running or healthy (implies -d)
     #[arg(long)]
     pub wait: bool,
@@ -124,6 +127,22 @@ fn apply_scale(target: &mut Target, scale: &[String]) -> anyhow::Result<()> {
 }
 
 pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
+    if a.watch {
+        let mut up = a.clone();
+        up.watch = false;
+        up.detach = true;
+        let code = run(g, &up)?;
+        if code != 0 {
+            return Ok(code);
+        }
+        return super::watch::run(
+            g,
+            &super::watch::WatchArgs {
+                services: a.services.clone(),
+                no_up: true,
+            },
+        );
+    }
     let mut l = load(g)?;
     apply_scale(&mut l.target, &a.scale)?;
     for s in &a.services {
