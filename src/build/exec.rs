@@ -71,6 +71,8 @@ pub struct BuildOptions {
     /// their mirrors as under `docker build`) or `none`.
     pub network: Option<String>,
     pub no_cache: bool,
+    /// `build.pull`: pull the `FROM` images even when the store has them.
+    pub pull: bool,
 }
 
 /// A line of progress: the step, and whether it was cached or how long it ran.
@@ -641,6 +643,7 @@ pub fn build(
             .join("build/tmp")
             .join(format!("b{}", std::process::id())),
     };
+    detach_stale_mounts(&root.join("build/tmp"));
     let _ = fs::remove_dir_all(&scratch.dir);
     fs::create_dir_all(&scratch.dir)
         .map_err(|e| BuildError::Other(format!("{}: {e}", scratch.dir.display())))?;
@@ -688,6 +691,11 @@ pub fn build(
                     .into(),
             ));
         } else {
+            if opts.pull {
+                rt.images()
+                    .pull(&base, &|_| {})
+                    .map_err(|e| step_err(stage.line, format!("FROM {base}: {e}")))?;
+            }
             let id = match rt.images().resolve(&base) {
                 Ok(img) => img.id,
                 Err(_) => {
@@ -782,6 +790,31 @@ pub fn build(
         steps: n,
         cached,
     })
+}
+
+/// Detaches what a build that was killed (SIGKILL: no destructor ran) left mounted under
+/// `dir`, deepest first, so its scratch directory can be removed.
+fn detach_stale_mounts(dir: &Path) {
+    let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.display().to_string();
+    let mut points: Vec<String> = mi
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash as octal.
+        .map(|p| {
+            p.replace("\\040", " ")
+                .replace("\\011", "\t")
+                .replace("\\012", "\n")
+                .replace("\\134", "\\")
+        })
+        .filter(|p| p.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(Path::new(&p), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// The platform ARGs Docker defines for every build (`ARG TARGETARCH` takes its value from
@@ -1549,6 +1582,37 @@ fn read_log(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_left_by_a_killed_build_are_detached() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let tmp = t.path().join("build/tmp");
+        let m = tmp.join("b1/ov 2/merged");
+        fs::create_dir_all(&m).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &m,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let mounted = || {
+            fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .contains(&t.path().display().to_string())
+        };
+        assert!(mounted());
+        detach_stale_mounts(&tmp);
+        assert!(
+            !mounted(),
+            "the stale mount (with a space in its path) is still there"
+        );
+    }
 
     #[test]
     fn dockerignore_matches_as_docker() {

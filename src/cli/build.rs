@@ -127,6 +127,7 @@ pub fn build_service(
         labels: b.labels.clone(),
         network: b.network.clone(),
         no_cache: no_cache || b.no_cache == Some(true),
+        pull: b.pull == Some(true),
     };
     let plain = match mode {
         Progress::Quiet => None,
