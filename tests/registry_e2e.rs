@@ -91,14 +91,21 @@ fn have(cmd: &str) -> bool {
     ok
 }
 
+/// Root, a registry, skopeo and busybox-static: what every test here needs (CI has them).
+fn can_run() -> bool {
+    let ok = nix::unistd::Uid::effective().is_root()
+        && have("docker-registry")
+        && have("skopeo")
+        && berth::image::testutil::busybox_available();
+    if !ok {
+        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+    }
+    ok
+}
+
 #[test]
 fn pull_fetches_once_runs_and_names_what_is_missing() {
-    if !nix::unistd::Uid::effective().is_root()
-        || !have("docker-registry")
-        || !have("skopeo")
-        || !berth::image::testutil::busybox_available()
-    {
-        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+    if !can_run() {
         return;
     }
     let env = Env::new();
@@ -183,12 +190,7 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
 
 #[test]
 fn a_saved_image_loads_on_a_host_with_no_registry() {
-    if !nix::unistd::Uid::effective().is_root()
-        || !have("docker-registry")
-        || !have("skopeo")
-        || !berth::image::testutil::busybox_available()
-    {
-        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+    if !can_run() {
         return;
     }
     let env = Env::new();
@@ -311,12 +313,7 @@ fn proxy(to: String, what: Mischief) -> String {
 
 #[test]
 fn a_cut_transfer_resumes_and_a_corrupt_blob_is_refused() {
-    if !nix::unistd::Uid::effective().is_root()
-        || !have("docker-registry")
-        || !have("skopeo")
-        || !berth::image::testutil::busybox_available()
-    {
-        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+    if !can_run() {
         return;
     }
     let env = Env::new();
@@ -356,13 +353,7 @@ fn a_cut_transfer_resumes_and_a_corrupt_blob_is_refused() {
 
 #[test]
 fn a_registry_with_basic_auth_needs_berth_login() {
-    if !nix::unistd::Uid::effective().is_root()
-        || !have("docker-registry")
-        || !have("skopeo")
-        || !have("htpasswd")
-        || !berth::image::testutil::busybox_available()
-    {
-        eprintln!("skipped: needs root, docker-registry, skopeo, htpasswd and busybox-static");
+    if !can_run() || !have("htpasswd") {
         return;
     }
     let env = Env::new();
@@ -414,12 +405,7 @@ fn a_registry_with_basic_auth_needs_berth_login() {
 
 #[test]
 fn a_two_platform_index_gives_this_hosts_image() {
-    if !nix::unistd::Uid::effective().is_root()
-        || !have("docker-registry")
-        || !have("skopeo")
-        || !berth::image::testutil::busybox_available()
-    {
-        eprintln!("skipped: needs root, docker-registry, skopeo and busybox-static");
+    if !can_run() {
         return;
     }
     use berth::image::testutil::{self, LayerBuilder, TestImage};
