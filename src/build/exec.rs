@@ -110,6 +110,8 @@ struct StageState {
     config: serde_json::Value,
     args: BTreeMap<String, String>,
     shell: Vec<String>,
+    /// A `CMD` was given in this stage (an `ENTRYPOINT` after it keeps it).
+    cmd_set: bool,
 }
 
 impl StageState {
@@ -223,7 +225,7 @@ impl Overlay {
             lowers.push(empty.display().to_string());
         }
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
             lowers.join(":"),
             upper.display(),
             work.display()
@@ -500,11 +502,17 @@ fn sources(context: &Path, ignore: &Ignore, src: &str) -> Result<Vec<(PathBuf, S
         if !rel.is_empty() && ignore.ignored(&rel) {
             continue;
         }
-        let Ok(real) = fs::canonicalize(p.parent().unwrap_or(context)) else {
-            continue;
-        };
         let Ok(ctx) = fs::canonicalize(context) else {
             continue;
+        };
+        // The context itself (`COPY . /app`), or the real directory an item sits in.
+        let real = if rel.is_empty() {
+            ctx.clone()
+        } else {
+            let Ok(r) = fs::canonicalize(p.parent().unwrap_or(context)) else {
+                continue;
+            };
+            r
         };
         if !real.starts_with(&ctx) {
             return Err(format!("`{src}` leads outside the build context"));
@@ -649,8 +657,6 @@ pub fn build(
         .map_err(|e| BuildError::Other(format!("{}: {e}", scratch.dir.display())))?;
     let mut cache = Cache::open(root);
     let ignore = Ignore::load(&opts.context);
-    let needed = needed_stages(&df, target);
-    let total: usize = needed.iter().map(|&i| df.stages[i].steps.len() + 1).sum();
     let mut done_stages: HashMap<usize, String> = HashMap::new();
     let mut n = 0;
     let mut cached = 0;
@@ -660,6 +666,8 @@ pub fn build(
             .find(|(n, _)| n == k)
             .and_then(|(n, d)| opts.args.get(n).cloned().or(d.clone()))
     };
+    let needed = needed_stages(&df, target, &global);
+    let total: usize = needed.iter().map(|&i| df.stages[i].steps.len() + 1).sum();
     let mut last = String::new();
     for &si in &needed {
         let stage = &df.stages[si];
@@ -683,7 +691,9 @@ pub fn build(
         let image = if base == "scratch" {
             None
         } else if let Some(i) = from_stage {
-            done_stages.get(&i).cloned()
+            Some(done_stages.get(&i).cloned().ok_or_else(|| {
+                step_err(stage.line, format!("FROM {base}: that stage was not built"))
+            })?)
         } else if base == "host" {
             return Err(step_err(
                 stage.line,
@@ -722,6 +732,7 @@ pub fn build(
             config,
             args: BTreeMap::new(),
             shell: vec!["/bin/sh".into(), "-c".into()],
+            cmd_set: false,
         };
         if let Some(sh) = st.config["config"]["Shell"].as_array() {
             let v: Vec<String> = sh
@@ -836,7 +847,11 @@ fn predefined(k: &str) -> Option<String> {
 }
 
 /// The stages the target needs (`FROM` an earlier stage, `COPY --from` one), in order.
-fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
+fn needed_stages(
+    df: &Dockerfile,
+    target: usize,
+    global: &dyn Fn(&str) -> Option<String>,
+) -> Vec<usize> {
     let mut need = vec![false; df.stages.len()];
     let by_name = |name: &str| -> Option<usize> {
         df.stages
@@ -855,7 +870,8 @@ fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
         }
         need[i] = true;
         let s = &df.stages[i];
-        if let Some(j) = by_name(&s.base).filter(|j| *j < i) {
+        // `FROM base-${V}` names a stage once the global ARGs are in.
+        if let Some(j) = by_name(&expand(&s.base, global)).filter(|j| *j < i) {
             todo.push(j);
         }
         for step in &s.steps {
@@ -969,7 +985,7 @@ fn run_step(
                 format!("{}/{}", st.workdir().trim_end_matches('/'), w)
             };
             st.config["config"]["WorkingDir"] = abs.into();
-            return Ok(Outcome::Meta);
+            // Docker creates the directory: a small layer, made below like a copy's.
         }
         Instruction::User(u) => {
             st.config["config"]["User"] = x(u).into();
@@ -1002,13 +1018,16 @@ fn run_step(
         Instruction::Cmd(c) => {
             let v = cmd_json(st, c);
             st.config["config"]["Cmd"] = v;
+            st.cmd_set = true;
             return Ok(Outcome::Meta);
         }
         Instruction::Entrypoint(c) => {
             let v = cmd_json(st, c);
             st.config["config"]["Entrypoint"] = v;
-            // Docker: a new ENTRYPOINT resets an inherited CMD.
-            st.config["config"]["Cmd"] = serde_json::Value::Null;
+            // Docker: a new ENTRYPOINT resets an inherited CMD, not one set in this stage.
+            if !st.cmd_set {
+                st.config["config"]["Cmd"] = serde_json::Value::Null;
+            }
             return Ok(Outcome::Meta);
         }
         Instruction::Shell(s) => {
@@ -1082,7 +1101,9 @@ fn run_step(
             Some(f) => key.update(
                 format!(
                     "\0from={}",
-                    stage_image(df, done_stages, f).unwrap_or_else(|| f.clone())
+                    stage_image(df, done_stages, f)
+                        .or_else(|| rt.images().resolve(f).ok().map(|i| i.id))
+                        .unwrap_or_else(|| f.clone())
                 )
                 .as_bytes(),
             ),
@@ -1200,6 +1221,33 @@ fn run_step(
             drop(ov);
             let _ = fs::remove_dir_all(&ov_dir);
             tar.map_err(err)?;
+        }
+        Instruction::Workdir(_) => {
+            let ov_dir = scratch.join(format!("ov{n}"));
+            let layers = match &parent {
+                Some(p) => {
+                    rt.images()
+                        .resolve(p)
+                        .map_err(|e| err(e.to_string()))?
+                        .layers
+                }
+                None => Vec::new(),
+            };
+            let ov = Overlay::mount(&ov_dir, &layers)
+                .map_err(|e| err(format!("mounting the image for WORKDIR: {e}")))?;
+            let made = rustix::fs::open(
+                &ov.merged,
+                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|root| mkdir_in_root(&root, &st.workdir()))
+            .and_then(|_| File::create(&layer_tar))
+            .and_then(|f| super::layer::upper_to_tar(&ov.upper, f))
+            .map_err(|e| err(format!("WORKDIR {}: {e}", st.workdir())));
+            drop(ov);
+            let _ = fs::remove_dir_all(&ov_dir);
+            made?;
         }
         _ => unreachable!("metadata steps returned above"),
     }
@@ -1332,9 +1380,11 @@ fn copy_step(
         if md.is_dir() {
             copy_filtered(&p, &rel, &dir, &src_ignore, owner, chmod)
                 .map_err(|e| format!("copying {rel}/ to {dest}: {e}"))?;
-        } else if c.add && is_archive(&p) {
-            // ADD of a local tar archive (plain or gzip): unpacked at the destination.
-            unpack_archive(&p, &root_fd, &dir_path).map_err(|e| format!("ADD {rel}: {e}"))?;
+        } else if c.add && md.is_file() && is_archive(&p) {
+            // ADD of a local tar archive (plain or gzip): unpacked at the destination, which
+            // is a directory (`ADD app.tar.gz /opt/app` fills /opt/app). `md` is of the item
+            // itself: a symlink in the context is never followed to a host file.
+            unpack_archive(&p, &root_fd, &dest_abs).map_err(|e| format!("ADD {rel}: {e}"))?;
         } else {
             let name = file_name.clone().unwrap_or_else(|| {
                 p.file_name()

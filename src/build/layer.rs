@@ -17,15 +17,15 @@ fn opaque(path: &Path) -> bool {
         .is_ok_and(|n| n >= 1 && buf[0] == b'y')
 }
 
-fn empty_file(name: &Path) -> tar::Header {
+/// A whiteout entry: an empty file. Written with `append_data`, which adds a GNU long-name
+/// entry for a path over 100 bytes (deep `node_modules` paths reach that).
+fn empty_file<W: Write>(tar: &mut tar::Builder<W>, name: &Path) -> io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(0);
     h.set_mode(0o644);
     h.set_mtime(0);
-    let _ = h.set_path(name);
-    h.set_cksum();
-    h
+    tar.append_data(&mut h, name, io::empty())
 }
 
 /// Writes the changes in `upper` to `out` as a layer tar; returns how many entries it wrote.
@@ -58,7 +58,7 @@ fn walk<W: Write>(
         if ft.is_char_device() && md.rdev() == 0 {
             // An overlayfs whiteout: the lower file is deleted.
             let wh = rel.join(format!(".wh.{}", name.to_string_lossy()));
-            tar.append(&empty_file(&wh), io::empty())?;
+            empty_file(tar, &wh)?;
             *n += 1;
             continue;
         }
@@ -78,7 +78,7 @@ fn walk<W: Write>(
         *n += 1;
         if ft.is_dir() {
             if opaque(&path) {
-                tar.append(&empty_file(&rel_path.join(".wh..wh..opq")), io::empty())?;
+                empty_file(tar, &rel_path.join(".wh..wh..opq"))?;
                 *n += 1;
             }
             walk(&path, &rel_path, tar, links, n)?;

@@ -223,7 +223,8 @@ fn walk(w: &Watched, dir: &Path, out: &mut Vec<String>) {
     for p in names {
         if let Some(rel) = w.takes(&p) {
             out.push(rel);
-            if p.is_dir() {
+            // Not through a symlink: `src/link -> /etc` must not sync the host's /etc.
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                 walk(w, &p, out);
             }
         }
@@ -255,6 +256,23 @@ pub fn run(g: &Global, a: &WatchArgs) -> anyhow::Result<i32> {
     };
     let sync = |w: &Watched, rel: &str| {
         let src = w.rule.path.join(rel);
+        // The file's real directory must be inside the rule's path: a symlinked directory
+        // in the watched tree does not lead the sync to host files.
+        let inside = match (
+            std::fs::canonicalize(src.parent().unwrap_or(&w.rule.path)),
+            std::fs::canonicalize(&w.rule.path),
+        ) {
+            (Ok(real), Ok(top)) => rel.is_empty() || real.starts_with(&top) || !src.exists(),
+            _ => !src.exists(),
+        };
+        if !inside {
+            eprintln!(
+                "berth watch: {} leads outside {}: not synced",
+                src.display(),
+                w.rule.path.display()
+            );
+            return;
+        }
         let base = w.rule.target.as_deref().unwrap_or("/");
         let target = if rel.is_empty() {
             base.to_string()

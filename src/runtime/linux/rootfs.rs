@@ -145,8 +145,11 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
             mkdir_all(&work)?;
             // overlayfs lists lower layers top first.
             let lower: Vec<String> = layers.iter().rev().map(|p| p2s(p)).collect();
+            // redirect_dir and metacopy off: an upper layer must hold whole files and
+            // directories, because a build turns it into an image layer (a renamed directory
+            // or a chmod'ed file would otherwise be a bare xattr pointing into a lower layer).
             let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
+                "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
                 lower.join(":"),
                 p2s(&upper),
                 p2s(&work)
