@@ -820,7 +820,17 @@ fn detach_stale_mounts(dir: &Path) {
                 .replace("\\012", "\n")
                 .replace("\\134", "\\")
         })
-        .filter(|p| p.starts_with(&format!("{prefix}/")))
+        .filter(|p| {
+            // Only a dead build's: `b<PID>` of a running build (another berth build on this
+            // state root) is left alone.
+            let Some(rest) = p.strip_prefix(&format!("{prefix}/b")) else {
+                return false;
+            };
+            let pid = rest.split('/').next().unwrap_or("");
+            pid.parse::<u32>().is_ok_and(|n| {
+                n == std::process::id() || !Path::new(&format!("/proc/{n}")).exists()
+            })
+        })
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
@@ -1641,7 +1651,18 @@ mod tests {
         }
         let t = tempfile::tempdir().expect("tempdir");
         let tmp = t.path().join("build/tmp");
-        let m = tmp.join("b1/ov 2/merged");
+        // A pid no process has (the kernel's limit is 2^22).
+        let m = tmp.join("b99999999/ov 2/merged");
+        let live = tmp.join("b1/ov/merged");
+        fs::create_dir_all(&live).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &live,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
         fs::create_dir_all(&m).unwrap();
         nix::mount::mount(
             Some("tmpfs"),
@@ -1656,12 +1677,24 @@ mod tests {
                 .unwrap()
                 .contains(&t.path().display().to_string())
         };
-        assert!(mounted());
+        let is_mounted = |p: &Path| {
+            let want = p.display().to_string().replace(' ', "\\040");
+            fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        };
+        assert!(mounted() && is_mounted(&m) && is_mounted(&live));
         detach_stale_mounts(&tmp);
+        let stale_left = is_mounted(&m);
+        let live_kept = is_mounted(&live);
+        let _ = nix::mount::umount2(&live, nix::mount::MntFlags::MNT_DETACH);
         assert!(
-            !mounted(),
+            !stale_left,
             "the stale mount (with a space in its path) is still there"
         );
+        assert!(live_kept, "the mount of a live build (pid 1) was detached");
+        assert!(!mounted());
     }
 
     #[test]
