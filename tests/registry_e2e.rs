@@ -91,6 +91,15 @@ fn have(cmd: &str) -> bool {
     ok
 }
 
+/// A registry of the test's own holding `bb:1`, busybox pushed by skopeo; and that reference.
+fn registry_with_busybox(env: &Env) -> (Registry, String) {
+    let reg = Registry::start(env.dir.path());
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    let image = format!("{}/bb:1", reg.addr);
+    push(&format!("docker-archive:{}", tar.display()), &image, &[]);
+    (reg, image)
+}
+
 /// Root, a registry, skopeo and busybox-static: what every test here needs (CI has them).
 fn can_run() -> bool {
     let ok = nix::unistd::Uid::effective().is_root()
@@ -109,10 +118,7 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
         return;
     }
     let env = Env::new();
-    let reg = Registry::start(env.dir.path());
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    let image = format!("{}/bb:1", reg.addr);
-    push(&format!("docker-archive:{}", tar.display()), &image, &[]);
+    let (reg, image) = registry_with_busybox(&env);
     let p = env.project(
         "reg",
         &format!(
@@ -194,11 +200,8 @@ fn a_saved_image_loads_on_a_host_with_no_registry() {
         return;
     }
     let env = Env::new();
-    let reg = Registry::start(env.dir.path());
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    let image = format!("{}/bb:1", reg.addr);
     // Pushed gzip-compressed: the saved archive carries the layer as pulled.
-    push(&format!("docker-archive:{}", tar.display()), &image, &[]);
+    let (_reg, image) = registry_with_busybox(&env);
     let p = env.project("save", "name: dsave\nservices: {}\n");
     env.ok(&p, &["pull", "-q", &image]);
     let out_file = env.dir.path().join("saved.tar");

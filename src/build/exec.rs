@@ -1198,66 +1198,25 @@ fn run_step(
             )?;
         }
         Instruction::Copy(c) => {
-            let ov_dir = scratch.join(format!("ov{n}"));
-            let layers = match &parent {
-                Some(p) => {
-                    rt.images()
-                        .resolve(p)
-                        .map_err(|e| err(e.to_string()))?
-                        .layers
-                }
-                None => Vec::new(),
-            };
-            let ov = Overlay::mount(&ov_dir, &layers)
-                .map_err(|e| err(format!("mounting the image for the copy: {e}")))?;
-            let result = copy_step(
-                rt,
-                opts,
-                df,
-                done_stages,
-                st,
-                c,
-                &ov,
-                scratch,
-                ignore,
-                n,
-                &x,
-            );
-            let tar = result.and_then(|()| {
-                let f = File::create(&layer_tar).map_err(|e| e.to_string())?;
-                super::layer::upper_to_tar(&ov.upper, f).map_err(|e| e.to_string())?;
-                Ok(())
-            });
-            drop(ov);
-            let _ = fs::remove_dir_all(&ov_dir);
-            tar.map_err(err)?;
+            in_overlay(rt, parent.as_deref(), scratch, n, &layer_tar, |ov| {
+                copy_step(rt, opts, df, done_stages, st, c, ov, scratch, ignore, n, &x)
+            })
+            .map_err(err)?;
         }
         Instruction::Workdir(_) => {
-            let ov_dir = scratch.join(format!("ov{n}"));
-            let layers = match &parent {
-                Some(p) => {
-                    rt.images()
-                        .resolve(p)
-                        .map_err(|e| err(e.to_string()))?
-                        .layers
-                }
-                None => Vec::new(),
-            };
-            let ov = Overlay::mount(&ov_dir, &layers)
-                .map_err(|e| err(format!("mounting the image for WORKDIR: {e}")))?;
-            let made = rustix::fs::open(
-                &ov.merged,
-                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(std::io::Error::from)
-            .and_then(|root| mkdir_in_root(&root, &st.workdir()))
-            .and_then(|_| File::create(&layer_tar))
-            .and_then(|f| super::layer::upper_to_tar(&ov.upper, f))
-            .map_err(|e| err(format!("WORKDIR {}: {e}", st.workdir())));
-            drop(ov);
-            let _ = fs::remove_dir_all(&ov_dir);
-            made?;
+            let wd = st.workdir();
+            in_overlay(rt, parent.as_deref(), scratch, n, &layer_tar, |ov| {
+                rustix::fs::open(
+                    &ov.merged,
+                    OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(std::io::Error::from)
+                .and_then(|root| mkdir_in_root(&root, &wd))
+                .map(|_| ())
+                .map_err(|e| format!("WORKDIR {wd}: {e}"))
+            })
+            .map_err(err)?;
         }
         _ => unreachable!("metadata steps returned above"),
     }
@@ -1273,6 +1232,33 @@ fn run_step(
     cache.map.insert(key, id);
     cache.save();
     Ok(Outcome::Ran)
+}
+
+/// Mounts an overlay of `parent` (nothing for scratch) for one step, lets `change` write into
+/// it, and turns what it wrote into the layer tar `layer_tar`; the overlay is gone after.
+fn in_overlay(
+    rt: &Arc<LinuxRuntime>,
+    parent: Option<&str>,
+    scratch: &Path,
+    n: usize,
+    layer_tar: &Path,
+    change: impl FnOnce(&Overlay) -> Result<(), String>,
+) -> Result<(), String> {
+    let ov_dir = scratch.join(format!("ov{n}"));
+    let layers = match parent {
+        Some(p) => rt.images().resolve(p).map_err(|e| e.to_string())?.layers,
+        None => Vec::new(),
+    };
+    let ov = Overlay::mount(&ov_dir, &layers)
+        .map_err(|e| format!("mounting the image for the step: {e}"))?;
+    let result = change(&ov).and_then(|()| {
+        let f = File::create(layer_tar).map_err(|e| e.to_string())?;
+        super::layer::upper_to_tar(&ov.upper, f).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    drop(ov);
+    let _ = fs::remove_dir_all(&ov_dir);
+    result
 }
 
 fn stage_image(df: &Dockerfile, done: &HashMap<usize, String>, name: &str) -> Option<String> {
