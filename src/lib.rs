@@ -10,6 +10,7 @@ pub mod graph;
 pub mod image;
 pub mod net;
 pub mod plan;
+pub mod portable;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;

@@ -11,6 +11,7 @@ mod exec;
 mod image;
 mod lifecycle;
 mod logs;
+mod portable;
 mod project;
 mod ps;
 mod pullview;
@@ -157,10 +158,10 @@ pub enum Verb {
     Enable(boot::EnableArgs),
     /// Remove the boot-time unit
     Disable(boot::DisableArgs),
-    /// Write the project, its images and disks to one archive
-    Export(Later),
-    /// Restore a project from an archive
-    Import(Later),
+    /// Write the project, its images, volumes and private disks to one archive
+    Export(portable::ExportArgs),
+    /// Restore a project from an archive made by `berth export`
+    Import(portable::ImportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {
         #[arg(value_enum)]
@@ -207,17 +208,16 @@ impl Verb {
             | Verb::Events(_)
             | Verb::Completion { .. }
             | Verb::Enable(_)
-            | Verb::Disable(_) => {
+            | Verb::Disable(_)
+            | Verb::Export(_)
+            | Verb::Import(_) => {
                 return None;
             }
             Verb::Create(_) => "create",
             Verb::Cp(_) => "cp",
-            Verb::Export(_) => "export",
-            Verb::Import(_) => "import",
         };
         let part = match name {
             "disk" => "disks and volumes",
-            "export" | "import" => "project export and import",
             _ => "the runtime and the reconciler",
         };
         Some((name, part))
@@ -283,6 +283,8 @@ pub fn main() -> i32 {
         }
         Verb::Enable(a) => boot::enable(&cli.global, a),
         Verb::Disable(a) => boot::disable(&cli.global, a),
+        Verb::Export(a) => portable::export(&cli.global, a),
+        Verb::Import(a) => portable::import(&cli.global, a),
         _ => Ok(0),
     };
     match result {

@@ -475,6 +475,30 @@ pub fn prepare(
     Ok((out, held))
 }
 
+/// Records the volume whose directory `dir` (holding `_data`) was made outside `prepare` (a
+/// project import), as filled: its data is what the container is to see, not to be covered
+/// with the image's content on first use.
+pub fn record_volume(
+    dir: &Path,
+    name: &str,
+    project: &str,
+    anonymous: bool,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), DiskError> {
+    let st = VolumeState {
+        name: name.to_string(),
+        project: project.to_string(),
+        anonymous,
+        labels: labels.clone(),
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let text = serde_json::to_vec_pretty(&st).map_err(|e| vstep(name, "record", e))?;
+    std::fs::write(dir.join("volume.json"), text).map_err(|e| vstep(name, "record", e))?;
+    std::fs::write(dir.join("filled"), b"").map_err(|e| vstep(name, "record", e))
+}
+
 /// Every volume recorded under `root`.
 pub fn volumes(root: &Path) -> Vec<VolumeState> {
     let mut out = Vec::new();

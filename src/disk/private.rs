@@ -286,6 +286,36 @@ pub fn attach(name: &str, img: &Path) -> Result<(PathBuf, OwnedFd), DiskError> {
     ))
 }
 
+/// Takes in the disk image `img` (a project import staged it) as disk `name` of `project`,
+/// moving it into `<root>/disks/<name>/`, whose directory exists and is empty.
+pub fn adopt(
+    root: &Path,
+    name: &str,
+    project: &str,
+    img: &Path,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), DiskError> {
+    let size = fs::metadata(img).map_err(|e| fail(name, "stat", e))?.len();
+    fs::rename(img, image(root, name)).map_err(|e| fail(name, "move in", e))?;
+    write_state(
+        root,
+        &DiskState {
+            name: name.to_string(),
+            project: project.to_string(),
+            size,
+            labels: labels.clone(),
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        },
+    )
+}
+
+/// The image file of disk `name`.
+pub fn image_path(root: &Path, name: &str) -> PathBuf {
+    image(root, name)
+}
+
 fn write_state(root: &Path, st: &DiskState) -> Result<(), DiskError> {
     let text = serde_json::to_vec_pretty(st).map_err(|e| fail(&st.name, "record", e))?;
     fs::write(disks_dir(root).join(&st.name).join("disk.json"), text)

@@ -36,12 +36,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use archive::Member;
 pub use config::{Healthcheck, ImageConfig};
-pub use digest::Digest;
+pub use digest::{Digest, HashWriter};
 pub use error::ImageError;
-pub use save::Saved;
+pub use save::{Saved, SavedMember};
 
-use archive::{Compression, Member, Staged};
+use archive::{Compression, Staged};
 use config::{Descriptor, DockerSaveEntry, Index, Manifest, RawImage};
 use digest::HashReader;
 
@@ -532,6 +533,44 @@ impl ImageStore {
                 path: tarball.to_path_buf(),
             });
         };
+        self.finish_import(images, &staging, &layers)
+    }
+
+    /// Names the image `source` (a reference or an id) also `target`, as `docker tag` does;
+    /// the tag moves off any image that had it.
+    pub fn tag(&self, source: &str, target: &str) -> Result<(), ImageError> {
+        let _lock = self.lock()?;
+        let mut repos = self.load()?;
+        let id = find(&repos, source)?;
+        let t = reference::normalize_tag(target)?;
+        let existing: Vec<String> = matching_tags(&repos, &t).collect();
+        for e in existing {
+            repos.tags.remove(&e);
+        }
+        repos.tags.insert(t, id);
+        self.save_repositories(&repos)
+    }
+
+    /// Imports the OCI image layout whose members are already in files (named as in the
+    /// layout: `index.json`, `blobs/sha256/<hex>`), as a project import stages them while it
+    /// reads its archive. The files must be on the store's file system: they are moved in.
+    /// Nothing is added unless everything verifies.
+    pub fn import_layout(
+        &self,
+        origin: &Path,
+        members: HashMap<String, Member>,
+    ) -> Result<Vec<ImageInfo>, ImageError> {
+        let _lock = self.lock()?;
+        self.clean_tmp()?;
+        let staging = TempDir::new(&self.tmp_dir(), "import")?;
+        let layers = staging.path.join("layers");
+        fs::create_dir(&layers).map_err(|source| ImageError::Store {
+            op: "create a staging directory",
+            path: layers.clone(),
+            source,
+        })?;
+        let staged = Staged::from_members(origin.to_path_buf(), members);
+        let images = plan_oci(&staged)?;
         self.finish_import(images, &staging, &layers)
     }
 

@@ -24,11 +24,61 @@ fn blob_name(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
 
+/// One member `save_into` wrote: its name in the archive, size and sha256.
+#[derive(Debug, Clone)]
+pub struct SavedMember {
+    pub name: String,
+    pub size: u64,
+    pub digest: Digest,
+}
+
 impl ImageStore {
     /// Writes the images named by `refs` to `out` as a tar stream. A name that resolves to an
     /// image saves the tags of that image it names (`bb` saves `bb:latest`); an id saves the
     /// image with no tag, as `docker save` does.
     pub fn save(&self, refs: &[String], out: impl Write) -> Result<Saved, ImageError> {
+        let mut tar = tar::Builder::new(out);
+        let saved = self.save_into(refs, &mut tar, "", true, &mut |_| {})?;
+        tar.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(write_err)?;
+        Ok(saved)
+    }
+
+    /// The bytes of the blobs a save of `refs` writes (each blob once).
+    pub fn saved_bytes(&self, refs: &[String]) -> Result<u64, ImageError> {
+        let repos = self.load()?;
+        let mut seen: BTreeSet<Digest> = BTreeSet::new();
+        let mut total = 0;
+        for r in refs {
+            let id = find(&repos, r)?;
+            let Some(rec) = repos.images.get(&id) else {
+                continue;
+            };
+            let blobs = [&rec.manifest, &rec.config]
+                .into_iter()
+                .chain(rec.layers.iter().map(|l| &l.blob));
+            for d in blobs {
+                if seen.insert(d.clone()) {
+                    total += std::fs::metadata(self.blob_path(d)).map_or(0, |m| m.len());
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Appends the OCI layout of the images named by `refs` to `tar`, every member's name
+    /// starting with `prefix` (`images/` in a project export); `docker`: the docker-save
+    /// `manifest.json` too. `wrote` hears of each member as it is written (blobs are named by
+    /// their digest, which the store checked when it took them in).
+    pub fn save_into<W: Write>(
+        &self,
+        refs: &[String],
+        tar: &mut tar::Builder<W>,
+        prefix: &str,
+        docker: bool,
+        wrote: &mut dyn FnMut(&SavedMember),
+    ) -> Result<Saved, ImageError> {
         // Readers take no lock (module doc); the blobs of a listed image are not removed
         // while a save holds a shared lock.
         let _lock = self.lock_shared()?;
@@ -48,16 +98,10 @@ impl ImageStore {
                 None => chosen.push((id, tags)),
             }
         }
-        let write_err = |source: io::Error| ImageError::Store {
-            op: "write the saved tarball",
-            path: "-".into(),
-            source,
-        };
-        let mut tar = tar::Builder::new(out);
         let mut saved = Saved::default();
         let mut written: BTreeSet<Digest> = BTreeSet::new();
         let mut index = Vec::new();
-        let mut docker = Vec::new();
+        let mut docker_entries = Vec::new();
         for (id, tags) in &chosen {
             let Some(rec) = repos.images.get(id) else {
                 continue;
@@ -70,21 +114,21 @@ impl ImageStore {
                     continue;
                 }
                 let path = self.blob_path(d);
-                let mut f = File::open(&path).map_err(|source| ImageError::Store {
+                let read_err = |source| ImageError::Store {
                     op: "read a blob to save",
                     path: path.clone(),
                     source,
-                })?;
-                let len = f
-                    .metadata()
-                    .map_err(|source| ImageError::Store {
-                        op: "read a blob to save",
-                        path: path.clone(),
-                        source,
-                    })?
-                    .len();
-                tar.append_data(&mut header(len), blob_name(d), &mut f)
+                };
+                let mut f = File::open(&path).map_err(read_err)?;
+                let len = f.metadata().map_err(read_err)?.len();
+                let name = format!("{prefix}{}", blob_name(d));
+                tar.append_data(&mut header(len), &name, &mut f)
                     .map_err(write_err)?;
+                wrote(&SavedMember {
+                    name,
+                    size: len,
+                    digest: d.clone(),
+                });
                 saved.blobs += 1;
                 saved.bytes += len;
             }
@@ -119,13 +163,13 @@ impl ImageStore {
                 })));
                 saved.images.push(t.clone());
             }
-            docker.push(serde_json::json!({
+            docker_entries.push(serde_json::json!({
                 "Config": blob_name(&rec.config),
                 "RepoTags": tags,
                 "Layers": rec.layers.iter().map(|l| blob_name(&l.blob)).collect::<Vec<_>>(),
             }));
         }
-        let docs = [
+        let mut docs = vec![
             ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
             (
                 "index.json",
@@ -136,19 +180,32 @@ impl ImageStore {
                 }))
                 .unwrap_or_default(),
             ),
-            (
-                "manifest.json",
-                serde_json::to_vec(&docker).unwrap_or_default(),
-            ),
         ];
-        for (name, bytes) in docs {
-            tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice())
-                .map_err(write_err)?;
+        if docker {
+            docs.push((
+                "manifest.json",
+                serde_json::to_vec(&docker_entries).unwrap_or_default(),
+            ));
         }
-        tar.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(write_err)?;
+        for (name, bytes) in docs {
+            let name = format!("{prefix}{name}");
+            tar.append_data(&mut header(bytes.len() as u64), &name, bytes.as_slice())
+                .map_err(write_err)?;
+            wrote(&SavedMember {
+                size: bytes.len() as u64,
+                digest: Digest::of(&bytes),
+                name,
+            });
+        }
         Ok(saved)
+    }
+}
+
+fn write_err(source: io::Error) -> ImageError {
+    ImageError::Store {
+        op: "write the saved tarball",
+        path: "-".into(),
+        source,
     }
 }
 

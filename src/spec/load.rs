@@ -189,7 +189,7 @@ pub fn normalize_project_name(s: &str) -> String {
     n.trim_start_matches(['-', '_']).to_string()
 }
 
-fn valid_project_name(s: &str) -> bool {
+pub fn valid_project_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .next()

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 pub use diag::{Diagnostic, Diagnostics, Pos};
-pub use load::LoadOptions;
+pub use load::{LoadOptions, valid_project_name};
 pub use model::Project;
 
 #[derive(Debug, thiserror::Error)]
