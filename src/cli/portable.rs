@@ -122,7 +122,7 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
     for f in &l.record.files {
         let Some(rel) = inside(&dir, &f.to_string_lossy()) else {
             bail!(
-                "berth export: the project file {} is outside the project directory {}; an export carries that directory's files only (--project-directory DIR)",
+                "the project file {} is outside the project directory {}; an export carries that directory's files only (--project-directory DIR)",
                 f.display(),
                 dir.display()
             );
@@ -137,15 +137,34 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
     let mut want = |path: &str, what: String| match inside(&dir, path) {
         Some(rel) if dir.join(&rel).exists() => roots.push(rel),
         Some(_) => {}
-        None => outside.push(format!("{what} {path}")),
+        None => outside.push(format!("{what} {path} (outside the project directory)")),
     };
     for f in &g.env_files {
         want(&f.to_string_lossy(), "--env-file".into());
     }
-    for (name, svc) in &project.services {
-        for e in &svc.env_file {
-            want(&e.path, format!("services.{name}.env_file"));
+    // `env_file`s are read into `environment` when the project loads; their paths are in
+    // the merged tree.
+    if let Some(services) = l.tree.get("services").and_then(|s| s.as_map()) {
+        for (key, svc) in services {
+            let paths: Vec<&str> = match svc.get("env_file") {
+                Some(n) if n.as_str().is_some() => n.as_str().into_iter().collect(),
+                Some(n) => n
+                    .as_seq()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|i| i.as_str().or_else(|| i.get("path")?.as_str()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            for p in paths {
+                want(p, format!("services.{}.env_file", key.name));
+            }
         }
+    }
+    for (name, svc) in &project.services {
         if let Some(b) = &svc.build {
             want(&b.context, format!("services.{name}.build.context"));
         }
@@ -180,6 +199,17 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         }
     }
 
+    for (k, v) in &project.volumes {
+        if v.external.unwrap_or(false) {
+            outside.push(format!("the external volume {k} (it belongs to the host)"));
+        }
+    }
+    for (k, d) in &project.disks {
+        if d.external.unwrap_or(false) {
+            outside.push(format!("the external disk {k} (it belongs to the host)"));
+        }
+    }
+
     // Images: every service's, from the store; `host` is every host's own.
     let rt = runtime()?;
     let store = rt.images();
@@ -191,7 +221,7 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         };
         let img = store.resolve(image).with_context(|| {
             format!(
-                "berth export: service {name} uses image {image}, which is not in this host's store (`berth pull` or `berth build` it first)"
+                "service {name} uses image {image}, which is not in this host's store (`berth pull` or `berth build` it first)"
             )
         })?;
         if !refs.iter().any(|r| r == image) {
@@ -224,8 +254,8 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
                         n: disks.len() as u32,
                         item,
                         name: host,
-                        size: 0,
-                        data: 0,
+                        size: std::fs::metadata(&img).map_or(0, |m| m.len()),
+                        data: disk_data(&img).unwrap_or(0),
                         labels,
                     },
                     img,
@@ -275,15 +305,12 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
     let total: u64 = roots.iter().map(|r| tree_bytes(&dir.join(r))).sum::<u64>()
         + store.saved_bytes(&refs)?
         + volumes.iter().map(|(_, p)| tree_bytes(p)).sum::<u64>()
-        + disks
-            .iter()
-            .map(|(_, p)| disk_data(p).unwrap_or(0))
-            .sum::<u64>();
+        + disks.iter().map(|(d, _)| d.data).sum::<u64>();
 
     let to_stdout = a.output.as_deref().is_none_or(|o| o.as_os_str() == "-");
     if to_stdout && std::io::stdout().is_terminal() {
         bail!(
-            "berth export: refusing to write an archive to a terminal; use -o FILE or redirect standard output"
+            "refusing to write an archive to a terminal; use -o FILE or redirect standard output"
         );
     }
     let (out, tmp): (Box<dyn Write>, Option<(PathBuf, PathBuf)>) = if to_stdout {
@@ -307,6 +334,11 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
             pb.inc(n);
         }
     };
+    // A line above the bar, not through it.
+    let say = |line: &str| match &pb {
+        Some(pb) => pb.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    };
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -314,6 +346,9 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         files: files.clone(),
         created: crate::portable::now(),
         berth: env!("CARGO_PKG_VERSION").into(),
+        images: uses,
+        volumes: volumes.iter().map(|(v, _)| v.clone()).collect(),
+        disks: disks.iter().map(|(d, _)| d.clone()).collect(),
     };
     let mut paused_for = Duration::ZERO;
     let mut skipped = 0;
@@ -325,16 +360,16 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
             e.skip_file(md.dev(), md.ino());
         }
         skipped += e.tree(crate::portable::PROJECT, &dir, &roots)?;
-        e.images(store, &refs, uses)?;
+        e.images(store, &refs)?;
         let need_pause = !running.is_empty() && (!volumes.is_empty() || !disks.is_empty());
         let mut frozen = Vec::new();
         if need_pause {
             let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
             if !quiet {
-                eprintln!(
+                say(&format!(
                     " Pausing {} while the volumes and disks are copied",
                     names.join(", ")
-                );
+                ));
             }
         }
         let t0 = Instant::now();
@@ -371,10 +406,9 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
             }
             for (v, data) in &volumes {
                 skipped += e.tree(&format!("volumes/{}", v.n), data, &[PathBuf::new()])?;
-                e.volume(v.clone());
             }
             for (d, img) in &disks {
-                e.disk(img, d.clone())?;
+                e.disk(img, d)?;
             }
             Ok(())
         })();
@@ -387,11 +421,11 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         if need_pause {
             paused_for = t0.elapsed();
             if !quiet {
-                eprintln!(
+                say(&format!(
                     " Resumed {} (paused {} ms)",
                     frozen.join(", "),
                     paused_for.as_millis()
-                );
+                ));
             }
         }
         copy?;
@@ -411,11 +445,11 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         if let Some((tmp, _)) = &tmp {
             let _ = std::fs::remove_file(tmp);
         }
-        return Err(e.context("berth export"));
+        return Err(e);
     }
     if !quiet {
         for o in &outside {
-            eprintln!("berth: note: {o} is outside the project directory and was not exported");
+            eprintln!("berth: note: not exported: {o}");
         }
         if skipped > 0 {
             eprintln!("berth: note: {skipped} device, fifo or socket file(s) were left out");
@@ -491,14 +525,14 @@ pub fn import(g: &Global, a: &ImportArgs) -> anyhow::Result<i32> {
     let from_stdin = a.file.as_os_str() == "-";
     if from_stdin && std::io::stdin().is_terminal() {
         bail!(
-            "berth import: standard input is a terminal; give the archive as FILE or pipe it in (`berth export | berth import -`)"
+            "standard input is a terminal; give the archive as FILE or pipe it in (`berth export | berth import -`)"
         );
     }
     let (input, len): (Box<dyn Read>, Option<u64>) = if from_stdin {
         (Box::new(std::io::stdin().lock()), None)
     } else {
         let f = std::fs::File::open(&a.file)
-            .with_context(|| format!("berth import: opening {}", a.file.display()))?;
+            .with_context(|| format!("opening {}", a.file.display()))?;
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(f), len)
     };
@@ -515,7 +549,6 @@ pub fn import(g: &Global, a: &ImportArgs) -> anyhow::Result<i32> {
         name: g.project_name.clone(),
         dir: g.project_directory.clone(),
         cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-        environ: std::env::vars().collect(),
     };
     let result = crate::portable::import::import(reader, &opts);
     if let Some(pb) = &pb {
@@ -526,7 +559,7 @@ pub fn import(g: &Global, a: &ImportArgs) -> anyhow::Result<i32> {
     } else {
         a.file.display().to_string()
     };
-    let got = result.with_context(|| format!("berth import: {what}"))?;
+    let got = result.with_context(|| what.clone())?;
     if a.progress != Progress::Quiet {
         eprintln!(
             "Imported project {} into {}: {} image{}, {} volume{}, {} private disk{}, {} in {:.1} s",

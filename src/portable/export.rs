@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     DiskEntry, EntryKind, EntryMeta, HEADER, Header, MANIFEST, Manifest, PortableError, Sum,
-    TreeSum, VolumeEntry, hash_entry, io_err, sparse_header,
+    TreeSum, hash_entry, io_err, sparse_header,
 };
 use crate::image::{Digest, ImageStore};
 
@@ -115,13 +115,7 @@ impl<'p, W: Write> Exporter<'p, W> {
     }
 
     /// Writes the images `refs` as an OCI layout under `images/`.
-    pub fn images(
-        &mut self,
-        store: &ImageStore,
-        refs: &[String],
-        uses: Vec<super::ImageUse>,
-    ) -> Result<(), PortableError> {
-        self.manifest.images = uses;
+    pub fn images(&mut self, store: &ImageStore, refs: &[String]) -> Result<(), PortableError> {
         if refs.is_empty() {
             return Ok(());
         }
@@ -292,7 +286,7 @@ impl<'p, W: Write> Exporter<'p, W> {
 
     /// Writes the private disk image `img` as `disks/<n>.img`: its length and its data
     /// extents (holes are found with SEEK_DATA/SEEK_HOLE and not written).
-    pub fn disk(&mut self, img: &Path, mut entry: DiskEntry) -> Result<(), PortableError> {
+    pub fn disk(&mut self, img: &Path, entry: &DiskEntry) -> Result<(), PortableError> {
         let mut f = File::open(img).map_err(io_err("open the disk image", img))?;
         let len = f
             .metadata()
@@ -300,8 +294,7 @@ impl<'p, W: Write> Exporter<'p, W> {
             .len();
         let extents = data_extents(&f, len).map_err(io_err("map the disk image", img))?;
         let head = sparse_header(len, &extents);
-        let data: u64 = extents.iter().map(|(_, l)| l).sum();
-        let total = head.len() as u64 + data;
+        let total = head.len() as u64 + extents.iter().map(|(_, l)| l).sum::<u64>();
         let name = format!("disks/{}.img", entry.n);
         let mut hasher = Sha256::new();
         let reader = ExtentReader {
@@ -333,14 +326,7 @@ impl<'p, W: Write> Exporter<'p, W> {
                 sha256: Digest::from_hasher(hasher),
             },
         );
-        entry.size = len;
-        entry.data = data;
-        self.manifest.disks.push(entry);
         Ok(())
-    }
-
-    pub fn volume(&mut self, entry: VolumeEntry) {
-        self.manifest.volumes.push(entry);
     }
 
     /// Writes the manifest and ends the archive.

@@ -31,8 +31,6 @@ pub struct ImportOptions {
     pub dir: Option<PathBuf>,
     /// The working directory (for the default `dir`).
     pub cwd: PathBuf,
-    /// The shell's environment, for loading the project.
-    pub environ: BTreeMap<String, String>,
 }
 
 /// What an import made.
@@ -92,14 +90,6 @@ fn read_err(member: &str) -> impl FnOnce(io::Error) -> PortableError + '_ {
             PortableError::Read(e)
         }
     }
-}
-
-/// What the archive's project gives each volume and disk on this host.
-struct Plan {
-    names: HashMap<Item, String>,
-    /// service -> the image reference the imported project gives it.
-    images: HashMap<String, String>,
-    project: crate::spec::model::Project,
 }
 
 pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, PortableError> {
@@ -206,11 +196,39 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
         )));
     }
 
+    // The names the project gives its volumes, disks and images under its new name, and none
+    // of them taken here: refused before the data is read.
+    let mut names: HashMap<Item, String> = HashMap::new();
+    for (item, old) in header
+        .volumes
+        .iter()
+        .map(|v| (&v.item, &v.name))
+        .chain(header.disks.iter().map(|d| (&d.item, &d.name)))
+    {
+        let host = super::renamed(item, old, &header.project, &name);
+        if host.is_empty() || host.contains('/') || host.starts_with('.') {
+            return Err(damaged(format!("{HEADER} names {item} `{host}`")));
+        }
+        let (path, what) = match item {
+            Item::Disk { .. } => (
+                crate::disk::private::disks_dir(&opts.root).join(&host),
+                "a disk",
+            ),
+            _ => (crate::disk::volumes_dir(&opts.root).join(&host), "a volume"),
+        };
+        if path.exists() {
+            return Err(PortableError::Refused(format!(
+                "{item} of project {name} would be {what} named `{host}`, which exists in {}; \
+                 import under another name (-p NAME) or remove it (`berth disk rm {host}`)",
+                opts.root.display()
+            )));
+        }
+        names.insert(item.clone(), host);
+    }
     let mut trees: BTreeMap<String, TreeSink> = BTreeMap::new();
     let mut image_members: HashMap<String, Member> = HashMap::new();
     let mut disk_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut manifest: Option<Manifest> = None;
-    let mut plan: Option<Plan> = None;
     let mut n = 0u64;
     for entry in entries {
         let mut entry = entry.map_err(PortableError::Read)?;
@@ -235,10 +253,6 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
         }
         let (section, rest) =
             section_of(&member).ok_or_else(|| damaged(format!("unexpected member `{member}`")))?;
-        if section != PROJECT && plan.is_none() {
-            plan = Some(plan_for(&header, &name, &project_dir, &opts.environ)?);
-            check_free(&opts.root, plan.as_ref())?;
-        }
         match section.as_str() {
             "images" => {
                 let rel = safe_rel(&rest)
@@ -345,14 +359,21 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
     if let Some(k) = sums.keys().next() {
         return Err(damaged(format!("the tree `{k}/` is not in the manifest")));
     }
-    let plan = match plan {
-        Some(p) => p,
-        None => {
-            let p = plan_for(&header, &name, &project_dir, &opts.environ)?;
-            check_free(&opts.root, Some(&p))?;
-            p
+    // What the header promised is all here.
+    for d in &header.disks {
+        let m = format!("disks/{}.img", d.n);
+        if !disk_files.contains_key(&m) {
+            return Err(damaged(format!("{} (`{m}`) is missing", d.item)));
         }
-    };
+    }
+    for v in &header.volumes {
+        if !manifest.trees.contains_key(&format!("volumes/{}", v.n)) {
+            return Err(damaged(format!(
+                "{} (`volumes/{}/`) is missing",
+                v.item, v.n
+            )));
+        }
+    }
 
     // Everything is verified: commit. Images first (the store's own import checks every
     // digest again and adds nothing unless all of it holds), then the data, then the
@@ -373,20 +394,18 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
         }
         // A service whose image the new project names otherwise (a built image is named
         // after its project) gets that name too.
-        for u in &manifest.images {
-            if let Some(new) = plan.images.get(&u.service)
-                && new != &u.reference
-            {
-                store.tag(&u.id, new)?;
-                out.images.push(new.clone());
+        for u in &header.images {
+            let new = super::renamed_image(&u.service, &u.reference, &header.project, &name);
+            if new != u.reference {
+                store.tag(&u.id, &new)?;
+                out.images.push(new);
             }
         }
     }
     let mut made: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<(), PortableError> {
-        for v in &manifest.volumes {
-            let Some(host) = plan.names.get(&v.item) else {
-                tracing::warn!("{}: not in the imported project; left out", v.item);
+        for v in &header.volumes {
+            let Some(host) = names.get(&v.item) else {
                 continue;
             };
             let src = volumes_dir.join(v.n.to_string());
@@ -410,9 +429,8 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
             )?;
             out.volumes.push(host.to_string());
         }
-        for d in &manifest.disks {
-            let Some(host) = plan.names.get(&d.item) else {
-                tracing::warn!("{}: not in the imported project; left out", d.item);
+        for d in &header.disks {
+            let Some(host) = names.get(&d.item) else {
                 continue;
             };
             let member = format!("disks/{}.img", d.n);
@@ -473,68 +491,6 @@ fn safe_rel(rel: &str) -> Option<String> {
     rel.split('/')
         .all(|c| !c.is_empty() && c != "." && c != "..")
         .then(|| rel.to_string())
-}
-
-/// Loads the project from its staged files, under its new name, to learn the names it gives
-/// its volumes, disks and images.
-fn plan_for(
-    header: &Header,
-    name: &str,
-    dir: &Path,
-    environ: &BTreeMap<String, String>,
-) -> Result<Plan, PortableError> {
-    let opts = crate::spec::LoadOptions {
-        files: header.files.iter().map(|f| dir.join(f)).collect(),
-        project_name: Some(name.to_string()),
-        project_directory: Some(dir.to_path_buf()),
-        environ: environ.clone(),
-        cwd: dir.to_path_buf(),
-        ..crate::spec::LoadOptions::default()
-    };
-    let p = crate::load_project(&opts).map_err(|e| {
-        let text = match &e {
-            crate::spec::LoadError::Invalid(d) => {
-                d.0.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-            other => other.to_string(),
-        };
-        PortableError::Load(text)
-    })?;
-    let project = p.loaded.project;
-    let names = super::items(&project).into_iter().collect();
-    let images = project
-        .services
-        .iter()
-        .filter_map(|(s, svc)| svc.image.clone().map(|i| (s.clone(), i)))
-        .collect();
-    Ok(Plan {
-        names,
-        images,
-        project,
-    })
-}
-
-/// Refuses to import over a volume or disk that exists here.
-fn check_free(root: &Path, plan: Option<&Plan>) -> Result<(), PortableError> {
-    let Some(plan) = plan else { return Ok(()) };
-    for (item, host) in &plan.names {
-        let (path, what) = match item {
-            Item::Disk { .. } => (crate::disk::private::disks_dir(root).join(host), "a disk"),
-            _ => (crate::disk::volumes_dir(root).join(host), "a volume"),
-        };
-        if path.exists() {
-            return Err(PortableError::Refused(format!(
-                "{item} of project {} would be {what} named `{host}`, which exists in {}; \
-                 import under another name (-p NAME) or remove it (`berth disk rm {host}`)",
-                plan.project.name,
-                root.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Copies a member to `file`, returning its size and sha256.

@@ -89,6 +89,10 @@ pub struct Header {
     pub files: Vec<String>,
     pub created: u64,
     pub berth: String,
+    /// What follows, so an importer can refuse (a name taken here) before reading any of it.
+    pub images: Vec<ImageUse>,
+    pub volumes: Vec<VolumeEntry>,
+    pub disks: Vec<DiskEntry>,
 }
 
 /// What a volume or a disk is to its project.
@@ -172,9 +176,6 @@ pub struct Manifest {
     pub members: BTreeMap<String, Sum>,
     /// `project`, `volumes/<n>`.
     pub trees: BTreeMap<String, TreeSum>,
-    pub images: Vec<ImageUse>,
-    pub volumes: Vec<VolumeEntry>,
-    pub disks: Vec<DiskEntry>,
 }
 
 /// The volumes and private disks `project` owns, with their names on the host. External ones
@@ -217,6 +218,32 @@ pub fn items(project: &Project) -> Vec<(Item, String)> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The name on this host of `item`, which was `old_name` in project `old`, for project `new`:
+/// a name the project gave by default follows the project's name; one the file sets
+/// (`name:`) stays.
+pub fn renamed(item: &Item, old_name: &str, old: &str, new: &str) -> String {
+    match item {
+        Item::Anonymous { service, target } => crate::disk::anonymous_name(new, service, target),
+        Item::Volume { key } | Item::Disk { key } => {
+            if old_name == format!("{old}_{key}") {
+                format!("{new}_{key}")
+            } else {
+                old_name.to_string()
+            }
+        }
+    }
+}
+
+/// The image reference of a service in project `new` that used `reference` in project `old`:
+/// a built image is named after its project (`PROJECT-SERVICE`).
+pub fn renamed_image(service: &str, reference: &str, old: &str, new: &str) -> String {
+    if reference == format!("{old}-{service}") {
+        format!("{new}-{service}")
+    } else {
+        reference.to_string()
+    }
 }
 
 /// The kinds of tree entry, as hashed.
@@ -310,6 +337,31 @@ mod tests {
             other.iter().map(|(i, _)| i).collect::<Vec<_>>()
         );
         assert!(other.iter().any(|(_, n)| n == "q_db"));
+    }
+
+    #[test]
+    fn renaming_follows_the_project_only_for_default_names() {
+        let v = Item::Volume { key: "data".into() };
+        assert_eq!(renamed(&v, "p_data", "p", "q"), "q_data");
+        assert_eq!(renamed(&v, "fixed", "p", "q"), "fixed");
+        let a = Item::Anonymous {
+            service: "web".into(),
+            target: "/x".into(),
+        };
+        let old = crate::disk::anonymous_name("p", "web", "/x");
+        assert_eq!(
+            renamed(&a, &old, "p", "q"),
+            crate::disk::anonymous_name("q", "web", "/x")
+        );
+        // The same as `items` gives the project under its new name.
+        let q = crate::net::tests::project(
+            "name: q\nservices:\n  web:\n    image: x\n    volumes: [data:/data, /x]\nvolumes:\n  data: {}\n",
+        );
+        let names: Vec<String> = items(&q).into_iter().map(|(_, n)| n).collect();
+        assert!(names.contains(&renamed(&v, "p_data", "p", "q")));
+        assert!(names.contains(&renamed(&a, &old, "p", "q")));
+        assert_eq!(renamed_image("app", "p-app", "p", "q"), "q-app");
+        assert_eq!(renamed_image("app", "busybox", "p", "q"), "busybox");
     }
 
     #[test]
