@@ -31,8 +31,7 @@ services:
     disks: [store:/data]
     volumes: [cache:/cache]
   web:
-    image: busybox
-    command: [sleep, '3600']
+    build: .
     network_mode: none
     volumes: [cache:/cache]
 volumes:
@@ -40,6 +39,18 @@ volumes:
 disks:
   store: {kind: private, size: 96m}
 ";
+
+/// The project, with the build context of its `web` service.
+fn project(env: &Env, dir: &str, name: &str) -> std::path::PathBuf {
+    let p = env.project(dir, &PROJECT.replace("NAME", name));
+    std::fs::write(p.join("hello.txt"), "built\n").unwrap();
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nCOPY hello.txt /hello.txt\nCMD [\"sleep\", \"3600\"]\n",
+    )
+    .unwrap();
+    p
+}
 
 fn sh(env: &Env, dir: &Path, service: &str, script: &str) -> String {
     env.ok(dir, &["exec", "-T", service, "sh", "-c", script])
@@ -86,7 +97,7 @@ fn a_running_project_moves_to_another_root_with_every_byte() {
         return;
     }
     let env = Env::new();
-    let p = env.project("orig", &PROJECT.replace("NAME", "pexp"));
+    let p = project(&env, "orig", "pexp");
     std::fs::write(p.join(".env"), "GREETING=hello\n").unwrap();
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
     env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
@@ -117,7 +128,7 @@ fn a_running_project_moves_to_another_root_with_every_byte() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
     assert!(err.contains("Pausing") && err.contains("Resumed"), "{err}");
-    assert!(err.contains("1 image, 1 volume, 1 private disk"), "{err}");
+    assert!(err.contains("2 images, 1 volume, 1 private disk"), "{err}");
     // The original is untouched: same processes, running, same data.
     for (n, pid) in ["pexp-db-1", "pexp-web-1"].iter().zip(&pids) {
         let c = env.container(&p, n);
@@ -168,6 +179,10 @@ fn a_running_project_moves_to_another_root_with_every_byte() {
     assert!(other.state.join("disks/moved_store/disk.img").is_file());
     let images = other.ok(&q, &["images"]);
     assert!(images.contains("busybox"), "{images}");
+    // The built image is named for the new project, so `up` had nothing to build.
+    assert!(images.contains("moved-web"), "{images}");
+    assert_eq!(sh(&other, &q, "web", "cat /hello.txt"), "built\n");
+    assert!(q.join("Dockerfile").is_file() && q.join("hello.txt").is_file());
 
     other.ok(&q, &["down", "-v", "-t", "0"]);
     env.ok(&p, &["down", "-v", "-t", "0"]);
@@ -208,7 +223,7 @@ fn damaged_archives_are_refused_and_a_stopped_project_streams_byte_for_byte() {
         return;
     }
     let env = Env::new();
-    let p = env.project("src", &PROJECT.replace("NAME", "pdmg"));
+    let p = project(&env, "src", "pdmg");
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
     env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
     {

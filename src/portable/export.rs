@@ -159,7 +159,16 @@ impl<'p, W: Write> Exporter<'p, W> {
         };
         let mut roots: Vec<PathBuf> = roots.to_vec();
         roots.sort();
-        for r in &roots {
+        roots.dedup();
+        // A root inside another root is written with it (the empty root is `base` itself).
+        let nested: Vec<bool> = roots
+            .iter()
+            .map(|r| roots.iter().any(|o| o != r && r.starts_with(o)))
+            .collect();
+        for (r, nested) in roots.iter().zip(nested) {
+            if nested {
+                continue;
+            }
             // The directories above a root, so they keep their modes and owners.
             let mut above = PathBuf::new();
             let comps: Vec<_> = r.components().collect();
@@ -169,14 +178,6 @@ impl<'p, W: Write> Exporter<'p, W> {
                     self.entry(&mut w, base, &above, false)?;
                 }
             }
-            if w.done.contains(r)
-                || roots.iter().any(|o| {
-                    o != r && !o.as_os_str().is_empty() && r.starts_with(o) && w.done.contains(o)
-                })
-            {
-                continue;
-            }
-            w.done.insert(r.clone());
             self.entry(&mut w, base, r, true)?;
         }
         w.sum.sha256 = Digest::from_hasher(w.hasher);

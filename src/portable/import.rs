@@ -847,6 +847,123 @@ fn set_project_name(dest: &Path, name: &str, header: &Header) -> Result<(), Port
 mod tests {
     use super::*;
 
+    /// A tar of `entries` (name, kind, link or content), owned by the caller's uid.
+    fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, x) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_uid(u64::from(rustix::process::getuid().as_raw()));
+            h.set_gid(u64::from(rustix::process::getgid().as_raw()));
+            // Raw name fields: the tar crate (rightly) refuses to write `..`.
+            let raw = |field: &mut [u8], v: &str| {
+                field.fill(0);
+                field[..v.len()].copy_from_slice(v.as_bytes());
+            };
+            raw(&mut h.as_old_mut().name, name);
+            let link = matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link);
+            if link {
+                raw(&mut h.as_old_mut().linkname, x);
+            }
+            h.set_size(if link { 0 } else { x.len() as u64 });
+            h.set_cksum();
+            let data: &[u8] = if link { b"" } else { x.as_bytes() };
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn feed(dir: &Path, bytes: &[u8]) -> Result<TreeSum, PortableError> {
+        let mut sink = TreeSink::new(dir)?;
+        let mut a = tar::Archive::new(bytes);
+        for e in a.entries().map_err(PortableError::Read)? {
+            let mut e = e.map_err(PortableError::Read)?;
+            let member = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let (_, rest) = section_of(&member).unwrap();
+            let rel = rest.split_once('/').map_or("", |(_, r)| r).to_string();
+            sink.add(&rel, &member, &mut e)?;
+        }
+        sink.finish()
+    }
+
+    #[test]
+    fn a_symlink_in_a_tree_never_leads_an_entry_out_of_it() {
+        let t = tempfile::tempdir().unwrap();
+        let stage = t.path().join("stage");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&stage).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let out = outside.to_str().unwrap();
+        use tar::EntryType as E;
+        // A file through a symlinked directory.
+        let r = feed(
+            &stage,
+            &tar_of(&[
+                ("volumes/0/evil", E::Symlink, out),
+                ("volumes/0/evil/pwned", E::Regular, "x"),
+            ]),
+        );
+        assert!(r.is_err());
+        assert!(!outside.join("pwned").exists());
+        // A hard link to a file through a symlink, or above the tree.
+        let victim = outside.join("victim");
+        fs::write(&victim, "v").unwrap();
+        let stage2 = t.path().join("stage2");
+        fs::create_dir_all(&stage2).unwrap();
+        let r = feed(
+            &stage2,
+            &tar_of(&[
+                ("volumes/0/evil", E::Symlink, out),
+                ("volumes/0/h", E::Link, "volumes/0/evil/victim"),
+            ]),
+        );
+        assert!(r.is_err());
+        let r = feed(
+            &stage2,
+            &tar_of(&[("volumes/0/h2", E::Link, "volumes/0/../../outside/victim")]),
+        );
+        assert!(r.is_err());
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
+        // An entry that climbs out.
+        let r = feed(&stage2, &tar_of(&[("volumes/0/../x", E::Regular, "x")]));
+        assert!(r.is_err());
+        assert!(!t.path().join("x").exists());
+    }
+
+    #[test]
+    fn a_tree_digest_covers_names_modes_links_and_content() {
+        use tar::EntryType as E;
+        let t = tempfile::tempdir().unwrap();
+        let one = |content: &str, link: &str| {
+            let d = t.path().join(format!("s{}", rand_suffix()));
+            fs::create_dir_all(&d).unwrap();
+            feed(
+                &d,
+                &tar_of(&[
+                    ("volumes/0/", E::Directory, ""),
+                    ("volumes/0/a", E::Regular, content),
+                    ("volumes/0/l", E::Symlink, link),
+                    ("volumes/0/h", E::Link, "volumes/0/a"),
+                ]),
+            )
+            .unwrap()
+        };
+        let base = one("abc", "a");
+        assert_eq!(base, one("abc", "a"));
+        assert_ne!(base, one("abd", "a"));
+        assert_ne!(base, one("abc", "b"));
+        assert_eq!(base.entries, 4);
+        assert_eq!(base.bytes, 3);
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
     #[test]
     fn member_paths_are_checked() {
         assert_eq!(safe_rel("a/b").as_deref(), Some("a/b"));
