@@ -82,6 +82,25 @@ pub fn top_key(key: &str) -> Support {
     }
 }
 
+/// The support of a key of a service's long-form `build:`.
+pub fn build_key(key: &str) -> Support {
+    use Support::*;
+    match key {
+        "context" | "dockerfile" | "dockerfile_inline" | "args" | "target" | "labels"
+        | "network" | "no_cache" | "pull" | "tags" | "shm_size" | "extra_hosts" => Acted,
+        "cache_from" | "cache_to" => {
+            Ignored("berth caches every step in its own store; there is no remote cache")
+        }
+        "platforms" => Ignored("berth builds for this host's platform"),
+        "isolation" => Ignored("Windows-only"),
+        "ssh" | "secrets" | "additional_contexts" | "privileged" | "ulimits" | "entitlements" => {
+            Planned("builds")
+        }
+        k if k.starts_with("x-") => Acted,
+        _ => Ignored("unknown to berth"),
+    }
+}
+
 /// `(key path, support)` for every key the project uses that berth does not act on.
 pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
     let mut out = Vec::new();
@@ -100,6 +119,14 @@ pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
                         let s = service_key(k);
                         if s != Support::Acted {
                             out.push((format!("services.{name}.{k}"), s));
+                        }
+                    }
+                    if let Some(Value::Object(build)) = keys.get("build") {
+                        for k in build.keys() {
+                            let s = build_key(k);
+                            if s != Support::Acted {
+                                out.push((format!("services.{name}.build.{k}"), s));
+                            }
                         }
                     }
                 }

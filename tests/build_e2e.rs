@@ -330,3 +330,28 @@ fn add_unpacks_a_local_archive_and_predefined_args_are_set() {
         "{err}"
     );
 }
+
+#[test]
+fn run_steps_get_the_builds_extra_hosts_and_shm_size() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "buildhosts",
+        "name: dbhosts\nservices:\n  app:\n    build:\n      context: .\n      extra_hosts: ['mirror.lan=10.1.2.3', 'other.lan:10.9.9.9']\n      shm_size: 32m\n",
+    );
+    // Each RUN fails the build unless its container has what the build key asks for.
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nRUN grep -E '^10.1.2.3\\s+mirror.lan$' /etc/hosts && grep -q other.lan /etc/hosts\nRUN test \"$(df -k /dev/shm | awk 'NR==2 {print $2}')\" = 32768\nCMD [\"true\"]\n",
+    )
+    .unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert_eq!(ran(&err).len(), 2, "{err}");
+    assert!(no_mounts_under(&env.state));
+}

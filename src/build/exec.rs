@@ -73,6 +73,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `build.pull`: pull the `FROM` images even when the store has them.
     pub pull: bool,
+    /// `build.shm_size`: the size of `/dev/shm` in the `RUN` containers.
+    pub shm_size: Option<u64>,
+    /// `build.extra_hosts` (`host=address`): entries in the `RUN` containers' `/etc/hosts`.
+    pub extra_hosts: Vec<String>,
 }
 
 /// A line of progress: the step, and whether it was cached or how long it ran.
@@ -1532,6 +1536,8 @@ fn run_container(
                 .to_string(),
         ),
         working_dir: Some(st.workdir()),
+        shm_size: opts.shm_size,
+        extra_hosts: opts.extra_hosts.clone(),
         ..Default::default()
     };
     if let Some(u) = st.config["config"]["User"]

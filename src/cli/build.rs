@@ -128,6 +128,8 @@ pub fn build_service(
         network: b.network.clone(),
         no_cache: no_cache || b.no_cache == Some(true),
         pull: b.pull == Some(true),
+        shm_size: b.shm_size,
+        extra_hosts: b.extra_hosts.clone(),
     };
     let plain = match mode {
         Progress::Quiet => None,

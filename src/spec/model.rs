@@ -412,6 +412,9 @@ pub struct Build {
     pub tags: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// `host=address` entries for the `/etc/hosts` of the `RUN` steps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -442,6 +445,8 @@ impl<'de> Deserialize<'de> for Build {
             tags: Vec<String>,
             #[serde(default, deserialize_with = "de::opt_size")]
             shm_size: Option<u64>,
+            #[serde(default, deserialize_with = "de_extra_hosts")]
+            extra_hosts: Vec<String>,
             #[serde(flatten)]
             extra: Extra,
         }
@@ -464,6 +469,7 @@ impl<'de> Deserialize<'de> for Build {
                     pull: l.pull,
                     tags: l.tags,
                     shm_size: l.shm_size,
+                    extra_hosts: l.extra_hosts,
                     extra: l.extra,
                 })
             }

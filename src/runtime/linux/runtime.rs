@@ -929,6 +929,24 @@ impl LinuxRuntime {
                     None,
                     &r.net.extra_hosts,
                 ));
+            } else if !r.net.extra_hosts.is_empty() {
+                // `network_mode: host` (a build's RUN, too): the host's own /etc/hosts with
+                // the extra entries, as Docker gives it.
+                let mut text = fs::read_to_string("/etc/hosts").unwrap_or_default();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                for e in &r.net.extra_hosts {
+                    if let Some((h, ip)) = e.split_once('=') {
+                        let ip = if ip == "host-gateway" {
+                            "127.0.0.1"
+                        } else {
+                            ip
+                        };
+                        text.push_str(&format!("{ip}\t{h}\n"));
+                    }
+                }
+                r.launch.hosts = Some(text);
             }
             return Ok(None);
         }
