@@ -355,3 +355,62 @@ fn run_steps_get_the_builds_extra_hosts_and_shm_size() {
     assert_eq!(ran(&err).len(), 2, "{err}");
     assert!(no_mounts_under(&env.state));
 }
+
+#[test]
+fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "fromhost",
+        "name: dfromhost\nservices:\n  app:\n    build: .\n    network_mode: none\n",
+    );
+    // A file the host has, deleted by the build: the image hides it, the host keeps it.
+    let victim = ["/etc/issue", "/etc/debian_version", "/etc/os-release"]
+        .into_iter()
+        .find(|f| Path::new(f).is_file())
+        .expect("a host file to delete");
+    std::fs::write(p.join("hello.txt"), "copied\n").unwrap();
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM host\nRUN mkdir /app && echo from-run > /app/run.txt && echo '#!/bin/sh' > /usr/local/bin/berth-tool && chmod 755 /usr/local/bin/berth-tool && rm {victim}\nCOPY --chown=nobody hello.txt /usr/share/berth-hello.txt\nWORKDIR /app\nCMD [\"sh\", \"-c\", \"cat run.txt /usr/share/berth-hello.txt; stat -c %U /usr/share/berth-hello.txt; test -x /usr/local/bin/berth-tool && echo tool; test -e {victim} || echo deleted; test -x /bin/sh && echo host-sh; cat /etc/shadow 2>/dev/null || echo no-shadow; pwd; sleep 300\"]\n"
+        ),
+    )
+    .unwrap();
+    let _down = env.down_on_drop(&p);
+    let o = env.berth(&p, &["build", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    // The image holds the build's changes only, not the host's files.
+    let size = env.ok(&p, &["image", "inspect", "dfromhost-app"]);
+    let v: serde_json::Value = serde_json::from_str(&size).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    assert!(v["Size"].as_u64().unwrap() < 1 << 20, "{v}");
+    assert_eq!(v["Config"]["Labels"]["org.berth.base"], "host", "{v}");
+    env.ok(&p, &["up", "-d", "--wait"]);
+    let mut logs = String::new();
+    let done = eventually(Duration::from_secs(10), || {
+        logs = env.ok(&p, &["logs", "--no-color", "app"]);
+        logs.contains("/app")
+    });
+    assert!(done, "{logs}");
+    for want in [
+        "from-run",
+        "copied",
+        "nobody",
+        "tool",
+        "deleted",
+        "host-sh",
+        "no-shadow",
+    ] {
+        assert!(logs.contains(want), "{want}: {logs}");
+    }
+    // The host is untouched.
+    assert!(Path::new(victim).is_file());
+    assert!(!Path::new("/usr/local/bin/berth-tool").exists());
+    assert!(!Path::new("/usr/share/berth-hello.txt").exists());
+    env.ok(&p, &["down", "-t", "0"]);
+    assert!(no_mounts_under(&env.state));
+}

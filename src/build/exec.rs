@@ -699,11 +699,9 @@ pub fn build(
                 step_err(stage.line, format!("FROM {base}: that stage was not built"))
             })?)
         } else if base == "host" {
-            return Err(step_err(
-                stage.line,
-                "FROM host: builds cannot start from the host image yet; use an image in the store"
-                    .into(),
-            ));
+            // The host's OS files under the build's own layers: the image has no layer of
+            // them, only a label that tells the runtime to put them under its layers.
+            None
         } else {
             if opts.pull {
                 rt.images()
@@ -727,10 +725,14 @@ pub fn build(
             };
             Some(id)
         };
-        let config = rt
+        let mut config = rt
             .images()
             .config_document(image.as_deref())
             .map_err(|e| step_err(stage.line, e.to_string()))?;
+        if base == "host" && from_stage.is_none() {
+            config["config"]["Labels"][crate::runtime::linux::spec::HOST_BASE_LABEL] =
+                "host".into();
+        }
         let mut st = StageState {
             image,
             config,
@@ -898,6 +900,11 @@ fn needed_stages(
         }
     }
     (0..df.stages.len()).filter(|i| need[*i]).collect()
+}
+
+/// Whether the stage is built `FROM host` (or from an image that was).
+fn host_based(st: &StageState) -> bool {
+    st.config["config"]["Labels"][crate::runtime::linux::spec::HOST_BASE_LABEL] == "host"
 }
 
 /// Commits the stage's config over its image (no new layer).
@@ -1151,6 +1158,8 @@ fn run_step(
     // The parent must be an image in the store for a container or an overlay of it.
     let parent = match &st.image {
         Some(_) => Some(commit_config(rt, st, &[])?),
+        // `FROM host` with nothing done yet: an image of no layers, marked host-based.
+        None if host_based(st) => Some(commit_config(rt, st, &[])?),
         None => None,
     };
     let layer_tar = scratch.join(format!("layer{n}.tar"));
@@ -1292,7 +1301,14 @@ fn copy_step(
     n: usize,
     x: &dyn Fn(&str) -> String,
 ) -> Result<(), String> {
-    let owner = parse_chown(c.chown.as_deref().map(x).as_deref(), &ov.merged)?;
+    // Names resolve in the image so far; a host-based one whose layers have no passwd of
+    // their own has the host's.
+    let names_root = if host_based(st) && !ov.merged.join("etc/passwd").exists() {
+        Path::new("/")
+    } else {
+        ov.merged.as_path()
+    };
+    let owner = parse_chown(c.chown.as_deref().map(x).as_deref(), names_root)?;
     let chmod = match &c.chmod {
         None => None,
         Some(m) => Some(

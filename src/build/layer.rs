@@ -24,6 +24,9 @@ fn empty_file<W: Write>(tar: &mut tar::Builder<W>, name: &Path) -> io::Result<()
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(0);
     h.set_mode(0o644);
+    // Every numeric field set: a NUL-filled one does not parse (the import refuses it).
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(0);
     tar.append_data(&mut h, name, io::empty())
 }

@@ -140,11 +140,26 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     let work = layer.join("work");
     mkdir_all(&root)?;
     match &spec.rootfs {
-        Rootfs::Layers(layers) => {
+        Rootfs::Layers(_) | Rootfs::HostLayers(_) => {
+            let (layers, host) = match &spec.rootfs {
+                Rootfs::HostLayers(l) => (l, true),
+                Rootfs::Layers(l) => (l, false),
+                Rootfs::Host => unreachable!("matched above"),
+            };
             mkdir_all(&upper)?;
             mkdir_all(&work)?;
             // overlayfs lists lower layers top first.
-            let lower: Vec<String> = layers.iter().rev().map(|p| p2s(p)).collect();
+            let mut lower: Vec<String> = layers.iter().rev().map(|p| p2s(p)).collect();
+            if host {
+                // The host directories' upper directories are made before the root overlay is
+                // mounted over their parent (changing an upper layer under a mounted overlay
+                // is undefined), and an empty bottom layer lets an image with no layers yet
+                // (the first step of a build `FROM host`) have a root overlay.
+                host_uppers(&upper, &layer.join("hwork"))?;
+                let base = layer.join("base");
+                mkdir_all(&base)?;
+                lower.push(p2s(&base));
+            }
             // redirect_dir and metacopy off: an upper layer must hold whole files and
             // directories, because a build turns it into an image layer (a renamed directory
             // or a chmod'ed file would otherwise be a bare xattr pointing into a lower layer).
@@ -164,6 +179,9 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
                 MsFlags::MS_NODEV,
                 Some(&data),
             )?;
+            if host {
+                host_layered(&root, &upper, &layer.join("hwork"), layers)?;
+            }
         }
         Rootfs::Host => {
             // The root itself is the container's own directory (bind-mounted so it is a mount
@@ -218,7 +236,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     if spec.read_only {
         // The root, and with `image: host` each OS directory's own overlay on it.
         let mut targets = vec![PathBuf::from("/")];
-        if spec.rootfs == Rootfs::Host {
+        if spec.rootfs.has_host() {
             for name in HOST_DIRS {
                 let p = Path::new("/").join(name);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
@@ -312,6 +330,84 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
     }
     let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
     let _ = fs::set_permissions(root.join("root"), fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+/// The host OS directories (not symlinks) that a host-based root gets.
+fn host_dir_names() -> impl Iterator<Item = &'static str> {
+    HOST_DIRS
+        .into_iter()
+        .filter(|name| fs::symlink_metadata(Path::new("/").join(name)).is_ok_and(|m| m.is_dir()))
+}
+
+/// `FROM host` images, before the root overlay: an upper and a work directory for each host
+/// OS directory (the upper at its own path in the container's upper layer), and /etc's
+/// secrets whited out.
+fn host_uppers(upper: &Path, hwork: &Path) -> Result<(), SetupError> {
+    for name in host_dir_names() {
+        mkdir_all(&upper.join(name))?;
+        mkdir_all(&hwork.join(name))?;
+        if name == "etc" {
+            whiteout_secrets(&upper.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// `FROM host` images, over the root overlay: each host OS directory an overlay of the
+/// image's own copies of it (top first) over the host's, and the host's symlinked ones
+/// (`/bin -> usr/bin`) as symlinks where the image has nothing.
+fn host_layered(
+    root: &Path,
+    upper: &Path,
+    hwork: &Path,
+    layers: &[PathBuf],
+) -> Result<(), SetupError> {
+    for name in HOST_DIRS {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let target = root.join(name);
+        if meta.file_type().is_symlink() {
+            if fs::symlink_metadata(&target).is_err() {
+                let to = fs::read_link(&host)
+                    .map_err(|e| SetupError::io("read host symlink", Some(&p2s(&host)), &e))?;
+                symlink(&to, &target)
+                    .map_err(|e| SetupError::io("create symlink", Some(&p2s(&target)), &e))?;
+            }
+            continue;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        let mut lower: Vec<String> = layers
+            .iter()
+            .rev()
+            .map(|l| l.join(name))
+            .filter(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+            .map(|d| p2s(&d))
+            .collect();
+        lower.push(p2s(&host));
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
+            lower.join(":"),
+            p2s(&upper.join(name)),
+            p2s(&hwork.join(name))
+        );
+        mnt(
+            "mount host overlay",
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(&data),
+        )?;
+    }
+    for d in ["var/tmp", "home", "root", "srv", "opt", "mnt", "media"] {
+        mkdir_all(&root.join(d))?;
+    }
+    let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
     Ok(())
 }
 

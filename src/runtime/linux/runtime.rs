@@ -191,13 +191,19 @@ impl LinuxRuntime {
                 .images
                 .resolve(image)
                 .map_err(|e| step(name, "resolve image", e))?;
-            let roots: Vec<PathBuf> = img.layers.iter().rev().cloned().collect();
-            (
-                Rootfs::Layers(img.layers.clone()),
-                img.config.clone(),
-                roots,
-                Some(img.id.clone()),
-            )
+            let mut roots: Vec<PathBuf> = img.layers.iter().rev().cloned().collect();
+            let rootfs = if img
+                .config
+                .labels
+                .get(super::spec::HOST_BASE_LABEL)
+                .is_some_and(|v| v == "host")
+            {
+                roots.push(PathBuf::from("/"));
+                Rootfs::HostLayers(img.layers.clone())
+            } else {
+                Rootfs::Layers(img.layers.clone())
+            };
+            (rootfs, img.config.clone(), roots, Some(img.id.clone()))
         };
         let process = process_for(name, svc, &config, &passwd_root)?;
         let limits = limits_for(svc);
@@ -724,6 +730,10 @@ impl LinuxRuntime {
             match &r.launch.rootfs {
                 Rootfs::Host => roots.push(PathBuf::from("/")),
                 Rootfs::Layers(l) => roots.extend(l.iter().rev().cloned()),
+                Rootfs::HostLayers(l) => {
+                    roots.extend(l.iter().rev().cloned());
+                    roots.push(PathBuf::from("/"));
+                }
             }
             let (uid, gid, groups) =
                 resolve_user(u, &roots).map_err(|e| step(name, "resolve user", e))?;

@@ -13,6 +13,21 @@ pub enum Rootfs {
     Host,
     /// An image's layers (unpacked directories), bottom first.
     Layers(Vec<PathBuf>),
+    /// An image built `FROM host`: its layers (bottom first, possibly none) over the host's OS
+    /// directories. The root is an overlay of the layers; each host OS directory is an overlay
+    /// of the layers' own copy of it over the host's, with its upper directory at the same path
+    /// in the container's upper layer, so that layer holds every change as one tree.
+    HostLayers(Vec<PathBuf>),
+}
+
+/// The image label that marks an image built `FROM host`.
+pub const HOST_BASE_LABEL: &str = "org.berth.base";
+
+impl Rootfs {
+    /// Whether the host's OS directories are part of this root.
+    pub fn has_host(&self) -> bool {
+        matches!(self, Rootfs::Host | Rootfs::HostLayers(_))
+    }
 }
 
 /// The service process: what init starts inside the container.
