@@ -128,6 +128,11 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
+                // Every numeric field parses (the store refuses a layer whose do not).
+                let h = e.header();
+                assert!(
+                    h.uid().is_ok() && h.gid().is_ok() && h.mtime().is_ok() && h.mode().is_ok()
+                );
                 (
                     e.path()
                         .unwrap()
