@@ -344,7 +344,7 @@ fn run_steps_get_the_builds_extra_hosts_and_shm_size() {
     // Each RUN fails the build unless its container has what the build key asks for.
     std::fs::write(
         p.join("Dockerfile"),
-        "FROM busybox\nRUN grep -E '^10.1.2.3\\s+mirror.lan$' /etc/hosts && grep -q other.lan /etc/hosts\nRUN test \"$(df -k /dev/shm | awk 'NR==2 {print $2}')\" = 32768\nCMD [\"true\"]\n",
+        "FROM busybox\nVOLUME /data\nRUN grep -E '^10.1.2.3\\s+mirror.lan$' /etc/hosts && grep -q other.lan /etc/hosts && echo x > /data/f\nRUN test \"$(df -k /dev/shm | awk 'NR==2 {print $2}')\" = 32768\nCMD [\"true\"]\n",
     )
     .unwrap();
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
@@ -354,6 +354,12 @@ fn run_steps_get_the_builds_extra_hosts_and_shm_size() {
     assert!(o.status.success(), "{err}");
     assert_eq!(ran(&err).len(), 2, "{err}");
     assert!(no_mounts_under(&env.state));
+    // The anonymous volumes the image's VOLUME gave each RUN are gone with their containers.
+    let left: Vec<_> = std::fs::read_dir(env.state.join("volumes"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(env.ps(&p).is_empty());
 }
 
 #[test]

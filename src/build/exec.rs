@@ -656,6 +656,9 @@ pub fn build(
             .join(format!("b{}", std::process::id())),
     };
     detach_stale_mounts(&root.join("build/tmp"));
+    remove_build_leftovers(rt, &tk, root, None);
+    // And this build's own, however it ends.
+    let _leftovers = Leftovers { rt, tk: &tk, root };
     let _ = fs::remove_dir_all(&scratch.dir);
     fs::create_dir_all(&scratch.dir)
         .map_err(|e| BuildError::Other(format!("{}: {e}", scratch.dir.display())))?;
@@ -807,6 +810,50 @@ pub fn build(
         steps: n,
         cached,
     })
+}
+
+/// The pid of the build a `build<pid>` project name belongs to.
+fn build_pid(project: &str) -> Option<i32> {
+    project.strip_prefix("build")?.parse().ok()
+}
+
+/// Removes the `RUN` containers and their anonymous volumes (an image's `VOLUME`s) that a
+/// killed build left (its pid is gone), and those of this build (`mine`) once it is done.
+fn remove_build_leftovers(
+    rt: &Arc<LinuxRuntime>,
+    tk: &tokio::runtime::Runtime,
+    root: &Path,
+    mine: Option<i32>,
+) {
+    let gone = |pid: i32| mine == Some(pid) || !Path::new(&format!("/proc/{pid}")).exists();
+    if let Ok(rd) = fs::read_dir(root.join("containers")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((project, _)) = name.split_once("-step")
+                && build_pid(project).is_some_and(gone)
+            {
+                let _ = tk.block_on(rt.remove(&name));
+            }
+        }
+    }
+    for v in crate::disk::volumes(root) {
+        if build_pid(&v.project).is_some_and(gone) {
+            let _ = crate::disk::remove_volume(root, &v.name);
+        }
+    }
+}
+
+struct Leftovers<'a> {
+    rt: &'a Arc<LinuxRuntime>,
+    tk: &'a tokio::runtime::Runtime,
+    root: &'a Path,
+}
+
+impl Drop for Leftovers<'_> {
+    fn drop(&mut self) {
+        let me = i32::try_from(std::process::id()).ok();
+        remove_build_leftovers(self.rt, self.tk, self.root, me);
+    }
 }
 
 /// Detaches what a build that was killed (SIGKILL: no destructor ran) left mounted under
