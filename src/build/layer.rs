@@ -31,6 +31,36 @@ fn empty_file<W: Write>(tar: &mut tar::Builder<W>, name: &Path) -> io::Result<()
     tar.append_data(&mut h, name, io::empty())
 }
 
+/// The extended attributes of `path` that belong in a layer, as PAX `SCHILY.xattr.*`
+/// records (as Docker writes them): file capabilities (`setcap` in a `RUN`), `user.*` and
+/// the like; overlayfs's own `trusted.overlay.*` and SELinux labels (the host's policy) are
+/// left out.
+fn carried_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let n = match rustix::fs::llistxattr(path, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let key = String::from_utf8_lossy(name).into_owned();
+        if key.starts_with("trusted.overlay.") || key == "security.selinux" {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = match rustix::fs::lgetxattr(path, name, &mut value) {
+            Ok(len) => len,
+            // Removed meanwhile.
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        value.truncate(len);
+        out.push((format!("SCHILY.xattr.{key}"), value));
+    }
+    Ok(out)
+}
+
 /// Writes the changes in `upper` to `out` as a layer tar; returns how many entries it wrote.
 pub fn upper_to_tar(upper: &Path, out: impl Write) -> io::Result<usize> {
     let mut tar = tar::Builder::new(out);
@@ -77,6 +107,10 @@ fn walk<W: Write>(
             }
             links.insert((md.dev(), md.ino()), rel_path.clone());
         }
+        let xattrs = carried_xattrs(&path)?;
+        if !xattrs.is_empty() {
+            tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
         tar.append_path_with_name(&path, &rel_path)?;
         *n += 1;
         if ft.is_dir() {
@@ -120,8 +154,39 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
+        rustix::fs::setxattr(
+            up.join("etc/motd"),
+            "user.berth-test",
+            b"kept",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         let mut bytes = Vec::new();
         let n = upper_to_tar(up, &mut bytes).unwrap();
+        {
+            let mut a = tar::Archive::new(bytes.as_slice());
+            let motd = a
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .find(|e| e.path().unwrap().ends_with("etc/motd"))
+                .map(|mut e| {
+                    e.pax_extensions()
+                        .unwrap()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            let p = p.unwrap();
+                            (p.key().unwrap().to_string(), p.value_bytes().to_vec())
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            assert!(
+                motd.contains(&("SCHILY.xattr.user.berth-test".to_string(), b"kept".to_vec())),
+                "{motd:?}"
+            );
+        }
         let mut a = tar::Archive::new(bytes.as_slice());
         let entries: Vec<(String, tar::EntryType, Option<String>)> = a
             .entries()
