@@ -406,6 +406,26 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
     let v = if v.is_array() { v[0].clone() } else { v };
     assert!(v["Size"].as_u64().unwrap() < 1 << 20, "{v}");
     assert_eq!(v["Config"]["Labels"]["org.berth.base"], "host", "{v}");
+    // `history`: one entry per instruction, one non-empty per layer (as `docker history`).
+    let id = v["Id"].as_str().unwrap().trim_start_matches("sha256:");
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.state.join("images/blobs/sha256").join(id)).unwrap(),
+    )
+    .unwrap();
+    let history = cfg["history"].as_array().unwrap();
+    let layers = history.iter().filter(|h| h["empty_layer"] != true).count();
+    assert_eq!(
+        layers,
+        cfg["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        "{cfg}"
+    );
+    assert!(
+        history.iter().any(|h| h["created_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("COPY --chown=nobody")),
+        "{cfg}"
+    );
     env.ok(&p, &["up", "-d", "--wait"]);
     let mut logs = String::new();
     let done = eventually(Duration::from_secs(10), || {

@@ -783,7 +783,7 @@ pub fn build(
                     n,
                     secs: t0.elapsed().as_secs_f64(),
                 }),
-                Outcome::Meta => {}
+                Outcome::Meta => push_history(&mut st.config, &step.text, true),
             }
         }
         // A stage that changed nothing still needs an image of its own for its config.
@@ -947,6 +947,20 @@ fn needed_stages(
         }
     }
     (0..df.stages.len()).filter(|i| need[*i]).collect()
+}
+
+/// Records a step in the image's `history`, as `docker history` shows it: one entry per
+/// instruction, `empty_layer` for those that only change the config. No time, so an
+/// unchanged rebuild gives the same image.
+fn push_history(config: &mut serde_json::Value, text: &str, empty: bool) {
+    let mut entry = serde_json::json!({"created_by": text, "comment": "berth build"});
+    if empty {
+        entry["empty_layer"] = true.into();
+    }
+    match config["history"].as_array_mut() {
+        Some(h) => h.push(entry),
+        None => config["history"] = serde_json::json!([entry]),
+    }
 }
 
 /// Whether the stage is built `FROM host` (or from an image that was).
@@ -1280,6 +1294,7 @@ fn run_step(
         }
         _ => unreachable!("metadata steps returned above"),
     }
+    push_history(&mut st.config, &step.text, false);
     let id = rt
         .images()
         .commit_image(parent.as_deref(), Some(&layer_tar), st.config.clone(), &[])
