@@ -445,6 +445,34 @@ impl Ignore {
     }
 }
 
+impl Ignore {
+    /// Whether an ignored directory `rel` may still hold something a `!` pattern takes back
+    /// (`data` then `!data/keep.txt`): such a directory is walked, as Docker does.
+    pub fn reopened_below(&self, rel: &str) -> bool {
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        self.patterns
+            .iter()
+            .any(|(neg, pat)| *neg && prefix_match(pat, &parts))
+    }
+
+    /// Whether the walk leaves out directory `rel` and everything under it.
+    fn prunes(&self, rel: &str) -> bool {
+        self.ignored(rel) && !self.reopened_below(rel)
+    }
+}
+
+/// Whether `pat` can match a path that goes on below `path`.
+fn prefix_match(pat: &[String], path: &[&str]) -> bool {
+    match (pat.first(), path.first()) {
+        (Some(p), _) if p == "**" => true,
+        (Some(_), None) => true,
+        (Some(p), Some(s)) => {
+            glob(p.as_bytes(), s.as_bytes()) && prefix_match(&pat[1..], &path[1..])
+        }
+        (None, _) => false,
+    }
+}
+
 fn glob_parts(pat: &[String], path: &[&str]) -> bool {
     match (pat.first(), path.first()) {
         (None, None) => true,
@@ -549,10 +577,10 @@ fn join(a: &str, b: &str) -> String {
 /// Hashes what would be copied: names, modes, link targets and contents, skipping ignored
 /// files. Two contexts with the same result hash the same.
 fn hash_tree(h: &mut Sha256, path: &Path, rel: &str, ignore: &Ignore) -> std::io::Result<()> {
-    if !rel.is_empty() && ignore.ignored(rel) {
+    let md = fs::symlink_metadata(path)?;
+    if !rel.is_empty() && ignore.ignored(rel) && !(md.is_dir() && ignore.reopened_below(rel)) {
         return Ok(());
     }
-    let md = fs::symlink_metadata(path)?;
     h.update(rel.as_bytes());
     h.update(md.mode().to_le_bytes());
     if md.file_type().is_symlink() {
@@ -595,11 +623,11 @@ fn copy_filtered(
     for n in names {
         let name = n.to_string_lossy().into_owned();
         let r = join(rel, &name);
-        if ignore.ignored(&r) {
-            continue;
-        }
         let p = src.join(&n);
         let md = fs::symlink_metadata(&p)?;
+        if ignore.ignored(&r) && !(md.is_dir() && !ignore.prunes(&r)) {
+            continue;
+        }
         if md.is_dir() {
             let mode = chmod.unwrap_or(md.permissions().mode() & 0o7777);
             match rustix::fs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(mode)) {
@@ -1781,5 +1809,46 @@ mod tests {
             !i.ignored("sub/a.log"),
             "`*.log` is anchored at the context root"
         );
+    }
+
+    #[test]
+    fn an_exception_under_an_ignored_directory_is_copied() {
+        let i = Ignore::parse("data\n!data/keep.txt\n");
+        assert!(i.ignored("data") && i.ignored("data/other.txt"));
+        assert!(!i.ignored("data/keep.txt"));
+        assert!(i.reopened_below("data"));
+        assert!(!i.reopened_below("src"));
+        assert!(!Ignore::parse("data\n").reopened_below("data"));
+        assert!(Ignore::parse("data\n!**/*.md\n").reopened_below("data"));
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped the copy: it sets owners");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir_all(ctx.join("data")).unwrap();
+        fs::write(ctx.join("data/keep.txt"), "k").unwrap();
+        fs::write(ctx.join("data/other.txt"), "o").unwrap();
+        fs::write(ctx.join("top.txt"), "t").unwrap();
+        let out = t.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let fd =
+            rustix::fs::open(&out, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        copy_filtered(&ctx, "", &fd, &i, None, None).unwrap();
+        assert!(out.join("data/keep.txt").is_file());
+        assert!(!out.join("data/other.txt").exists());
+        assert!(out.join("top.txt").is_file());
+        // The cache key sees the exception too.
+        let key = |ig: &Ignore| {
+            let mut h = Sha256::new();
+            hash_tree(&mut h, &ctx, "", ig).unwrap();
+            hex(h)
+        };
+        let before = key(&i);
+        fs::write(ctx.join("data/keep.txt"), "changed").unwrap();
+        assert_ne!(before, key(&i));
+        let before = key(&i);
+        fs::write(ctx.join("data/other.txt"), "changed").unwrap();
+        assert_eq!(before, key(&i));
     }
 }
