@@ -454,11 +454,6 @@ impl Ignore {
             .iter()
             .any(|(neg, pat)| *neg && prefix_match(pat, &parts))
     }
-
-    /// Whether the walk leaves out directory `rel` and everything under it.
-    fn prunes(&self, rel: &str) -> bool {
-        self.ignored(rel) && !self.reopened_below(rel)
-    }
 }
 
 /// Whether `pat` can match a path that goes on below `path`.
@@ -578,7 +573,7 @@ fn join(a: &str, b: &str) -> String {
 /// files. Two contexts with the same result hash the same.
 fn hash_tree(h: &mut Sha256, path: &Path, rel: &str, ignore: &Ignore) -> std::io::Result<()> {
     let md = fs::symlink_metadata(path)?;
-    if !rel.is_empty() && ignore.ignored(rel) && !(md.is_dir() && ignore.reopened_below(rel)) {
+    if !rel.is_empty() && ignore.ignored(rel) && (!md.is_dir() || !ignore.reopened_below(rel)) {
         return Ok(());
     }
     h.update(rel.as_bytes());
@@ -625,7 +620,7 @@ fn copy_filtered(
         let r = join(rel, &name);
         let p = src.join(&n);
         let md = fs::symlink_metadata(&p)?;
-        if ignore.ignored(&r) && !(md.is_dir() && !ignore.prunes(&r)) {
+        if ignore.ignored(&r) && (!md.is_dir() || !ignore.reopened_below(&r)) {
             continue;
         }
         if md.is_dir() {
