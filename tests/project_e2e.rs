@@ -939,3 +939,30 @@ services:
         &[flaky, stays, now],
     );
 }
+
+#[test]
+fn create_makes_containers_that_start_later() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project("create", &two_services("e2e-create"));
+    let _d = Down(&env, p.clone());
+    // It returns (as `up --no-start` does) with every container created and none running.
+    let o = env
+        .command(&p, &["create", "--progress", "plain"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ps = env.ps(&p);
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    assert!(
+        ps.iter().all(|c| c["State"] == "created" && pid(c) == 0),
+        "{ps:?}"
+    );
+    assert!(env.supervisor_pid("e2e-create").is_none());
+    env.ok(&p, &["start"]);
+    let ps = env.ps(&p);
+    assert!(ps.iter().all(|c| c["State"] == "running"), "{ps:?}");
+}

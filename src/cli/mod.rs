@@ -103,7 +103,7 @@ pub enum Verb {
     /// Run a one-off command in a new container of a service
     Run(run::RunArgs),
     /// Create containers without starting them
-    Create(Later),
+    Create(up::CreateArgs),
     /// Start existing containers
     Start(lifecycle::ServicesArgs),
     /// Stop running containers
@@ -210,10 +210,10 @@ impl Verb {
             | Verb::Enable(_)
             | Verb::Disable(_)
             | Verb::Export(_)
-            | Verb::Import(_) => {
+            | Verb::Import(_)
+            | Verb::Create(_) => {
                 return None;
             }
-            Verb::Create(_) => "create",
             Verb::Cp(_) => "cp",
         };
         let part = match name {
@@ -249,6 +249,7 @@ pub fn main() -> i32 {
         Verb::Image(a) => image::run(a),
         Verb::Rmi { images } => image::remove(images),
         Verb::Up(a) => up::run(&cli.global, a),
+        Verb::Create(a) => up::run(&cli.global, &up::UpArgs::from(a)),
         Verb::Down(a) => down::run(&cli.global, a),
         Verb::Ps(a) => ps::run(&cli.global, a),
         Verb::Disk(a) => disk::run(&cli.global, a),

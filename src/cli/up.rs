@@ -22,6 +22,51 @@ use crate::reconcile::{Options, Target, apply, teardown};
 use crate::runtime::Runtime;
 use crate::state::{ProjectState, Status};
 
+/// `berth create`: `up --no-start` with the flags Compose's `create` takes.
+#[derive(Debug, Args, Default, Clone)]
+pub struct CreateArgs {
+    /// Build images before creating containers
+    #[arg(long)]
+    pub build: bool,
+    /// Don't build an image, even if it is missing
+    #[arg(long, conflicts_with = "build")]
+    pub no_build: bool,
+    /// Recreate containers even if their configuration has not changed
+    #[arg(long, conflicts_with = "no_recreate")]
+    pub force_recreate: bool,
+    /// Don't recreate containers that exist
+    #[arg(long)]
+    pub no_recreate: bool,
+    /// Remove containers of services no longer in the file
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Set the number of replicas of a service
+    #[arg(long, value_name = "SERVICE=N")]
+    pub scale: Vec<String>,
+    /// How to show progress
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+    /// Services (default: all)
+    pub services: Vec<String>,
+}
+
+impl From<&CreateArgs> for UpArgs {
+    fn from(c: &CreateArgs) -> UpArgs {
+        UpArgs {
+            build: c.build,
+            no_build: c.no_build,
+            force_recreate: c.force_recreate,
+            no_recreate: c.no_recreate,
+            remove_orphans: c.remove_orphans,
+            scale: c.scale.clone(),
+            progress: c.progress,
+            services: c.services.clone(),
+            no_start: true,
+            ..UpArgs::default()
+        }
+    }
+}
+
 #[derive(Debug, Args, Default, Clone)]
 pub struct UpArgs {
     /// Detached: leave the project running under its supervisor and return
@@ -316,6 +361,12 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         eprintln!("berth: {f}");
     }
     let mut code = i32::from(!failures.is_empty());
+
+    // `up --no-start` (and `create`): the containers exist, nothing runs, nothing to
+    // supervise or stream; `berth start` starts them.
+    if a.no_start {
+        return Ok(code);
+    }
 
     if detach {
         if a.wait && code == 0 {
