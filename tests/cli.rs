@@ -86,11 +86,14 @@ fn quiet_validation_and_exit_statuses() {
 }
 
 #[test]
-fn verbs_not_built_yet_say_so() {
+fn cp_says_which_side_is_missing() {
     let t = project(GOOD);
-    let out = berth(t.path(), &["cp"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    let out = berth(t.path(), &["cp", "a.txt", "b.txt"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("write one as SERVICE:PATH"), "{err}");
+    let out = berth(t.path(), &["cp", "web:/a", "db:/b"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between two containers"));
 }
 
 #[test]

@@ -966,3 +966,70 @@ fn create_makes_containers_that_start_later() {
     let ps = env.ps(&p);
     assert!(ps.iter().all(|c| c["State"] == "running"), "{ps:?}");
 }
+
+#[test]
+fn cp_copies_both_ways_and_never_leaves_the_container() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project("cp", &two_services("e2e-cp"));
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--wait"]);
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("f1"), "one").unwrap();
+    std::fs::write(src.join("sub/f2"), "two").unwrap();
+    std::os::unix::fs::symlink("f1", src.join("link")).unwrap();
+    let s = src.to_str().unwrap();
+    // In: a directory under its name into an existing one, a file under a new name.
+    env.ok(&p, &["cp", s, "web:/tmp"]);
+    env.ok(&p, &["cp", &format!("{s}/f1"), "web:/tmp/renamed"]);
+    let listing = env.ok(&p, &["exec", "-T", "web", "sh", "-c", "cat /tmp/src/f1 /tmp/src/sub/f2 /tmp/renamed; readlink /tmp/src/link; stat -c %u /tmp/src/f1"]);
+    assert_eq!(listing, "onetwoonef1\n0\n");
+    // Out: the tree comes back; a symlink is copied as a symlink.
+    let out = env.dir.path().join("out");
+    env.ok(&p, &["cp", "web:/tmp/src", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(out.join("sub/f2")).unwrap(), "two");
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        std::path::Path::new("f1")
+    );
+    // A symlink the container made resolves inside the container, never on the host.
+    env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "mkdir -p /tmp/d && ln -s / /tmp/d/up",
+        ],
+    );
+    let host_file = env.dir.path().join("escape-target");
+    let evil = format!("web:/tmp/d/up{}", host_file.display());
+    env.ok(&p, &["cp", &format!("{s}/f1"), &evil]);
+    assert!(
+        !host_file.exists(),
+        "cp wrote through a container symlink onto the host"
+    );
+    let o = env.berth(
+        &p,
+        &[
+            "cp",
+            "web:/tmp/d/up/etc/shadow",
+            out.join("shadow").to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(!out.join("shadow").exists());
+    // A stopped container says what to do.
+    env.ok(&p, &["stop", "worker"]);
+    let o = env.berth(&p, &["cp", "worker:/etc/hostname", out.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not running"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 mod boot;
 mod build;
 mod config;
+mod cp;
 mod disk;
 mod down;
 mod events;
@@ -74,13 +75,6 @@ impl Global {
     }
 }
 
-/// Arguments of a verb that is not implemented yet (accepted so the message can be clear).
-#[derive(Debug, Args, Clone)]
-pub struct Later {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     /// Print the resolved, normalized project (like `docker compose config`)
@@ -131,7 +125,7 @@ pub enum Verb {
     /// Stream container events
     Events(events::EventsArgs),
     /// Copy files between a container and the host
-    Cp(Later),
+    Cp(cp::CpArgs),
     /// List running projects
     Ls(boot::LsArgs),
     /// Pull service images
@@ -169,61 +163,6 @@ pub enum Verb {
     },
 }
 
-impl Verb {
-    /// For verbs not built yet: the part of berth that will bring them.
-    fn later(&self) -> Option<(&'static str, &'static str)> {
-        let name = match self {
-            Verb::Config(_)
-            | Verb::Version(_)
-            | Verb::Images(_)
-            | Verb::Image(_)
-            | Verb::Rmi { .. }
-            | Verb::Up(_)
-            | Verb::Down(_)
-            | Verb::Ps(_)
-            | Verb::Disk(_)
-            | Verb::Pull(_)
-            | Verb::Build(_)
-            | Verb::Watch(_)
-            | Verb::Save(_)
-            | Verb::Login(_)
-            | Verb::Logout(_)
-            | Verb::Port(_)
-            | Verb::Logs(_)
-            | Verb::Supervise(_)
-            | Verb::Start(_)
-            | Verb::Stop(_)
-            | Verb::Restart(_)
-            | Verb::Kill(_)
-            | Verb::Rm(_)
-            | Verb::Pause(_)
-            | Verb::Unpause(_)
-            | Verb::Top(_)
-            | Verb::Wait(_)
-            | Verb::Scale(_)
-            | Verb::Run(_)
-            | Verb::Exec(_)
-            | Verb::Ls(_)
-            | Verb::Stats(_)
-            | Verb::Events(_)
-            | Verb::Completion { .. }
-            | Verb::Enable(_)
-            | Verb::Disable(_)
-            | Verb::Export(_)
-            | Verb::Import(_)
-            | Verb::Create(_) => {
-                return None;
-            }
-            Verb::Cp(_) => "cp",
-        };
-        let part = match name {
-            "disk" => "disks and volumes",
-            _ => "the runtime and the reconciler",
-        };
-        Some((name, part))
-    }
-}
-
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -236,12 +175,6 @@ pub fn main() -> i32 {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if let Some((name, part)) = cli.verb.later() {
-        eprintln!(
-            "berth {name}: not implemented yet; it arrives with {part}. `berth config` and `berth version` work today."
-        );
-        return 2;
-    }
     let result = match &cli.verb {
         Verb::Config(a) => config::run(&cli.global, a),
         Verb::Version(a) => version::run(a),
@@ -250,6 +183,7 @@ pub fn main() -> i32 {
         Verb::Rmi { images } => image::remove(images),
         Verb::Up(a) => up::run(&cli.global, a),
         Verb::Create(a) => up::run(&cli.global, &up::UpArgs::from(a)),
+        Verb::Cp(a) => cp::run(&cli.global, a),
         Verb::Down(a) => down::run(&cli.global, a),
         Verb::Ps(a) => ps::run(&cli.global, a),
         Verb::Disk(a) => disk::run(&cli.global, a),
@@ -286,7 +220,6 @@ pub fn main() -> i32 {
         Verb::Disable(a) => boot::disable(&cli.global, a),
         Verb::Export(a) => portable::export(&cli.global, a),
         Verb::Import(a) => portable::import(&cli.global, a),
-        _ => Ok(0),
     };
     match result {
         Ok(code) => code,
