@@ -452,3 +452,79 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
     env.ok(&p, &["down", "-t", "0"]);
     assert!(no_mounts_under(&env.state));
 }
+
+#[test]
+fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "runmount",
+        "name: drunmount\nservices:\n  app:\n    build: .\n    network_mode: none\n",
+    );
+    std::fs::create_dir_all(p.join("data")).unwrap();
+    std::fs::write(p.join("data/in.txt"), "from-the-context\n").unwrap();
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox AS gen\n\
+         RUN echo generated > /gen.txt\n\
+         FROM busybox\n\
+         RUN --mount=type=bind,from=gen,source=/gen.txt,target=/g.txt cat /g.txt > /fromstage\n\
+         RUN --mount=type=cache,target=/cache,id=counter --mount=type=tmpfs,target=/scratch \
+             echo run >> /cache/log && wc -l < /cache/log > /count && \
+             grep -q '/scratch tmpfs' /proc/mounts && touch /scratch/x\n\
+         RUN --mount=type=bind,source=data,target=/in cat /in/in.txt > /copied && ! touch /in/no 2>/dev/null\n\
+         RUN --mount=type=bind,source=data,target=/rw,rw echo scribble > /rw/in.txt && cat /rw/in.txt > /rw.txt\n\
+         CMD [\"sh\", \"-c\", \"cat /count /copied /rw.txt /fromstage; find /cache /in /rw /scratch -mindepth 1 | wc -l; test -s /g.txt && echo leaked; sleep 300\"]\n",
+    )
+    .unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["build", "--progress", "plain"]);
+    // A second build without the layer cache runs the step again: the cache mount kept its file.
+    let o = env.berth(&p, &["build", "--no-cache", "--progress", "plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.ok(&p, &["up", "-d", "--wait"]);
+    let mut logs = String::new();
+    let enough = eventually(Duration::from_secs(10), || {
+        logs = env.ok(&p, &["logs", "--no-color", "app"]);
+        logs.lines().count() >= 5
+    });
+    assert!(enough, "{logs}");
+    let lines: Vec<&str> = logs
+        .lines()
+        .map(|l| l.split(" | ").last().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        lines[0].trim(),
+        "2",
+        "the cache mount outlived the first build: {logs}"
+    );
+    assert_eq!(lines[1], "from-the-context", "{logs}");
+    assert_eq!(lines[2], "scribble", "{logs}");
+    assert_eq!(lines[3], "generated", "a file of another stage: {logs}");
+    // Nothing of the mounts is in the image (the mount points may be, empty).
+    assert_eq!(lines[4].trim(), "0", "{logs}");
+    assert!(!logs.contains("leaked"), "{logs}");
+    // A read-write bind wrote to a throw-away layer, not the context.
+    assert_eq!(
+        std::fs::read_to_string(p.join("data/in.txt")).unwrap(),
+        "from-the-context\n"
+    );
+    // Secrets are refused by name.
+    std::fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n",
+    )
+    .unwrap();
+    let o = env.berth(&p, &["build"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Dockerfile:2") && err.contains("not supported yet"),
+        "{err}"
+    );
+    env.ok(&p, &["down", "-t", "0"]);
+    assert!(no_mounts_under(&env.state));
+}

@@ -58,12 +58,111 @@ pub struct Health {
     pub cmd: Command,
 }
 
+/// What `RUN --mount=type=...` mounts for the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    /// Files of the context (or of `from`, a stage or an image), read-only unless `rw`
+    /// (then writes go to a throw-away copy).
+    Bind,
+    /// A directory kept between builds (by `id`, default the target), never in the image.
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+/// One `RUN --mount=` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunMount {
+    pub kind: MountKind,
+    pub target: String,
+    pub source: Option<String>,
+    pub from: Option<String>,
+    pub id: Option<String>,
+    pub read_write: bool,
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Parses the value of one `--mount=` (`type=cache,target=/root/.cache,id=pip`).
+fn parse_mount(v: &str) -> Result<RunMount, String> {
+    let mut m = RunMount {
+        kind: MountKind::Bind,
+        target: String::new(),
+        source: None,
+        from: None,
+        id: None,
+        read_write: false,
+        size: None,
+        mode: None,
+        uid: None,
+        gid: None,
+    };
+    let mut explicit_rw: Option<bool> = None;
+    for part in v.split(',').filter(|p| !p.is_empty()) {
+        let (k, val) = part.split_once('=').unwrap_or((part, ""));
+        let num = |what: &str| -> Result<u32, String> {
+            val.parse()
+                .map_err(|_| format!("--mount {k}={val}: expected a number for {what}"))
+        };
+        match k {
+            "type" => {
+                m.kind = match val {
+                    "bind" => MountKind::Bind,
+                    "cache" => MountKind::Cache,
+                    "tmpfs" => MountKind::Tmpfs,
+                    "secret" => MountKind::Secret,
+                    "ssh" => MountKind::Ssh,
+                    other => {
+                        return Err(format!(
+                            "--mount type={other}: expected bind, cache, tmpfs, secret or ssh"
+                        ));
+                    }
+                };
+            }
+            "target" | "dst" | "destination" => m.target = val.to_string(),
+            "source" | "src" => m.source = Some(val.to_string()),
+            "from" => m.from = Some(val.to_string()),
+            "id" => m.id = Some(val.to_string()),
+            "rw" | "readwrite" => explicit_rw = Some(val != "false"),
+            "ro" | "readonly" => explicit_rw = Some(val == "false"),
+            "size" => {
+                m.size = Some(
+                    crate::spec::units::parse_size(val)
+                        .map_err(|e| format!("--mount size={val}: {e}"))?,
+                )
+            }
+            "mode" => {
+                m.mode = Some(
+                    u32::from_str_radix(val, 8)
+                        .map_err(|_| format!("--mount mode={val}: expected octal"))?,
+                )
+            }
+            "uid" => m.uid = Some(num("uid")?),
+            "gid" => m.gid = Some(num("gid")?),
+            // BuildKit's sharing modes: berth runs one step at a time per build, and
+            // builds of one state root share the directory as `shared` does.
+            "sharing" | "required" => {}
+            other => return Err(format!("--mount: unknown option `{other}`")),
+        }
+    }
+    m.read_write = explicit_rw.unwrap_or(matches!(m.kind, MountKind::Cache | MountKind::Tmpfs));
+    if m.target.is_empty() && !matches!(m.kind, MountKind::Secret | MountKind::Ssh) {
+        return Err(format!("--mount {v}: it needs target=PATH"));
+    }
+    Ok(m)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Instruction {
     Run {
         command: Command,
-        /// `--network=`; `--mount` and `--security` flags are refused, not ignored.
+        /// `--network=`; a `--security` flag is refused, not ignored.
         network: Option<String>,
+        /// `--mount=` flags, in order.
+        mounts: Vec<RunMount>,
         heredocs: Vec<Heredoc>,
     },
     Copy(Copy),
@@ -490,13 +589,32 @@ fn parse_instruction(
     };
     Ok(match keyword {
         "RUN" => {
-            let (fl, rest) = flags(p, line, "RUN", rest, &["network"])?;
+            // `--mount` may come many times: taken out before the other flags.
+            let mut mounts = Vec::new();
+            let mut rest = rest.trim_start();
+            let mut others = String::new();
+            while rest.starts_with("--") {
+                let (w, r) = split_word(rest);
+                match w.strip_prefix("--mount=") {
+                    Some(v) => {
+                        mounts.push(parse_mount(v).map_err(|e| p.err(line, format!("RUN {e}")))?)
+                    }
+                    None => {
+                        others.push_str(w);
+                        others.push(' ');
+                    }
+                }
+                rest = r;
+            }
+            others.push_str(rest);
+            let (fl, rest) = flags(p, line, "RUN", &others, &["network"])?;
             if rest.trim().is_empty() {
                 return Err(p.err(line, "RUN needs a command"));
             }
             Instruction::Run {
                 command: command(rest),
                 network: fl.get("network").cloned(),
+                mounts,
                 heredocs,
             }
         }
@@ -787,6 +905,7 @@ CMD ["/app/out.txt"]
                     "echo hello > /src/out.txt &&     echo more >> /src/out.txt".into()
                 ),
                 network: None,
+                mounts: vec![],
                 heredocs: vec![],
             }
         );
@@ -874,12 +993,46 @@ CMD ["/app/out.txt"]
             Instruction::Run {
                 command: Command::Shell("a   b".into()),
                 network: None,
+                mounts: vec![],
                 heredocs: vec![]
             }
         );
         assert!(
             err("FROM busybox\nRUN <<EOF\necho\n")
                 .contains("Dockerfile:2: the heredoc `<<EOF` is never closed")
+        );
+    }
+
+    #[test]
+    fn run_mounts_parse_as_buildkit_writes_them() {
+        let df = ok(
+            "FROM busybox\nRUN --mount=type=cache,target=/root/.cache,id=pip,sharing=locked --mount=type=bind,source=src,target=/src --network=none make\n",
+        );
+        match &df.stages[0].steps[0].instruction {
+            Instruction::Run {
+                mounts,
+                network,
+                command,
+                ..
+            } => {
+                assert_eq!(network.as_deref(), Some("none"));
+                assert_eq!(command, &Command::Shell("make".into()));
+                assert_eq!(mounts.len(), 2);
+                assert_eq!(mounts[0].kind, MountKind::Cache);
+                assert!(mounts[0].read_write, "a cache is writable");
+                assert_eq!(mounts[0].id.as_deref(), Some("pip"));
+                assert_eq!(mounts[1].kind, MountKind::Bind);
+                assert!(!mounts[1].read_write, "a bind is read-only unless rw");
+                assert_eq!(mounts[1].source.as_deref(), Some("src"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ro = parse_mount("type=cache,target=/c,ro").unwrap();
+        assert!(!ro.read_write);
+        let from = parse_mount("type=bind,from=builder,source=/out,target=/o").unwrap();
+        assert!(
+            !from.read_write,
+            "`from` has an r and an o in it, and is not `ro`"
         );
     }
 
@@ -892,6 +1045,7 @@ CMD ["/app/out.txt"]
             Instruction::Run {
                 command: Command::Shell("echo a   b".into()),
                 network: None,
+                mounts: vec![],
                 heredocs: vec![]
             }
         );
@@ -918,8 +1072,12 @@ CMD ["/app/out.txt"]
                 .contains("unknown flag --form (it takes --from")
         );
         assert!(
-            err("FROM busybox\nRUN --mount=type=cache,target=/x true\n")
-                .contains("unknown flag --mount")
+            err("FROM busybox\nRUN --mount=type=volume,target=/x true\n")
+                .contains("expected bind, cache, tmpfs, secret or ssh")
+        );
+        assert!(err("FROM busybox\nRUN --mount=type=cache true\n").contains("needs target=PATH"));
+        assert!(
+            err("FROM busybox\nRUN --security=insecure true\n").contains("unknown flag --security")
         );
         assert!(err("FROM busybox\nSHELL /bin/bash -c\n").contains("SHELL takes the JSON form"));
         assert!(err("FROM a b c d\n").contains("FROM: expected `FROM IMAGE [AS NAME]`"));

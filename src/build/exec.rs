@@ -27,7 +27,9 @@ use std::time::Instant;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest as _, Sha256};
 
-use super::dockerfile::{self, Command, Dockerfile, Instruction, Step, expand};
+use super::dockerfile::{
+    self, Command, Dockerfile, Instruction, MountKind, RunMount, Step, expand,
+};
 use crate::runtime::linux::runtime::LinuxRuntime;
 use crate::runtime::{ContainerSpec, Runtime};
 
@@ -961,11 +963,17 @@ fn needed_stages(
             todo.push(j);
         }
         for step in &s.steps {
-            if let Instruction::Copy(c) = &step.instruction
-                && let Some(f) = &c.from
-                && let Some(j) = by_name(f).filter(|j| *j < i)
-            {
-                todo.push(j);
+            let froms: Vec<&String> = match &step.instruction {
+                Instruction::Copy(c) => c.from.iter().collect(),
+                Instruction::Run { mounts, .. } => {
+                    mounts.iter().filter_map(|m| m.from.as_ref()).collect()
+                }
+                _ => Vec::new(),
+            };
+            for f in froms {
+                if let Some(j) = by_name(f).filter(|j| *j < i) {
+                    todo.push(j);
+                }
             }
         }
     }
@@ -1225,9 +1233,35 @@ fn run_step(
             key.update(h.body.as_bytes());
         }
     }
-    if let Instruction::Run { heredocs, .. } = &step.instruction {
+    if let Instruction::Run {
+        heredocs, mounts, ..
+    } = &step.instruction
+    {
         for h in heredocs {
             key.update(h.body.as_bytes());
+        }
+        // What a bind mount shows is an input of the step, as a copied file is; a cache
+        // mount's content is not (it is a cache).
+        for m in mounts {
+            key.update(format!("\0mount={m:?}").as_bytes());
+            if m.kind != MountKind::Bind {
+                continue;
+            }
+            match &m.from {
+                Some(f) => key.update(
+                    stage_image(df, done_stages, f)
+                        .or_else(|| rt.images().resolve(f).ok().map(|i| i.id))
+                        .unwrap_or_else(|| f.clone())
+                        .as_bytes(),
+                ),
+                None => {
+                    let src = m.source.as_deref().unwrap_or(".");
+                    for (p, rel) in sources(&opts.context, ignore, &x(src)).map_err(err)? {
+                        hash_tree(&mut key, &p, &rel, ignore)
+                            .map_err(|e| err(format!("reading {}: {e}", p.display())))?;
+                    }
+                }
+            }
         }
     }
     let key = hex(key);
@@ -1251,6 +1285,7 @@ fn run_step(
         Instruction::Run {
             command,
             network,
+            mounts,
             heredocs,
         } => {
             let Some(parent) = parent.as_deref() else {
@@ -1280,7 +1315,21 @@ fn run_step(
                 }
                 _ => argv(st, command),
             };
-            run_container(
+            // Overlays that `from=` and read-write bind mounts show, mounted for the step.
+            let mut shown: Vec<Overlay> = Vec::new();
+            let specs = run_mounts(
+                rt,
+                opts,
+                df,
+                done_stages,
+                mounts,
+                scratch,
+                n,
+                &x,
+                &mut shown,
+            )
+            .map_err(err)?;
+            let result = run_container(
                 rt,
                 tk,
                 opts,
@@ -1288,11 +1337,14 @@ fn run_step(
                 parent,
                 &args,
                 network.as_deref(),
+                &specs,
                 step,
                 n,
                 progress,
                 &layer_tar,
-            )?;
+            );
+            drop(shown);
+            result?;
         }
         Instruction::Copy(c) => {
             in_overlay(rt, parent.as_deref(), scratch, n, &layer_tar, |ov| {
@@ -1609,6 +1661,120 @@ fn is_archive(p: &Path) -> bool {
     (n >= 2 && head[..2] == [0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar")
 }
 
+/// The mounts of a `RUN --mount=...` step, for its container.
+#[allow(clippy::too_many_arguments)]
+fn run_mounts(
+    rt: &Arc<LinuxRuntime>,
+    opts: &BuildOptions,
+    df: &Dockerfile,
+    done_stages: &HashMap<usize, String>,
+    mounts: &[RunMount],
+    scratch: &Path,
+    n: usize,
+    x: &dyn Fn(&str) -> String,
+    shown: &mut Vec<Overlay>,
+) -> Result<Vec<crate::disk::MountSpec>, String> {
+    use crate::disk::{MountSpec, Source};
+    let mut out = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let target = x(&m.target);
+        let what = format!("--mount type={:?} target={target}", m.kind).to_lowercase();
+        let source = match m.kind {
+            MountKind::Secret | MountKind::Ssh => {
+                return Err(format!(
+                    "{what}: build secrets and SSH agents are not supported yet; pass what the step needs as a build arg or a file of the context"
+                ));
+            }
+            MountKind::Tmpfs => Source::Tmpfs {
+                size: m.size,
+                mode: m.mode,
+            },
+            MountKind::Cache => {
+                // Kept beside the build cache, one directory per id, for every build of this
+                // state root.
+                let id = m.id.clone().unwrap_or_else(|| target.clone());
+                let mut h = Sha256::new();
+                h.update(id.as_bytes());
+                let dir = build_dir(scratch).join("cache-mounts").join(hex(h));
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir).map_err(|e| format!("{what}: {e}"))?;
+                    let _ = fs::set_permissions(
+                        &dir,
+                        fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
+                    );
+                    let _ = std::os::unix::fs::chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)));
+                }
+                Source::Bind {
+                    path: dir,
+                    create: false,
+                }
+            }
+            MountKind::Bind => {
+                let src = x(m.source.as_deref().unwrap_or("."));
+                let base: PathBuf = match &m.from {
+                    Some(f) => {
+                        let f = x(f);
+                        let id = stage_image(df, done_stages, &f)
+                            .or_else(|| rt.images().resolve(&f).ok().map(|i| i.id))
+                            .ok_or_else(|| format!("{what}: from={f}: no such stage or image"))?;
+                        let layers = rt.images().resolve(&id).map_err(|e| e.to_string())?.layers;
+                        let ov = Overlay::mount(&scratch.join(format!("mnt{n}-{i}")), &layers)
+                            .map_err(|e| format!("{what}: mounting {f}: {e}"))?;
+                        let merged = ov.merged.clone();
+                        shown.push(ov);
+                        merged
+                    }
+                    None => opts.context.clone(),
+                };
+                let rel: Vec<&str> = src
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .collect();
+                if rel.contains(&"..") {
+                    return Err(format!("{what}: source={src} leaves the context"));
+                }
+                let mut path = base.join(rel.join("/"));
+                if m.from.is_none() {
+                    // Inside the context, symlinks too.
+                    let real = fs::canonicalize(&path)
+                        .map_err(|e| format!("{what}: source={src}: {e}"))?;
+                    let ctx = fs::canonicalize(&opts.context).map_err(|e| e.to_string())?;
+                    if !real.starts_with(&ctx) {
+                        return Err(format!("{what}: source={src} leaves the context"));
+                    }
+                    path = real;
+                    if m.read_write {
+                        // Writes go to a throw-away upper layer over the context's files.
+                        let ov = Overlay::mount(&scratch.join(format!("mnt{n}-{i}")), &[path])
+                            .map_err(|e| format!("{what}: {e}"))?;
+                        path = ov.merged.clone();
+                        shown.push(ov);
+                    }
+                }
+                Source::Bind {
+                    path,
+                    create: false,
+                }
+            }
+        };
+        out.push(MountSpec {
+            source,
+            target,
+            read_only: !m.read_write,
+            propagation: None,
+        });
+    }
+    Ok(out)
+}
+
+/// `<root>/build`, from a build's scratch directory (`<root>/build/tmp/b<pid>`).
+fn build_dir(scratch: &Path) -> PathBuf {
+    scratch
+        .parent()
+        .and_then(Path::parent)
+        .map_or_else(|| scratch.to_path_buf(), Path::to_path_buf)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_container(
     rt: &Arc<LinuxRuntime>,
@@ -1618,6 +1784,7 @@ fn run_container(
     parent: &str,
     args: &[String],
     network: Option<&str>,
+    mounts: &[crate::disk::MountSpec],
     step: &Step,
     n: usize,
     progress: &dyn Fn(BuildEvent),
@@ -1666,7 +1833,7 @@ fn run_container(
         definition: def,
         oneoff: true,
         networks: Vec::new(),
-        mounts: Vec::new(),
+        mounts: mounts.to_vec(),
         granted: Vec::new(),
     };
     let fail = |message: String| BuildError::Step {
