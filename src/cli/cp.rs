@@ -228,6 +228,19 @@ fn reopen(fd: &OwnedFd, flags: OFlags) -> std::io::Result<OwnedFd> {
     )?)
 }
 
+/// The names in directory `dir`, sorted, without `.` and `..`.
+fn sorted_names(dir: &OwnedFd) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let n = e?.file_name().to_string_lossy().into_owned();
+        if n != "." && n != ".." {
+            names.push(n);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// Writes the entry `fd` (O_PATH) of the container to the host path `to`, recursively.
 fn write_out(fd: &OwnedFd, to: &Path, archive: bool) -> std::io::Result<()> {
     let st = rustix::fs::fstat(fd)?;
@@ -247,16 +260,7 @@ fn write_out(fd: &OwnedFd, to: &Path, archive: bool) -> std::io::Result<()> {
             fs::create_dir(to)?;
         }
         let dir = reopen(fd, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut names = Vec::new();
-        for e in rustix::fs::Dir::read_from(&dir)? {
-            let e = e?;
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n != "." && n != ".." {
-                names.push(n);
-            }
-        }
-        names.sort();
-        for n in names {
+        for n in sorted_names(&dir)? {
             let child = open_child(&dir, &n, OFlags::PATH)?;
             write_out(&child, &to.join(&n), archive)?;
         }
@@ -306,16 +310,7 @@ fn tar_out<W: Write>(
         h.set_size(0);
         tar.append_data(&mut h, format!("{name}/"), std::io::empty())?;
         let dir = reopen(fd, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut names = Vec::new();
-        for e in rustix::fs::Dir::read_from(&dir)? {
-            let e = e?;
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n != "." && n != ".." {
-                names.push(n);
-            }
-        }
-        names.sort();
-        for n in names {
+        for n in sorted_names(&dir)? {
             let child = open_child(&dir, &n, OFlags::PATH)?;
             tar_out(&child, &format!("{name}/{n}"), tar, archive)?;
         }

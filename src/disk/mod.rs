@@ -420,19 +420,7 @@ pub fn prepare(
                         ));
                     }
                     std::fs::create_dir_all(&data).map_err(|e| vstep(name, "create", e))?;
-                    let st = VolumeState {
-                        name: name.clone(),
-                        project: project.clone(),
-                        anonymous: *anonymous,
-                        labels: labels.clone(),
-                        created_at: std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs()),
-                    };
-                    let text =
-                        serde_json::to_vec_pretty(&st).map_err(|e| vstep(name, "record", e))?;
-                    std::fs::write(dir.join("volume.json"), text)
-                        .map_err(|e| vstep(name, "record", e))?;
+                    write_volume_state(&dir, name, project, *anonymous, labels)?;
                 }
                 let filled = dir.join("filled");
                 Kind::Bind {
@@ -485,6 +473,18 @@ pub fn record_volume(
     anonymous: bool,
     labels: &BTreeMap<String, String>,
 ) -> Result<(), DiskError> {
+    write_volume_state(dir, name, project, anonymous, labels)?;
+    std::fs::write(dir.join("filled"), b"").map_err(|e| vstep(name, "record", e))
+}
+
+/// Writes `volume.json` for a volume made now.
+fn write_volume_state(
+    dir: &Path,
+    name: &str,
+    project: &str,
+    anonymous: bool,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), DiskError> {
     let st = VolumeState {
         name: name.to_string(),
         project: project.to_string(),
@@ -495,8 +495,7 @@ pub fn record_volume(
             .map_or(0, |d| d.as_secs()),
     };
     let text = serde_json::to_vec_pretty(&st).map_err(|e| vstep(name, "record", e))?;
-    std::fs::write(dir.join("volume.json"), text).map_err(|e| vstep(name, "record", e))?;
-    std::fs::write(dir.join("filled"), b"").map_err(|e| vstep(name, "record", e))
+    std::fs::write(dir.join("volume.json"), text).map_err(|e| vstep(name, "record", e))
 }
 
 /// Every volume recorded under `root`.

@@ -172,6 +172,17 @@ fn create(
     let dir = disks_dir(root).join(name);
     fs::create_dir_all(&dir).map_err(|e| fail(name, "create", e))?;
     make_ext4(name, &image(root, name), size)?;
+    record(root, name, project, size, labels)
+}
+
+/// Writes `disk.json` for a disk made now.
+fn record(
+    root: &Path,
+    name: &str,
+    project: &str,
+    size: u64,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), DiskError> {
     write_state(
         root,
         &DiskState {
@@ -297,18 +308,7 @@ pub fn adopt(
 ) -> Result<(), DiskError> {
     let size = fs::metadata(img).map_err(|e| fail(name, "stat", e))?.len();
     fs::rename(img, image(root, name)).map_err(|e| fail(name, "move in", e))?;
-    write_state(
-        root,
-        &DiskState {
-            name: name.to_string(),
-            project: project.to_string(),
-            size,
-            labels: labels.clone(),
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        },
-    )
+    record(root, name, project, size, labels)
 }
 
 /// The image file of disk `name`.

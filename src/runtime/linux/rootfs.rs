@@ -281,12 +281,7 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
         };
         let target = root.join(name);
         if meta.file_type().is_symlink() {
-            let to = fs::read_link(&host)
-                .map_err(|e| SetupError::io("read host symlink", Some(&p2s(&host)), &e))?;
-            if fs::symlink_metadata(&target).is_err() {
-                symlink(&to, &target)
-                    .map_err(|e| SetupError::io("create symlink", Some(&p2s(&target)), &e))?;
-            }
+            copy_host_symlink(&host, &target)?;
             continue;
         }
         if !meta.is_dir() {
@@ -370,12 +365,7 @@ fn host_layered(
         };
         let target = root.join(name);
         if meta.file_type().is_symlink() {
-            if fs::symlink_metadata(&target).is_err() {
-                let to = fs::read_link(&host)
-                    .map_err(|e| SetupError::io("read host symlink", Some(&p2s(&host)), &e))?;
-                symlink(&to, &target)
-                    .map_err(|e| SetupError::io("create symlink", Some(&p2s(&target)), &e))?;
-            }
+            copy_host_symlink(&host, &target)?;
             continue;
         }
         if !meta.is_dir() {
@@ -409,6 +399,17 @@ fn host_layered(
     }
     let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
     Ok(())
+}
+
+/// A host OS directory that is a symlink (`/bin -> usr/bin`) as the same symlink in the root,
+/// unless the root has something there.
+fn copy_host_symlink(host: &Path, target: &Path) -> Result<(), SetupError> {
+    if fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
+    let to = fs::read_link(host)
+        .map_err(|e| SetupError::io("read host symlink", Some(&p2s(host)), &e))?;
+    symlink(&to, target).map_err(|e| SetupError::io("create symlink", Some(&p2s(target)), &e))
 }
 
 /// An overlay whiteout (a 0:0 character device) in the upper layer hides the lower file.
