@@ -301,6 +301,18 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         .filter(|c| c.state == crate::plan::State::Running)
         .cloned()
         .collect();
+    // Paused ones stay paused; their disks are flushed too.
+    let live: Vec<_> = observed
+        .containers
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.state,
+                crate::plan::State::Running | crate::plan::State::Paused
+            )
+        })
+        .cloned()
+        .collect();
 
     let total: u64 = roots.iter().map(|r| tree_bytes(&dir.join(r))).sum::<u64>()
         + store.saved_bytes(&refs)?
@@ -361,7 +373,8 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         }
         skipped += e.tree(crate::portable::PROJECT, &dir, &roots)?;
         e.images(store, &refs)?;
-        let need_pause = !running.is_empty() && (!volumes.is_empty() || !disks.is_empty());
+        let has_data = !volumes.is_empty() || !disks.is_empty();
+        let need_pause = !running.is_empty() && has_data;
         let mut frozen = Vec::new();
         if need_pause {
             let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
@@ -377,11 +390,11 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
         // leave a project paused.
         let guard = need_pause.then(SignalsHeld::new);
         let copy = (|| -> anyhow::Result<()> {
-            if need_pause {
-                for c in &running {
-                    rt.freeze(&c.name, true)?;
-                    frozen.push(c.name.clone());
-                }
+            for c in running.iter().filter(|_| need_pause) {
+                rt.freeze(&c.name, true)?;
+                frozen.push(c.name.clone());
+            }
+            if has_data {
                 // What the frozen processes wrote to a private disk reaches its image.
                 for (d, img) in &disks {
                     let Item::Disk { key } = &d.item else {
@@ -390,7 +403,7 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
                     let Some(dev) = crate::disk::private::attached(img) else {
                         continue;
                     };
-                    for c in &running {
+                    for c in &live {
                         let Some(svc) = project.services.get(&c.service) else {
                             continue;
                         };

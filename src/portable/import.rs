@@ -178,6 +178,12 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
     };
     // Refused before anything is read: an import never writes over a directory that has
     // something in it.
+    if dest.exists() && !dest.is_dir() {
+        return Err(PortableError::Refused(format!(
+            "{} exists and is not a directory",
+            dest.display()
+        )));
+    }
     if let Ok(mut rd) = fs::read_dir(&dest)
         && rd.next().is_some()
     {
@@ -360,6 +366,11 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
         return Err(damaged(format!("the tree `{k}/` is not in the manifest")));
     }
     // What the header promised is all here.
+    for f in &header.files {
+        if !project_dir.join(f).is_file() {
+            return Err(damaged(format!("the project file `{f}` is missing")));
+        }
+    }
     for d in &header.disks {
         let m = format!("disks/{}.img", d.n);
         if !disk_files.contains_key(&m) {
