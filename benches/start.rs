@@ -88,6 +88,7 @@ impl Berth {
             log: None,
             mounts: Vec::new(),
             rw_device: None,
+            devices: Vec::new(),
             process,
         }
     }

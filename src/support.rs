@@ -36,10 +36,9 @@ pub fn service_key(key: &str) -> Support {
         | "pid" | "pids_limit" | "privileged" | "read_only" | "security_opt" | "shm_size"
         | "stdin_open" | "stop_grace_period" | "stop_signal" | "sysctls" | "tty" | "ulimits"
         | "user" | "working_dir" => Acted,
-        "annotations" | "cpu_period" | "cpu_quota" | "devices" | "group_add" | "ipc"
-        | "mem_swappiness" | "oom_score_adj" | "uts" | "oom_kill_disable" | "attach" => {
-            Planned(RUNTIME)
-        }
+        "cpu_period" | "cpu_quota" | "devices" | "group_add" | "mem_swappiness"
+        | "oom_score_adj" => Acted,
+        "annotations" | "ipc" | "uts" | "oom_kill_disable" | "attach" => Planned(RUNTIME),
         "deploy" | "restart" | "healthcheck" | "scale" => Acted,
         "post_start" | "pre_stop" => Planned(RECONCILE),
         "networks" | "network_mode" | "ports" | "dns" | "dns_opt" | "dns_search"
@@ -52,7 +51,9 @@ pub fn service_key(key: &str) -> Support {
         "develop" => Acted,
         "pull_policy" => Acted,
         "platform" | "pull_refresh_after" => Planned(PULL),
-        "logging" => Ignored("berth keeps each container's output in its own log files"),
+        // Its `options.max-size` and `max-file` rotate berth's own log; another `driver` is
+        // reported by `unsupported` itself.
+        "logging" => Acted,
         "gpus" => Ignored("berth does not manage GPUs"),
         "runtime" => Ignored("berth is its own runtime"),
         "isolation" | "credential_spec" => Ignored("Windows-only"),
@@ -120,6 +121,21 @@ pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
                         if s != Support::Acted {
                             out.push((format!("services.{name}.{k}"), s));
                         }
+                    }
+                    if let Some(driver) = keys
+                        .get("logging")
+                        .and_then(|l| l.get("driver"))
+                        .and_then(Value::as_str)
+                        .filter(|d| !matches!(*d, "json-file" | "local"))
+                    {
+                        out.push((
+                            format!("services.{name}.logging.driver"),
+                            Support::Ignored(if driver == "none" {
+                                "berth always keeps a container's output in its own JSON log (rotated by logging.options max-size and max-file)"
+                            } else {
+                                "berth keeps a container's output in its own JSON log (rotated by logging.options max-size and max-file); it sends it nowhere else"
+                            }),
+                        ));
                     }
                     if let Some(Value::Object(build)) = keys.get("build") {
                         for k in build.keys() {

@@ -1033,3 +1033,64 @@ fn cp_copies_both_ways_and_never_leaves_the_container() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The host directory of `pid`'s cgroup in the hierarchy of `controller` ("" on cgroup v2).
+fn cgroup_dir(pid: i64, controller: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if ctrls.split(',').any(|c| c == controller) {
+            return Some(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(path.trim_start_matches('/')),
+            );
+        }
+        if ctrls.is_empty() && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            return Some(std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')));
+        }
+    }
+    None
+}
+
+#[test]
+fn cpu_period_quota_cpuset_swappiness_groups_oom_score_and_devices_apply() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "knobs",
+        "name: e2e-knobs\nservices:\n  app:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    cpu_period: 50000\n    cpu_quota: 25000\n    cpuset: '0'\n    mem_swappiness: 10\n    group_add: [4242, root]\n    oom_score_adj: 500\n    devices: ['/dev/zero:/dev/berth-zero']\n",
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--wait"]);
+    let inside = env.ok(
+        &p,
+        &["exec", "-T", "app", "sh", "-c", "grep ^Groups: /proc/self/status; cat /proc/self/oom_score_adj; test -c /dev/berth-zero && head -c 3 /dev/berth-zero | od -An -tx1; grep Cpus_allowed_list /proc/self/status"],
+    );
+    assert!(inside.contains("4242"), "{inside}");
+    assert!(inside.contains("500"), "{inside}");
+    assert!(inside.contains("00 00 00"), "{inside}");
+    assert!(inside.contains("Cpus_allowed_list:\t0\n"), "{inside}");
+    let pid = pid(&env.container(&p, "e2e-knobs-app-1"));
+    let read = |ctrl: &str, f: &str| {
+        cgroup_dir(pid, ctrl)
+            .and_then(|d| std::fs::read_to_string(d.join(f)).ok())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(read("", "cpu.max"), "25000 50000");
+        assert_eq!(read("", "cpuset.cpus"), "0");
+    } else {
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "50000");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+        assert_eq!(read("memory", "memory.swappiness"), "10");
+    }
+    let unsupported = env.ok(&p, &["config", "--unsupported"]);
+    assert!(unsupported.trim().is_empty(), "{unsupported}");
+}

@@ -48,6 +48,7 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         log: None,
         mounts: Vec::new(),
         rw_device: None,
+        devices: Vec::new(),
         process: Process {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],

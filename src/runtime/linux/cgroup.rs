@@ -14,8 +14,8 @@ use super::spec::Limits;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers berth places containers in. `freezer` is for `pause`. Each is a
 /// hierarchy the setup process must join, and on v1 every join waits for the kernel's
-/// threadgroup lock: cpuset joins the list when berth supports `cpuset`.
-const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
+/// threadgroup lock: `cpuset` is used only by a container that sets `cpuset:`.
+const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "freezer", "cpuset"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -196,6 +196,9 @@ impl Cgroup {
             }
             Version::V1 { mounts } => {
                 for (ctrl, mount) in mounts {
+                    if ctrl == "cpuset" && limits.cpuset.is_none() {
+                        continue;
+                    }
                     let mut cur = own_base(&own, ctrl, mount);
                     for comp in rel.components() {
                         let parent = cur.clone();
@@ -279,10 +282,23 @@ impl Cgroup {
         match self.version {
             Version::V2 => {
                 let d = self.dir_of("cpu")?;
-                if let Some(c) = l.cpus {
-                    let quota = (c * PERIOD as f64).round() as u64;
-                    write(&d.join("cpu.max"), &format!("{quota} {PERIOD}"))?;
+                let period = l.cpu_period.unwrap_or(PERIOD);
+                match (l.cpu_quota, l.cpus) {
+                    (Some(q), _) if q > 0 => write(&d.join("cpu.max"), &format!("{q} {period}"))?,
+                    (Some(_), _) => write(&d.join("cpu.max"), &format!("max {period}"))?,
+                    (None, Some(c)) => {
+                        let quota = (c * period as f64).round() as u64;
+                        write(&d.join("cpu.max"), &format!("{quota} {period}"))?;
+                    }
+                    (None, None) if l.cpu_period.is_some() => {
+                        write(&d.join("cpu.max"), &format!("max {period}"))?
+                    }
+                    (None, None) => {}
                 }
+                if let Some(c) = &l.cpuset {
+                    write(&d.join("cpuset.cpus"), c.trim())?;
+                }
+                // v2 has no swappiness per cgroup; Docker ignores it there too.
                 if let Some(s) = l.cpu_shares {
                     // runc's conversion of shares [2, 262144] to weight [1, 10000].
                     let s = s.clamp(2, 262_144);
@@ -314,19 +330,40 @@ impl Cgroup {
                 }
             }
             Version::V1 { .. } => {
-                if l.cpus.is_some() || l.cpu_shares.is_some() {
+                if l.cpus.is_some()
+                    || l.cpu_shares.is_some()
+                    || l.cpu_quota.is_some()
+                    || l.cpu_period.is_some()
+                {
                     let d = self.dir_of("cpu")?;
-                    if let Some(c) = l.cpus {
-                        let quota = (c * PERIOD as f64).round() as u64;
-                        write(&d.join("cpu.cfs_period_us"), &PERIOD.to_string())?;
-                        write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    let period = l.cpu_period.unwrap_or(PERIOD);
+                    let quota = match (l.cpu_quota, l.cpus) {
+                        (Some(q), _) => Some(if q > 0 { q } else { -1 }),
+                        (None, Some(c)) => Some((c * period as f64).round() as i64),
+                        (None, None) => None,
+                    };
+                    if quota.is_some() || l.cpu_period.is_some() {
+                        write(&d.join("cpu.cfs_period_us"), &period.to_string())?;
+                    }
+                    if let Some(q) = quota {
+                        write(&d.join("cpu.cfs_quota_us"), &q.to_string())?;
                     }
                     if let Some(s) = l.cpu_shares {
                         write(&d.join("cpu.shares"), &s.to_string())?;
                     }
                 }
-                if l.memory.is_some() || l.memory_swap.is_some() || l.memory_reservation.is_some() {
+                if let Some(c) = &l.cpuset {
+                    write(&self.dir_of("cpuset")?.join("cpuset.cpus"), c.trim())?;
+                }
+                if l.memory.is_some()
+                    || l.memory_swap.is_some()
+                    || l.memory_reservation.is_some()
+                    || l.swappiness.is_some()
+                {
                     let d = self.dir_of("memory")?;
+                    if let Some(s) = l.swappiness {
+                        write(&d.join("memory.swappiness"), &s.min(100).to_string())?;
+                    }
                     if let Some(m) = l.memory {
                         write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
                     }

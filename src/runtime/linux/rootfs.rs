@@ -214,6 +214,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     )?;
     super::setup::trace("rootfs-base");
     build_dev(&root, spec.shm_size)?;
+    add_devices(&root, &spec.devices)?;
     super::setup::trace("rootfs-dev");
     // Sysctls go through this container's own /proc/sys, before it is made read-only.
     set_sysctls(&root, &spec.sysctls, spec.own_network)?;
@@ -478,6 +479,50 @@ fn set_sysctls(
         }
         let path = root.join("proc/sys").join(k.replace('.', "/"));
         fs::write(&path, v).map_err(|e| SetupError::io("set sysctl", Some(k), &e))?;
+    }
+    Ok(())
+}
+
+/// `devices:`: each host node made again at its path in the container's /dev tree, with the
+/// host node's type, numbers, mode and owner (read before pivot_root, from the host's /dev).
+fn add_devices(root: &Path, devices: &[(PathBuf, String)]) -> Result<(), SetupError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for (host, target) in devices {
+        let md =
+            fs::metadata(host).map_err(|e| SetupError::io("find device", Some(&p2s(host)), &e))?;
+        let kind = if md.file_type().is_char_device() {
+            SFlag::S_IFCHR
+        } else if md.file_type().is_block_device() {
+            SFlag::S_IFBLK
+        } else {
+            return Err(SetupError::io(
+                "devices",
+                Some(&p2s(host)),
+                &std::io::Error::other("not a device node"),
+            ));
+        };
+        let rel = target.trim_start_matches('/');
+        if !rel.starts_with("dev/") || rel.split('/').any(|c| c == "..") {
+            return Err(SetupError::io(
+                "devices",
+                Some(target),
+                &std::io::Error::other("the path in the container must be under /dev"),
+            ));
+        }
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            mkdir_all(parent)?;
+        }
+        let _ = fs::remove_file(&path);
+        mknod(
+            &path,
+            kind,
+            Mode::from_bits_truncate(md.mode() & 0o7777),
+            md.rdev(),
+        )
+        .map_err(|e| SetupError::sys("create device node", Some(&p2s(&path)), e))?;
+        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(md.mode() & 0o7777));
+        let _ = std::os::unix::fs::chown(&path, Some(md.uid()), Some(md.gid()));
     }
     Ok(())
 }

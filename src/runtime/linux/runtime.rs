@@ -229,6 +229,7 @@ impl LinuxRuntime {
                 log: Some(log_spec(svc)),
                 mounts: Vec::new(),
                 rw_device: None,
+                devices: devices_of(svc),
                 sysctls: svc
                     .sysctls
                     .iter()
@@ -522,12 +523,80 @@ fn process_for(
             .iter()
             .map(|(k, u)| (k.clone(), u.soft, u.hard))
             .collect(),
+        oom_score_adj: svc
+            .extra
+            .get("oom_score_adj")
+            .and_then(|v| v.as_i64())
+            .map(|n| n.clamp(-1000, 1000) as i32),
     };
+    // `group_add`: more supplementary groups, by number or by name in the image's /etc/group.
+    if let Some(serde_json::Value::Array(extra)) = svc.extra.get("group_add") {
+        let group = roots
+            .iter()
+            .find_map(|r| fs::read_to_string(r.join("etc/group")).ok())
+            .unwrap_or_default();
+        for g in extra {
+            let gname = g
+                .as_str()
+                .map(str::to_string)
+                .or(g.as_u64().map(|n| n.to_string()))
+                .unwrap_or_default();
+            let gid = gname.parse::<u32>().ok().or_else(|| {
+                group
+                    .lines()
+                    .find(|l| l.split(':').next() == Some(gname.as_str()))
+                    .and_then(|l| l.split(':').nth(2)?.parse().ok())
+            });
+            match gid {
+                Some(gid) if !p.groups.contains(&gid) => p.groups.push(gid),
+                Some(_) => {}
+                None => {
+                    return Err(step(
+                        name,
+                        "resolve group_add",
+                        format!("no group `{gname}` in the image's /etc/group"),
+                    ));
+                }
+            }
+        }
+    }
     if !opts.iter().any(|o| o == "seccomp:unconfined") && !p.privileged {
         p.default_seccomp()
             .map_err(|e| step(name, "compile seccomp filter", e))?;
     }
     Ok(p)
+}
+
+/// `devices:` as (host node, path in the container): `/dev/fuse`, `/dev/sda:/dev/xvda[:rwm]`
+/// or the long form `{source, target, permissions}`. berth does not restrict a container's
+/// devices through the cgroup, so the permissions are accepted and not enforced.
+fn devices_of(svc: &Service) -> Vec<(PathBuf, String)> {
+    let Some(serde_json::Value::Array(items)) = svc.extra.get("devices") else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|d| {
+            let (src, dst) = match d {
+                serde_json::Value::String(s) => {
+                    let mut parts = s.splitn(3, ':');
+                    let src = parts.next()?.to_string();
+                    let dst = parts.next().map_or_else(|| src.clone(), str::to_string);
+                    (src, dst)
+                }
+                serde_json::Value::Object(m) => {
+                    let src = m.get("source")?.as_str()?.to_string();
+                    let dst = m
+                        .get("target")
+                        .and_then(|t| t.as_str())
+                        .map_or_else(|| src.clone(), str::to_string);
+                    (src, dst)
+                }
+                _ => return None,
+            };
+            Some((PathBuf::from(src), dst))
+        })
+        .collect()
 }
 
 /// `logging.options.max-size` / `max-file` (Docker's json-file options), bounded by default.
@@ -555,12 +624,30 @@ fn limits_for(svc: &Service) -> Limits {
     let res = svc.deploy.as_ref().and_then(|d| d.resources.as_ref());
     let lim = res.and_then(|r| r.limits.as_ref());
     let rsv = res.and_then(|r| r.reservations.as_ref());
+    let int = |k: &str| {
+        svc.extra.get(k).and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        })
+    };
     Limits {
         cpus: svc.cpus.or(lim.and_then(|l| l.cpus)),
         cpu_shares: svc.extra.get("cpu_shares").and_then(|v| v.as_u64()),
+        cpu_period: int("cpu_period").and_then(|n| u64::try_from(n).ok()),
+        cpu_quota: int("cpu_quota"),
+        cpuset: svc
+            .extra
+            .get("cpuset")
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or(v.as_u64().map(|n| n.to_string()))
+            })
+            .filter(|s| !s.trim().is_empty()),
         memory: svc.mem_limit.or(lim.and_then(|l| l.memory)),
         memory_swap: svc.memswap_limit,
         memory_reservation: svc.mem_reservation.or(rsv.and_then(|r| r.memory)),
+        swappiness: int("mem_swappiness").and_then(|n| u64::try_from(n).ok()),
         pids: svc.pids_limit.or(lim.and_then(|l| l.pids)),
     }
 }

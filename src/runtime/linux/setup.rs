@@ -678,6 +678,17 @@ fn exec_service(
             nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
         }
         set_rlimits(&p.rlimits)?;
+        if let Some(adj) = p.oom_score_adj {
+            // Raising it is always allowed; lowering it needs CAP_SYS_RESOURCE in the bounding
+            // set of the process that starts berth.
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+                SetupError::io(
+                    "set oom_score_adj (lowering it needs CAP_SYS_RESOURCE)",
+                    Some(&adj.to_string()),
+                    &e,
+                )
+            })?;
+        }
         trace("svc-rlimits");
         let keep = super::security::effective_set(&p.cap_add, &p.cap_drop, p.privileged)?;
         // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it

@@ -64,6 +64,9 @@ pub struct Process {
     /// `ulimits`: (name as Compose writes it, soft, hard).
     #[serde(default)]
     pub rlimits: Vec<(String, i64, i64)>,
+    /// `oom_score_adj` (-1000..1000): how readily the OOM killer picks the service.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Process {
@@ -91,15 +94,26 @@ impl Process {
 }
 
 /// A resource limit the kernel enforces through the container's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Limits {
     /// Fraction of CPUs (`cpus: 0.5`).
     pub cpus: Option<f64>,
     pub cpu_shares: Option<u64>,
+    /// `cpu_period` / `cpu_quota` (microseconds; they win over `cpus`, as in Docker).
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    /// `cpuset`: the CPUs the container may run on (`0-1`, `0,2`).
+    #[serde(default)]
+    pub cpuset: Option<String>,
     pub memory: Option<u64>,
     /// Memory plus swap (Compose's `memswap_limit`); -1 for unlimited swap.
     pub memory_swap: Option<i64>,
     pub memory_reservation: Option<u64>,
+    /// `mem_swappiness` (0-100; cgroup v1 only, as in Docker).
+    #[serde(default)]
+    pub swappiness: Option<u64>,
     pub pids: Option<i64>,
 }
 
@@ -145,6 +159,10 @@ pub struct LaunchSpec {
     /// layer (`root/`, `upper/`, `work/` go in it, mounted at `<dir>/rw`).
     #[serde(default)]
     pub rw_device: Option<PathBuf>,
+    /// `devices`: host device nodes made in the container's /dev, as (host path, path in the
+    /// container).
+    #[serde(default)]
+    pub devices: Vec<(PathBuf, String)>,
     pub process: Process,
 }
 
