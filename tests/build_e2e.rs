@@ -392,7 +392,7 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
     std::fs::write(
         p.join("Dockerfile"),
         format!(
-            "FROM host\nRUN mkdir /app && echo from-run > /app/run.txt && echo '#!/bin/sh' > /usr/local/bin/berth-tool && chmod 755 /usr/local/bin/berth-tool && rm {victim}\nRUN {xattr_set}\nCOPY --chown=nobody hello.txt /usr/share/berth-hello.txt\nWORKDIR /app\nCMD [\"sh\", \"-c\", \"cat run.txt /usr/share/berth-hello.txt; stat -c %U /usr/share/berth-hello.txt; test -x /usr/local/bin/berth-tool && echo tool; test -e {victim} || echo deleted; {xattr_get}; test -x /bin/sh && echo host-sh; cat /etc/shadow 2>/dev/null || echo no-shadow; pwd; sleep 300\"]\n"
+            "FROM host\nRUN mkdir /app && echo from-run > /app/run.txt && echo '#!/bin/sh' > /usr/local/bin/berth-tool && chmod 755 /usr/local/bin/berth-tool && rm {victim} && echo own-gshadow > /etc/gshadow\nRUN {xattr_set}\nCOPY hello.txt /bin/berth-hello\nCOPY --chown=nobody hello.txt /usr/share/berth-hello.txt\nWORKDIR /app\nCMD [\"sh\", \"-c\", \"cat run.txt /usr/share/berth-hello.txt; stat -c %U /usr/share/berth-hello.txt; test -x /usr/local/bin/berth-tool && echo tool; test -e {victim} || echo deleted; {xattr_get}; cat /etc/gshadow; cat /bin/berth-hello; test -x /bin/sh && echo host-sh; cat /etc/shadow 2>/dev/null || echo no-shadow; pwd; sleep 300\"]\n"
         ),
     )
     .unwrap();
@@ -440,6 +440,7 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
         "tool",
         "deleted",
         "kept-xattr",
+        "own-gshadow",
         "host-sh",
         "no-shadow",
     ] {
@@ -449,6 +450,9 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
     assert!(Path::new(victim).is_file());
     assert!(!Path::new("/usr/local/bin/berth-tool").exists());
     assert!(!Path::new("/usr/share/berth-hello.txt").exists());
+    assert!(!Path::new("/bin/berth-hello").exists());
+    // A COPY to /bin on a merged-/usr host went to usr/bin: /bin is still the host's link.
+    assert_eq!(logs.matches("copied").count(), 2, "{logs}");
     env.ok(&p, &["down", "-t", "0"]);
     assert!(no_mounts_under(&env.state));
 }
@@ -468,15 +472,16 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
     std::fs::write(
         p.join("Dockerfile"),
         "FROM busybox AS gen\n\
-         RUN echo generated > /gen.txt\n\
+         RUN echo generated > /gen.txt && ln -s / /h && echo stage-root > /marker\n\
          FROM busybox\n\
          RUN --mount=type=bind,from=gen,source=/gen.txt,target=/g.txt cat /g.txt > /fromstage\n\
+         RUN --mount=type=bind,from=gen,source=h,target=/h cat /h/marker > /via-link\n\
          RUN --mount=type=cache,target=/cache,id=counter --mount=type=tmpfs,target=/scratch \
              echo run >> /cache/log && wc -l < /cache/log > /count && \
              grep -q '/scratch tmpfs' /proc/mounts && touch /scratch/x\n\
          RUN --mount=type=bind,source=data,target=/in cat /in/in.txt > /copied && ! touch /in/no 2>/dev/null\n\
          RUN --mount=type=bind,source=data,target=/rw,rw echo scribble > /rw/in.txt && cat /rw/in.txt > /rw.txt\n\
-         CMD [\"sh\", \"-c\", \"cat /count /copied /rw.txt /fromstage; find /cache /in /rw /scratch -mindepth 1 | wc -l; test -s /g.txt && echo leaked; sleep 300\"]\n",
+         CMD [\"sh\", \"-c\", \"cat /count /copied /rw.txt /fromstage /via-link; find /cache /in /rw /scratch /h -mindepth 1 | wc -l; test -s /g.txt && echo leaked; sleep 300\"]\n",
     )
     .unwrap();
     let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
@@ -490,7 +495,7 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
     let mut logs = String::new();
     let enough = eventually(Duration::from_secs(10), || {
         logs = env.ok(&p, &["logs", "--no-color", "app"]);
-        logs.lines().count() >= 5
+        logs.lines().count() >= 6
     });
     assert!(enough, "{logs}");
     let lines: Vec<&str> = logs
@@ -505,8 +510,10 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
     assert_eq!(lines[1], "from-the-context", "{logs}");
     assert_eq!(lines[2], "scribble", "{logs}");
     assert_eq!(lines[3], "generated", "a file of another stage: {logs}");
+    // A symlink in that stage (`/h -> /`) resolves inside the stage, not on the host.
+    assert_eq!(lines[4], "stage-root", "{logs}");
     // Nothing of the mounts is in the image (the mount points may be, empty).
-    assert_eq!(lines[4].trim(), "0", "{logs}");
+    assert_eq!(lines[5].trim(), "0", "{logs}");
     assert!(!logs.contains("leaked"), "{logs}");
     // A read-write bind wrote to a throw-away layer, not the context.
     assert_eq!(

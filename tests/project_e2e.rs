@@ -1024,6 +1024,46 @@ fn cp_copies_both_ways_and_never_leaves_the_container() {
     );
     assert!(!o.status.success());
     assert!(!out.join("shadow").exists());
+    // A host symlink left by an earlier copy (of a container's symlink) is replaced, never
+    // followed, when the container's path has become a directory.
+    let hostdir = env.dir.path().join("hostdir");
+    std::fs::create_dir_all(&hostdir).unwrap();
+    let bk = out.join("bk");
+    env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            &format!("mkdir /tmp/par && ln -s {} /tmp/par/lnk", hostdir.display()),
+        ],
+    );
+    env.ok(&p, &["cp", "web:/tmp/par/.", bk.to_str().unwrap()]);
+    assert!(
+        std::fs::symlink_metadata(bk.join("lnk"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "rm /tmp/par/lnk && mkdir /tmp/par/lnk && echo x > /tmp/par/lnk/pwn",
+        ],
+    );
+    env.ok(&p, &["cp", "web:/tmp/par/.", bk.to_str().unwrap()]);
+    assert!(
+        !hostdir.join("pwn").exists(),
+        "cp wrote through a host symlink"
+    );
+    assert!(bk.join("lnk/pwn").is_file());
     // A stopped container says what to do.
     env.ok(&p, &["stop", "worker"]);
     let o = env.berth(&p, &["cp", "worker:/etc/hostname", out.to_str().unwrap()]);

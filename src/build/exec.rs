@@ -837,9 +837,9 @@ pub fn build(
     })
 }
 
-/// The pid of the build a `build<pid>` project name belongs to.
+/// The pid of the build a `_build<pid>` project name belongs to.
 fn build_pid(project: &str) -> Option<i32> {
-    project.strip_prefix("build")?.parse().ok()
+    project.strip_prefix("_build")?.parse().ok()
 }
 
 /// Removes the `RUN` containers and their anonymous volumes (an image's `VOLUME`s) that a
@@ -992,6 +992,28 @@ fn push_history(config: &mut serde_json::Value, text: &str, empty: bool) {
         Some(h) => h.push(entry),
         None => config["history"] = serde_json::json!([entry]),
     }
+}
+
+/// In an overlay of an image `FROM host`: the host's symlinked OS directories, where the
+/// image has nothing there (as a RUN step's container sees them).
+fn host_symlinks_in(merged: &Path) -> std::io::Result<()> {
+    for (name, target) in crate::runtime::linux::rootfs::host_symlinked_dirs() {
+        let p = merged.join(name);
+        if fs::symlink_metadata(&p).is_err() {
+            std::os::unix::fs::symlink(&target, &p)?;
+        }
+        // And where it points (`usr/bin`), which the layers alone may not have.
+        let rel = target.to_string_lossy().trim_start_matches('/').to_string();
+        if !rel.split('/').any(|c| c == "..") {
+            let root = rustix::fs::open(
+                merged,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            mkdir_in_root(&root, &rel)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the stage is built `FROM host` (or from an image that was).
@@ -1247,11 +1269,11 @@ fn run_step(
             if m.kind != MountKind::Bind {
                 continue;
             }
-            match &m.from {
+            match m.from.as_deref().map(|f| x(f)) {
                 Some(f) => key.update(
-                    stage_image(df, done_stages, f)
-                        .or_else(|| rt.images().resolve(f).ok().map(|i| i.id))
-                        .unwrap_or_else(|| f.clone())
+                    stage_image(df, done_stages, &f)
+                        .or_else(|| rt.images().resolve(&f).ok().map(|i| i.id))
+                        .unwrap_or(f)
                         .as_bytes(),
                 ),
                 None => {
@@ -1347,7 +1369,11 @@ fn run_step(
             result?;
         }
         Instruction::Copy(c) => {
+            let host = host_based(st);
             in_overlay(rt, parent.as_deref(), scratch, n, &layer_tar, |ov| {
+                if host {
+                    host_symlinks_in(&ov.merged).map_err(|e| format!("preparing the copy: {e}"))?;
+                }
                 copy_step(rt, opts, df, done_stages, st, c, ov, scratch, ignore, n, &x)
             })
             .map_err(err)?;
@@ -1734,6 +1760,12 @@ fn run_mounts(
                     return Err(format!("{what}: source={src} leaves the context"));
                 }
                 let mut path = base.join(rel.join("/"));
+                if m.from.is_some() {
+                    // Resolved inside the stage's root: a symlink in it (`/h -> /`) must not
+                    // turn the mount into one of the host's files.
+                    path = resolve_in(&base, &rel.join("/"))
+                        .map_err(|e| format!("{what}: source={src}: {e}"))?;
+                }
                 if m.from.is_none() {
                     // Inside the context, symlinks too.
                     let real = fs::canonicalize(&path)
@@ -1767,6 +1799,30 @@ fn run_mounts(
     Ok(out)
 }
 
+/// The host path of `rel` inside the directory `root`, every symlink resolved within it
+/// (openat2 RESOLVE_IN_ROOT, then the kernel's own name for what was opened).
+fn resolve_in(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let root = &fs::canonicalize(root)?;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fd = rustix::fs::openat2(
+        &dir,
+        if rel.is_empty() { "." } else { rel },
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    )?;
+    let real = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if !real.starts_with(root) {
+        return Err(std::io::Error::other("it is not inside the stage"));
+    }
+    Ok(real)
+}
+
 /// `<root>/build`, from a build's scratch directory (`<root>/build/tmp/b<pid>`).
 fn build_dir(scratch: &Path) -> PathBuf {
     scratch
@@ -1791,7 +1847,8 @@ fn run_container(
     layer_tar: &Path,
 ) -> Result<(), BuildError> {
     let file = &opts.dockerfile_name;
-    let project = format!("build{}", std::process::id());
+    // `_` cannot start a project name, so no user project is ever taken for a build's.
+    let project = format!("_build{}", std::process::id());
     let name = format!("{project}-step{n}");
     let mut def = crate::spec::model::Service {
         image: Some(parent.to_string()),

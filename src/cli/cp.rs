@@ -256,8 +256,15 @@ fn write_out(fd: &OwnedFd, to: &Path, archive: bool) -> std::io::Result<()> {
         return Ok(());
     }
     if kind == libc::S_IFDIR {
-        if !to.is_dir() {
-            fs::create_dir(to)?;
+        // A real directory of the host, never one reached through a symlink that is there
+        // (an earlier copy may have made it from the container's own symlink).
+        match fs::symlink_metadata(to) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(to)?;
+                fs::create_dir(to)?;
+            }
+            Err(_) => fs::create_dir(to)?,
         }
         let dir = reopen(fd, OFlags::RDONLY | OFlags::DIRECTORY)?;
         for n in sorted_names(&dir)? {
@@ -315,9 +322,16 @@ fn tar_out<W: Write>(
             tar_out(&child, &format!("{name}/{n}"), tar, archive)?;
         }
     } else if kind == libc::S_IFREG {
-        let f = File::from(reopen(fd, OFlags::RDONLY)?);
+        use std::io::Read;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // Exactly the size the header says, whatever the file does meanwhile (a log that
+        // grows, or shrinks: then zeros), or the stream would be corrupt.
+        let f = File::from(reopen(fd, OFlags::RDONLY)?)
+            .take(size)
+            .chain(std::io::repeat(0))
+            .take(size);
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(u64::try_from(st.st_size).unwrap_or(0));
+        h.set_size(size);
         tar.append_data(&mut h, name, f)?;
     }
     Ok(())

@@ -67,7 +67,9 @@ fn bar(mode: Progress, len: Option<u64>, verb: &str) -> Option<ProgressBar> {
             .progress_chars("=> "),
     );
     pb.set_prefix(verb.to_string());
-    pb.enable_steady_tick(Duration::from_millis(200));
+    // No steady tick: its thread would not hold the signals an export holds while the
+    // project is paused (a Ctrl-C there would kill berth with the containers frozen). The
+    // bar redraws as bytes arrive.
     Some(pb)
 }
 
@@ -372,6 +374,12 @@ pub fn export(g: &Global, a: &ExportArgs) -> anyhow::Result<i32> {
             e.skip_file(md.dev(), md.ino());
         }
         skipped += e.tree(crate::portable::PROJECT, &dir, &roots)?;
+        for r in e.left_out() {
+            outside.push(format!(
+                "{} (reached through a symlinked directory; the link itself is carried)",
+                r.display()
+            ));
+        }
         e.images(store, &refs)?;
         let has_data = !volumes.is_empty() || !disks.is_empty();
         let need_pause = !running.is_empty() && has_data;

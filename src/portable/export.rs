@@ -23,6 +23,8 @@ pub struct Exporter<'p, W: Write> {
     progress: &'p dyn Fn(u64),
     /// Files never to put in (the archive being written, when it lies in the project).
     skip: HashSet<(u64, u64)>,
+    /// Tree roots left out because a directory above them is a symlink.
+    linked: Vec<PathBuf>,
 }
 
 /// A reader of exactly `left` bytes of `inner` that hashes and counts them: a file that
@@ -89,10 +91,16 @@ impl<'p, W: Write> Exporter<'p, W> {
             },
             progress,
             skip: HashSet::new(),
+            linked: Vec::new(),
         };
         let bytes = serde_json::to_vec_pretty(header).unwrap_or_default();
         e.small(HEADER, &bytes)?;
         Ok(e)
+    }
+
+    /// The tree roots left out because a directory above them is a symlink.
+    pub fn left_out(&self) -> &[PathBuf] {
+        &self.linked
     }
 
     /// Never puts the file with this (device, inode) in.
@@ -169,14 +177,27 @@ impl<'p, W: Write> Exporter<'p, W> {
             if nested {
                 continue;
             }
-            // The directories above a root, so they keep their modes and owners.
+            // The directories above a root, so they keep their modes and owners. One that is
+            // a symlink is carried as the symlink; what is beyond it is not the project's
+            // directory tree, and is not followed.
             let mut above = PathBuf::new();
             let comps: Vec<_> = r.components().collect();
+            let mut through_link = false;
             for c in comps.iter().take(comps.len().saturating_sub(1)) {
                 above.push(c);
+                let link = std::fs::symlink_metadata(base.join(&above))
+                    .is_ok_and(|m| m.file_type().is_symlink());
                 if w.done.insert(above.clone()) {
                     self.entry(&mut w, base, &above, false)?;
                 }
+                if link {
+                    through_link = true;
+                    break;
+                }
+            }
+            if through_link {
+                self.linked.push(r.clone());
+                continue;
             }
             self.entry(&mut w, base, r, true)?;
         }
@@ -443,4 +464,61 @@ pub fn sync_mounted(pid: i32, target: &str, device: &Path) -> io::Result<()> {
     }
     rustix::fs::syncfs(&fd)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_below_a_symlinked_directory_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside/conf");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "host data").unwrap();
+        let proj = t.path().join("proj");
+        std::fs::create_dir_all(&proj).unwrap();
+        std::fs::write(proj.join("compose.yaml"), "services: {}\n").unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), proj.join("data")).unwrap();
+        let header = Header {
+            format: crate::portable::FORMAT.into(),
+            version: crate::portable::VERSION,
+            project: "p".into(),
+            files: vec!["compose.yaml".into()],
+            created: 0,
+            berth: String::new(),
+            images: Vec::new(),
+            volumes: Vec::new(),
+            disks: Vec::new(),
+        };
+        let mut e = Exporter::new(Vec::new(), &header, &|_| {}).unwrap();
+        e.tree(
+            "project",
+            &proj,
+            &[PathBuf::from("compose.yaml"), PathBuf::from("data/conf")],
+        )
+        .unwrap();
+        assert_eq!(e.left_out(), &[PathBuf::from("data/conf")]);
+        let bytes = e.finish().unwrap();
+        let mut a = tar::Archive::new(bytes.as_slice());
+        let names: Vec<(String, tar::EntryType)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect();
+        assert!(
+            names.contains(&("project/data".into(), tar::EntryType::Symlink)),
+            "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|(n, _)| n.contains("secret")),
+            "{names:?}"
+        );
+    }
 }

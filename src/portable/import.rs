@@ -367,7 +367,7 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
     }
     // What the header promised is all here.
     for f in &header.files {
-        if !project_dir.join(f).is_file() {
+        if !fs::symlink_metadata(project_dir.join(f)).is_ok_and(|m| m.is_file()) {
             return Err(damaged(format!("the project file `{f}` is missing")));
         }
     }
@@ -844,14 +844,45 @@ fn set_project_name(dest: &Path, name: &str, header: &Header) -> Result<(), Port
         return Ok(());
     }
     let env = dest.join(".env");
-    let old = fs::read_to_string(&env).unwrap_or_default();
+    // The archive's `.env` may be a symlink: it is never read or written through one that
+    // leaves the project directory (a crafted archive would have berth, as root, write to a
+    // host file); one inside it is replaced by a file with the same content.
+    let old = match fs::symlink_metadata(&env) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let inside = fs::canonicalize(&env)
+                .ok()
+                .zip(fs::canonicalize(dest).ok())
+                .is_some_and(|(t, d)| t.starts_with(d) && t.is_file());
+            if !inside {
+                return Err(PortableError::Refused(format!(
+                    "{}: the archive's .env is a symlink out of the project; not following it",
+                    env.display()
+                )));
+            }
+            let text = fs::read_to_string(&env).unwrap_or_default();
+            fs::remove_file(&env).map_err(io_err("replace", &env))?;
+            text
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(PortableError::Refused(format!(
+                "{}: the archive's .env is not a file",
+                env.display()
+            )));
+        }
+        _ => fs::read_to_string(&env).unwrap_or_default(),
+    };
     let mut lines: Vec<String> = old
         .lines()
         .filter(|l| !l.trim_start().starts_with("COMPOSE_PROJECT_NAME="))
         .map(str::to_string)
         .collect();
     lines.push(format!("COMPOSE_PROJECT_NAME={name}"));
-    fs::write(&env, lines.join("\n") + "\n").map_err(io_err("write", &env))
+    // A new file renamed over it: nothing is written through whatever is there.
+    let tmp = dest.join(format!(".env.berth-{}", std::process::id()));
+    File::create_new(&tmp)
+        .and_then(|mut f| f.write_all((lines.join("\n") + "\n").as_bytes()))
+        .map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, &env).map_err(io_err("write", &env))
 }
 
 #[cfg(test)]
@@ -941,6 +972,37 @@ mod tests {
         let r = feed(&stage2, &tar_of(&[("volumes/0/../x", E::Regular, "x")]));
         assert!(r.is_err());
         assert!(!t.path().join("x").exists());
+    }
+
+    #[test]
+    fn the_project_name_is_never_written_through_a_symlinked_env() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "untouched\n").unwrap();
+        let dest = t.path().join("proj");
+        fs::create_dir_all(&dest).unwrap();
+        std::os::unix::fs::symlink(&victim, dest.join(".env")).unwrap();
+        let header = Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            project: "old".into(),
+            files: Vec::new(),
+            created: 0,
+            berth: String::new(),
+            images: Vec::new(),
+            volumes: Vec::new(),
+            disks: Vec::new(),
+        };
+        assert!(set_project_name(&dest, "new", &header).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched\n");
+        // A link inside the project is replaced by a file with its content and the name.
+        fs::remove_file(dest.join(".env")).unwrap();
+        fs::write(dest.join("dev.env"), "A=1\n").unwrap();
+        std::os::unix::fs::symlink("dev.env", dest.join(".env")).unwrap();
+        set_project_name(&dest, "new", &header).unwrap();
+        let env = fs::read_to_string(dest.join(".env")).unwrap();
+        assert_eq!(env, "A=1\nCOMPOSE_PROJECT_NAME=new\n");
+        assert_eq!(fs::read_to_string(dest.join("dev.env")).unwrap(), "A=1\n");
     }
 
     #[test]

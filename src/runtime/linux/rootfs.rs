@@ -155,7 +155,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
                 // mounted over their parent (changing an upper layer under a mounted overlay
                 // is undefined), and an empty bottom layer lets an image with no layers yet
                 // (the first step of a build `FROM host`) have a root overlay.
-                host_uppers(&upper, &layer.join("hwork"))?;
+                host_uppers(&upper, &layer.join("hwork"), layers)?;
                 let base = layer.join("base");
                 mkdir_all(&base)?;
                 lower.push(p2s(&base));
@@ -293,7 +293,7 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
         mkdir_all(&w)?;
         mkdir_all(&target)?;
         if name == "etc" {
-            whiteout_secrets(&u)?;
+            whiteout_secrets(&u, &[])?;
         }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -329,6 +329,23 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
     Ok(())
 }
 
+/// The host's OS directories that are symlinks (`bin -> usr/bin` on a merged-/usr host), as
+/// (name, target): a build's COPY into an image `FROM host` makes them first, so a copy to
+/// `/bin/x` lands in `usr/bin` as it would at run time.
+pub fn host_symlinked_dirs() -> Vec<(&'static str, PathBuf)> {
+    HOST_DIRS
+        .into_iter()
+        .filter_map(|name| {
+            let p = Path::new("/").join(name);
+            fs::symlink_metadata(&p)
+                .ok()
+                .filter(|m| m.file_type().is_symlink())
+                .and_then(|_| fs::read_link(&p).ok())
+                .map(|t| (name, t))
+        })
+        .collect()
+}
+
 /// The host OS directories (not symlinks) that a host-based root gets.
 fn host_dir_names() -> impl Iterator<Item = &'static str> {
     HOST_DIRS
@@ -339,12 +356,12 @@ fn host_dir_names() -> impl Iterator<Item = &'static str> {
 /// `FROM host` images, before the root overlay: an upper and a work directory for each host
 /// OS directory (the upper at its own path in the container's upper layer), and /etc's
 /// secrets whited out.
-fn host_uppers(upper: &Path, hwork: &Path) -> Result<(), SetupError> {
+fn host_uppers(upper: &Path, hwork: &Path, layers: &[PathBuf]) -> Result<(), SetupError> {
     for name in host_dir_names() {
         mkdir_all(&upper.join(name))?;
         mkdir_all(&hwork.join(name))?;
         if name == "etc" {
-            whiteout_secrets(&upper.join(name))?;
+            whiteout_secrets(&upper.join(name), layers)?;
         }
     }
     Ok(())
@@ -414,7 +431,7 @@ fn copy_host_symlink(host: &Path, target: &Path) -> Result<(), SetupError> {
 }
 
 /// An overlay whiteout (a 0:0 character device) in the upper layer hides the lower file.
-fn whiteout_secrets(upper_etc: &Path) -> Result<(), SetupError> {
+fn whiteout_secrets(upper_etc: &Path, layers: &[PathBuf]) -> Result<(), SetupError> {
     let mut secrets: Vec<PathBuf> = HOST_SECRETS.iter().map(PathBuf::from).collect();
     // Every private host key, whatever its type.
     if let Ok(rd) = fs::read_dir("/etc/ssh") {
@@ -427,6 +444,14 @@ fn whiteout_secrets(upper_etc: &Path) -> Result<(), SetupError> {
     }
     for rel in secrets {
         if fs::symlink_metadata(Path::new("/etc").join(&rel)).is_err() {
+            continue;
+        }
+        // An image built `FROM host` that has its own (a `RUN useradd` wrote /etc/shadow)
+        // shows its own; it already hides the host's.
+        if layers
+            .iter()
+            .any(|l| fs::symlink_metadata(l.join("etc").join(&rel)).is_ok())
+        {
             continue;
         }
         let wh = upper_etc.join(&rel);
