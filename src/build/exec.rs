@@ -1269,7 +1269,7 @@ fn run_step(
             if m.kind != MountKind::Bind {
                 continue;
             }
-            match m.from.as_deref().map(|f| x(f)) {
+            match m.from.as_deref().map(&x) {
                 Some(f) => key.update(
                     stage_image(df, done_stages, &f)
                         .or_else(|| rt.images().resolve(&f).ok().map(|i| i.id))
