@@ -535,3 +535,83 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
     env.ok(&p, &["down", "-t", "0"]);
     assert!(no_mounts_under(&env.state));
 }
+
+/// A one-file HTTP server on loopback for as long as the test runs; returns its port.
+fn serve(body: &'static [u8]) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    port
+}
+
+#[test]
+fn add_fetches_a_url_checked_against_its_checksum() {
+    if skip() {
+        return;
+    }
+    let body: &'static [u8] = b"#!/bin/sh\necho fetched-tool\n";
+    let port = serve(body);
+    let sum = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(body);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let env = Env::new();
+    let p = env.project(
+        "addurl",
+        "name: daddurl\nservices:\n  app:\n    build: .\n    network_mode: none\n",
+    );
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM busybox\nADD --checksum=sha256:{sum} http://127.0.0.1:{port}/dl/tool.sh /opt/\nADD http://127.0.0.1:{port}/x?y=1 /opt/renamed\nCMD [\"sh\", \"-c\", \"stat -c %a /opt/tool.sh; sh /opt/tool.sh; cat /opt/renamed | wc -c; sleep 300\"]\n"
+        ),
+    )
+    .unwrap();
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    let _down = env.down_on_drop(&p);
+    env.ok(&p, &["build", "--progress", "plain"]);
+    env.ok(&p, &["up", "-d", "--wait"]);
+    let mut logs = String::new();
+    let done = eventually(Duration::from_secs(10), || {
+        logs = env.ok(&p, &["logs", "--no-color", "app"]);
+        logs.lines().count() >= 3
+    });
+    assert!(done, "{logs}");
+    assert!(
+        logs.contains("| 600"),
+        "a fetched file is 0600, as Docker's: {logs}"
+    );
+    assert!(logs.contains("fetched-tool"), "{logs}");
+    assert!(logs.contains(&format!("| {}", body.len())), "{logs}");
+    // A wrong checksum refuses the step, with the line.
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM busybox\nADD --checksum=sha256:{} http://127.0.0.1:{port}/t /t\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let o = env.berth(&p, &["build"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Dockerfile:2") && err.contains("does not match"),
+        "{err}"
+    );
+    env.ok(&p, &["down", "-t", "0"]);
+}

@@ -37,8 +37,10 @@ pub struct Heredoc {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copy {
-    /// `ADD` rather than `COPY` (URLs refused, local tar archives unpacked).
+    /// `ADD` rather than `COPY` (URLs fetched, local tar archives unpacked).
     pub add: bool,
+    /// `ADD --checksum=sha256:<hex>`: what a fetched URL must hash to.
+    pub checksum: Option<String>,
     pub from: Option<String>,
     pub chown: Option<String>,
     pub chmod: Option<String>,
@@ -641,6 +643,7 @@ fn parse_instruction(
             let dest = all.pop().unwrap_or_default();
             Instruction::Copy(Copy {
                 add: keyword == "ADD",
+                checksum: fl.get("checksum").cloned(),
                 from: fl.get("from").cloned(),
                 chown: fl.get("chown").cloned(),
                 chmod: fl.get("chmod").cloned(),

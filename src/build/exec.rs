@@ -1244,7 +1244,17 @@ fn run_step(
             ),
             None => {
                 for s in &c.sources {
-                    for (p, rel) in sources(&opts.context, ignore, &x(s)).map_err(err)? {
+                    let s = x(s);
+                    if c.add && is_url(&s) {
+                        // What the URL gives now decides (it is fetched once per build; the
+                        // copy step takes the same file).
+                        let file = fetch_url(&s, c.checksum.as_deref(), scratch).map_err(err)?;
+                        let (d, _) = crate::image::digest_of_path(&file)
+                            .map_err(|e| err(format!("{s}: {e}")))?;
+                        key.update(format!("\0url={s}\0{d}").as_bytes());
+                        continue;
+                    }
+                    for (p, rel) in sources(&opts.context, ignore, &s).map_err(err)? {
                         hash_tree(&mut key, &p, &rel, ignore)
                             .map_err(|e| err(format!("reading {}: {e}", p.display())))?;
                     }
@@ -1512,17 +1522,23 @@ fn copy_step(
         }
     };
     let mut items: Vec<(PathBuf, String)> = Vec::new();
+    // Fetched URLs: (staged file, name), never unpacked, mode 0600 as Docker's.
+    let mut fetched: Vec<(PathBuf, String)> = Vec::new();
     for s in &c.sources {
         let s = x(s);
-        if s.starts_with("http://") || s.starts_with("https://") {
-            return Err(format!(
-                "{}: URLs are not fetched by berth builds (no network at build time is assumed); download it in a RUN step",
-                s
-            ));
+        if is_url(&s) {
+            if !c.add {
+                return Err(format!(
+                    "COPY {s}: COPY takes files of the context; ADD fetches URLs"
+                ));
+            }
+            let file = fetch_url(&s, c.checksum.as_deref(), scratch)?;
+            fetched.push((file, url_file_name(&s)));
+            continue;
         }
         items.extend(sources(&src_root, &src_ignore, &s)?);
     }
-    let many = items.len() + c.heredocs.len() > 1;
+    let many = items.len() + c.heredocs.len() + fetched.len() > 1;
     // As Docker: a directory when written so (`/app/`, `.`), when there are several
     // sources, when the source is a directory, or when the image has a directory there.
     let exists_as_dir = rustix::fs::openat2(
@@ -1554,6 +1570,11 @@ fn copy_step(
         let name = file_name.clone().unwrap_or_else(|| h.name.clone());
         copy_entry(&tmp, &dir, &name, owner, chmod).map_err(|e| format!("{dest}: {e}"))?;
     }
+    for (file, name) in &fetched {
+        let name = file_name.clone().unwrap_or_else(|| name.clone());
+        copy_entry(file, &dir, &name, owner, chmod.or(Some(0o600)))
+            .map_err(|e| format!("{dest}: {e}"))?;
+    }
     for (p, rel) in items {
         let md = fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
         if md.is_dir() {
@@ -1575,6 +1596,54 @@ fn copy_step(
         }
     }
     Ok(())
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// The file name `ADD URL DIR/` gives: the URL path's last segment.
+fn url_file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let after_host = path.splitn(4, '/').nth(3).unwrap_or("");
+    after_host
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("index.html")
+        .to_string()
+}
+
+/// Fetches `url` into the build's scratch directory (once per build), checked against
+/// `checksum` (`sha256:<hex>`) when given.
+fn fetch_url(url: &str, checksum: Option<&str>, scratch: &Path) -> Result<PathBuf, String> {
+    let mut h = Sha256::new();
+    h.update(url.as_bytes());
+    let file = scratch.join(format!("url-{}", hex(h)));
+    if !file.is_file() {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        let resp = agent
+            .get(url)
+            .call()
+            .map_err(|e| format!("ADD {url}: {e}"))?;
+        let tmp = file.with_extension("part");
+        let mut out = File::create(&tmp).map_err(|e| format!("ADD {url}: {e}"))?;
+        std::io::copy(&mut resp.into_body().into_reader(), &mut out)
+            .map_err(|e| format!("ADD {url}: {e}"))?;
+        fs::rename(&tmp, &file).map_err(|e| format!("ADD {url}: {e}"))?;
+    }
+    if let Some(want) = checksum {
+        let (got, _) =
+            crate::image::digest_of_path(&file).map_err(|e| format!("ADD {url}: {e}"))?;
+        if got.to_string() != want {
+            return Err(format!(
+                "ADD {url}: --checksum={want} does not match what it gives ({got})"
+            ));
+        }
+    }
+    Ok(file)
 }
 
 /// Unpacks a tar archive into directory `dest` of the image, every entry written through

@@ -18,10 +18,7 @@ fn store_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ImageEr
 }
 
 fn digest_of_file(path: &Path) -> Result<(Digest, u64), ImageError> {
-    let f = File::open(path).map_err(store_err("read a new layer", path))?;
-    let mut hr = super::digest::HashReader::new(f);
-    io::copy(&mut hr, &mut io::sink()).map_err(store_err("read a new layer", path))?;
-    hr.finish().map_err(store_err("read a new layer", path))
+    super::digest::digest_of_path(path).map_err(store_err("read a new layer", path))
 }
 
 impl ImageStore {

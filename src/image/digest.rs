@@ -147,6 +147,13 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// The sha256 and length of the file at `path`.
+pub fn digest_of_path(path: &std::path::Path) -> io::Result<(Digest, u64)> {
+    let mut hr = HashReader::new(std::fs::File::open(path)?);
+    io::copy(&mut hr, &mut io::sink())?;
+    hr.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

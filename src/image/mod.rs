@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use archive::Member;
 pub use config::{Healthcheck, ImageConfig};
-pub use digest::{Digest, HashWriter};
+pub use digest::{Digest, HashWriter, digest_of_path};
 pub use error::ImageError;
 pub use save::{Saved, SavedMember};
 
