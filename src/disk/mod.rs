@@ -534,8 +534,9 @@ pub fn volume_usage(root: &Path, name: &str) -> u64 {
     tree_usage(&volumes_dir(root).join(name).join("_data"))
 }
 
-/// Copies the tree under `from` into the existing directory `to`: modes, owners and
-/// symlinks kept, symlinks never followed; devices, fifos and sockets left out.
+/// Copies the tree under `from` into the existing directory `to`: modes (set-id bits too),
+/// owners, modification times and symlinks kept, symlinks never followed; devices, fifos and
+/// sockets left out.
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for e in std::fs::read_dir(from)? {
@@ -546,16 +547,24 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         let ft = md.file_type();
         if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else if ft.is_dir() {
+            std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
+            continue;
+        }
+        if ft.is_dir() {
             std::fs::create_dir(&dst)?;
             copy_tree(&src, &dst)?;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
         } else if ft.is_file() {
             std::fs::copy(&src, &dst)?;
         } else {
             continue;
         }
+        // Owner before mode: a chown clears the set-id bits.
         std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        let t = std::fs::FileTimes::new()
+            .set_accessed(md.accessed()?)
+            .set_modified(md.modified()?);
+        std::fs::File::open(&dst).and_then(|f| f.set_times(t))?;
     }
     Ok(())
 }
@@ -623,6 +632,33 @@ mod tests {
                 mode: Some(0o1777)
             }
         );
+    }
+
+    #[test]
+    fn copy_tree_keeps_set_id_bits_owners_and_times() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(a.join("d")).unwrap();
+        let f = a.join("d/tool");
+        std::fs::write(&f, "x").unwrap();
+        std::os::unix::fs::chown(&f, Some(7), Some(8)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        std::fs::File::open(&f)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        copy_tree(&a, &b).unwrap();
+        let md = std::fs::metadata(b.join("d/tool")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o4755);
+        assert_eq!((md.uid(), md.gid()), (7, 8));
+        assert_eq!(md.mtime(), 1_600_000_000);
     }
 
     #[test]
