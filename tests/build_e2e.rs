@@ -469,6 +469,8 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
     );
     std::fs::create_dir_all(p.join("data")).unwrap();
     std::fs::write(p.join("data/in.txt"), "from-the-context\n").unwrap();
+    std::fs::write(p.join("data/secret.txt"), "ignored").unwrap();
+    std::fs::write(p.join(".dockerignore"), "data/secret.txt\n").unwrap();
     std::fs::write(
         p.join("Dockerfile"),
         "FROM busybox AS gen\n\
@@ -479,7 +481,7 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
          RUN --mount=type=cache,target=/cache,id=counter --mount=type=tmpfs,target=/scratch \
              echo run >> /cache/log && wc -l < /cache/log > /count && \
              grep -q '/scratch tmpfs' /proc/mounts && touch /scratch/x\n\
-         RUN --mount=type=bind,source=data,target=/in cat /in/in.txt > /copied && ! touch /in/no 2>/dev/null\n\
+         RUN --mount=type=bind,source=data,target=/in cat /in/in.txt > /copied && ! touch /in/no 2>/dev/null && ! test -e /in/secret.txt\n\
          RUN --mount=type=bind,source=data,target=/rw,rw echo scribble > /rw/in.txt && cat /rw/in.txt > /rw.txt\n\
          CMD [\"sh\", \"-c\", \"cat /count /copied /rw.txt /fromstage /via-link; find /cache /in /rw /scratch /h -mindepth 1 | wc -l; test -s /g.txt && echo leaked; sleep 300\"]\n",
     )

@@ -1356,6 +1356,7 @@ fn run_step(
                 done_stages,
                 mounts,
                 scratch,
+                ignore,
                 n,
                 &x,
                 &mut shown,
@@ -1765,6 +1766,7 @@ fn run_mounts(
     done_stages: &HashMap<usize, String>,
     mounts: &[RunMount],
     scratch: &Path,
+    ignore: &Ignore,
     n: usize,
     x: &dyn Fn(&str) -> String,
     shown: &mut Vec<Overlay>,
@@ -1843,11 +1845,38 @@ fn run_mounts(
                     if !real.starts_with(&ctx) {
                         return Err(format!("{what}: source={src} leaves the context"));
                     }
+                    // What `.dockerignore` leaves out of the context is not shown either.
+                    let rel_src = real
+                        .strip_prefix(&ctx)
+                        .map(|r| r.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if !rel_src.is_empty()
+                        && ignore.ignored(&rel_src)
+                        && !(real.is_dir() && ignore.reopened_below(&rel_src))
+                    {
+                        return Err(format!("{what}: source={src} is excluded by .dockerignore"));
+                    }
+                    let hidden = if real.is_dir() {
+                        ignored_below(&real, &rel_src, ignore)
+                            .map_err(|e| format!("{what}: source={src}: {e}"))?
+                    } else {
+                        Vec::new()
+                    };
                     path = real;
-                    if m.read_write {
-                        // Writes go to a throw-away upper layer over the context's files.
+                    if m.read_write || !hidden.is_empty() {
+                        // An overlay over the context's files: writes go to its throw-away
+                        // upper layer, and the ignored files are whited out of it.
                         let ov = Overlay::mount(&scratch.join(format!("mnt{n}-{i}")), &[path])
                             .map_err(|e| format!("{what}: {e}"))?;
+                        for h in &hidden {
+                            let p = ov.merged.join(h);
+                            let r = if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                                fs::remove_dir_all(&p)
+                            } else {
+                                fs::remove_file(&p)
+                            };
+                            r.map_err(|e| format!("{what}: hiding {}: {e}", h.display()))?;
+                        }
                         path = ov.merged.clone();
                         shown.push(ov);
                     }
@@ -1864,6 +1893,27 @@ fn run_mounts(
             read_only: !m.read_write,
             propagation: None,
         });
+    }
+    Ok(out)
+}
+
+/// The entries under `dir` (the context's `rel`) that `.dockerignore` leaves out, relative to
+/// `dir`; a directory that is left out whole is one entry.
+fn ignored_below(dir: &Path, rel: &str, ignore: &Ignore) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(sub) = stack.pop() {
+        for e in fs::read_dir(dir.join(&sub))? {
+            let e = e?;
+            let name = sub.join(e.file_name());
+            let r = join(rel, &name.to_string_lossy());
+            let is_dir = e.file_type()?.is_dir();
+            if ignore.ignored(&r) && !(is_dir && ignore.reopened_below(&r)) {
+                out.push(name);
+            } else if is_dir {
+                stack.push(name);
+            }
+        }
     }
     Ok(out)
 }
