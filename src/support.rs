@@ -44,7 +44,10 @@ pub fn service_key(key: &str) -> Support {
         "networks" | "network_mode" | "ports" | "dns" | "dns_opt" | "dns_search"
         | "extra_hosts" | "mac_address" | "bandwidth" => Acted,
         "expose" => Ignored("documentation only: containers on a network reach every port"),
-        "links" | "external_links" => Planned(NET),
+        // A link's alias resolves on the networks the services share (to every container
+        // there, not only the linking one); links order the start, as depends_on.
+        "links" => Acted,
+        "external_links" => Planned(NET),
         "volumes" | "tmpfs" | "disks" | "storage_opt" => Acted,
         "secrets" | "configs" | "volumes_from" => Acted,
         "build" => Acted,

@@ -121,7 +121,7 @@ fn services_reach_each_other_by_name_and_replicas_all_answer() {
     let env = Env::new();
     let p = env.project(
         "names",
-        "name: nnames\nservices:\n  api:\n    image: host\n    scale: 3\n    command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n  web:\n    image: host\n    command: [sleep, '300']\n    networks:\n      default:\n        aliases: [front]\n",
+        "name: nnames\nservices:\n  api:\n    image: host\n    scale: 3\n    command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && cd /tmp/w && exec python3 -m http.server 80']\n  web:\n    image: host\n    command: [sleep, '300']\n    links: ['api:backend']\n    networks:\n      default:\n        aliases: [front]\n",
     );
     let (_down, objs) = up(&env, &p);
     let gw = network(&env, "nnames_default")["gateway"]
@@ -157,6 +157,9 @@ fn services_reach_each_other_by_name_and_replicas_all_answer() {
     // Container names and aliases resolve; names of nothing do not.
     let o = env.ok(&p, &["exec", "api", "getent", "hosts", "front"]);
     assert!(o.contains("front"), "{o}");
+    // A link's alias names the linked service.
+    let o = env.ok(&p, &["exec", "web", "getent", "hosts", "backend"]);
+    assert!(o.contains("backend"), "{o}");
     let o = env.ok(&p, &["exec", "api", "getent", "hosts", "nnames-web-1"]);
     assert!(o.contains("nnames-web-1"), "{o}");
     assert!(

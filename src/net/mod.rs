@@ -279,6 +279,18 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
         let pb = b.1.and_then(|n| n.priority).unwrap_or(0);
         pb.cmp(&pa).then(a.0.cmp(&b.0))
     });
+    // `links: [SERVICE:ALIAS]` of other services: the alias names this service. In Docker
+    // only the linking container sees it; here every container on the networks it shares
+    // with this one does (a project's services share them anyway).
+    let link_aliases: Vec<String> = project
+        .services
+        .values()
+        .flat_map(|t| t.links.iter())
+        .filter_map(|l| {
+            let (s, a) = l.split_once(':')?;
+            (s == service && a != service).then(|| a.to_string())
+        })
+        .collect();
     let mut out = Vec::new();
     for (key, cfg) in joined {
         let def = project.networks.get(&key).cloned().unwrap_or_default();
@@ -387,7 +399,15 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
             external: def.external.unwrap_or(false),
             subnet,
             gateway,
-            aliases: cfg.map(|c| c.aliases.clone()).unwrap_or_default(),
+            aliases: {
+                let mut a = cfg.map(|c| c.aliases.clone()).unwrap_or_default();
+                for l in &link_aliases {
+                    if !a.contains(l) {
+                        a.push(l.clone());
+                    }
+                }
+                a
+            },
             ipv4_address,
             mac_address: cfg.and_then(|c| c.mac_address.clone()).or_else(|| {
                 svc.extra
@@ -465,6 +485,12 @@ pub(crate) mod tests {
         );
         assert!(b[0].internal);
         assert_eq!(b[0].aliases, ["db"]);
+        // A link's alias names the linked service.
+        let q = project(
+            "name: p\nservices:\n  web:\n    image: host\n    links: ['mysql:db', 'cache']\n  mysql:\n    image: host\n  cache:\n    image: host\n",
+        );
+        assert_eq!(attachments(&q, "mysql").unwrap()[0].aliases, ["db"]);
+        assert!(attachments(&q, "cache").unwrap()[0].aliases.is_empty());
         assert_eq!(b[0].subnet, Some(Subnet::parse("10.9.8.0/24").unwrap()));
         assert!(attachments(&p, "c").unwrap().is_empty());
         assert_eq!(ifname(&["x", "y"]).len(), 12);
