@@ -47,10 +47,28 @@ pub fn service_hash(project: &Project, name: &str, project_dir: &Path) -> String
     };
     let secrets = files(&svc.secrets, &project.secrets);
     let configs = files(&svc.configs, &project.configs);
-    if disks.is_empty() && secrets.is_empty() && configs.is_empty() {
+    // The aliases other services' `links: [NAME:ALIAS]` give this one are part of its
+    // network identity (its DNS names), so a new or removed link recreates it.
+    let mut linked: Vec<&str> = project
+        .services
+        .values()
+        .flat_map(|t| t.links.iter())
+        .filter_map(|l| {
+            l.split_once(':')
+                .filter(|(s, _)| *s == name)
+                .map(|(_, a)| a)
+        })
+        .collect();
+    linked.sort_unstable();
+    linked.dedup();
+    if disks.is_empty() && secrets.is_empty() && configs.is_empty() && linked.is_empty() {
         return config_hash(svc, project_dir);
     }
-    let extra = serde_json::to_string(&(&disks, &secrets, &configs)).unwrap_or_default();
+    let extra = if linked.is_empty() {
+        serde_json::to_string(&(&disks, &secrets, &configs)).unwrap_or_default()
+    } else {
+        serde_json::to_string(&(&disks, &secrets, &configs, &linked)).unwrap_or_default()
+    };
     config_hash_with(svc, project_dir, &extra)
 }
 
@@ -520,5 +538,27 @@ mod tests {
         let pl = plan(&p, &o);
         assert_eq!(pl.actions.len(), 1);
         assert!(matches!(&pl.actions[0], Action::Start { service, .. } if service == "web"));
+    }
+    #[test]
+    fn a_link_alias_is_part_of_the_linked_services_hash() {
+        let a = crate::net::tests::project(
+            "name: p\nservices:\n  web:\n    image: x\n  mysql:\n    image: x\n",
+        );
+        let b = crate::net::tests::project(
+            "name: p\nservices:\n  web:\n    image: x\n    links: ['mysql:db']\n  mysql:\n    image: x\n",
+        );
+        let dir = std::path::Path::new("/p");
+        assert_ne!(
+            service_hash(&a, "mysql", dir),
+            service_hash(&b, "mysql", dir)
+        );
+        // A link without an alias names nothing new.
+        let c = crate::net::tests::project(
+            "name: p\nservices:\n  web:\n    image: x\n    links: [mysql]\n  mysql:\n    image: x\n",
+        );
+        assert_eq!(
+            service_hash(&a, "mysql", dir),
+            service_hash(&c, "mysql", dir)
+        );
     }
 }

@@ -961,7 +961,11 @@ fn create_makes_containers_that_start_later() {
         ps.iter().all(|c| c["State"] == "created" && pid(c) == 0),
         "{ps:?}"
     );
-    assert!(env.supervisor_pid("e2e-create").is_none());
+    // The supervisor is there for what `start` will start, and leaves them created meanwhile.
+    assert!(env.supervisor_pid("e2e-create").is_some());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ps = env.ps(&p);
+    assert!(ps.iter().all(|c| c["State"] == "created"), "{ps:?}");
     env.ok(&p, &["start"]);
     let ps = env.ps(&p);
     assert!(ps.iter().all(|c| c["State"] == "running"), "{ps:?}");
@@ -1133,4 +1137,27 @@ fn cpu_period_quota_cpuset_swappiness_groups_oom_score_and_devices_apply() {
     }
     let unsupported = env.ok(&p, &["config", "--unsupported"]);
     assert!(unsupported.trim().is_empty(), "{unsupported}");
+    // A device target through /dev/fd (a link to the setup process's descriptors, one of
+    // them on the container's host directory) is refused, and nothing is made there.
+    let q = env.project(
+        "knobs-bad",
+        "name: e2e-knobs-bad\nservices:\n  app:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    devices: ['/dev/zero:/dev/fd/5/evil']\n",
+    );
+    let _dq = Down(&env, q.clone());
+    let o = env.berth(&q, &["up", "-d", "--wait"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/dev/fd/5/evil"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let found = std::process::Command::new("find")
+        .args([env.state.to_str().unwrap(), "-name", "evil"])
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&found.stdout)
+    );
 }

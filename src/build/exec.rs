@@ -1525,6 +1525,9 @@ fn copy_step(
     let mut items: Vec<(PathBuf, String)> = Vec::new();
     // Fetched URLs: (staged file, name), never unpacked, mode 0600 as Docker's.
     let mut fetched: Vec<(PathBuf, String)> = Vec::new();
+    if c.checksum.is_some() && !c.sources.iter().any(|s| is_url(&x(s))) {
+        return Err("ADD --checksum checks what a URL gives; no source here is a URL".into());
+    }
     for s in &c.sources {
         let s = x(s);
         if is_url(&s) {
@@ -1621,8 +1624,10 @@ fn fetch_url(url: &str, checksum: Option<&str>, scratch: &Path) -> Result<PathBu
     h.update(url.as_bytes());
     let file = scratch.join(format!("url-{}", hex(h)));
     if !file.is_file() {
+        // A server that stops answering fails the step instead of hanging the build.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(std::time::Duration::from_secs(30)))
+            .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
             .build()
             .into();
         let resp = agent
@@ -1865,18 +1870,25 @@ fn run_mounts(
                     path = real;
                     if m.read_write || !hidden.is_empty() {
                         // An overlay over the context's files: writes go to its throw-away
-                        // upper layer, and the ignored files are whited out of it.
-                        let ov = Overlay::mount(&scratch.join(format!("mnt{n}-{i}")), &[path])
-                            .map_err(|e| format!("{what}: {e}"))?;
+                        // upper layer, and each ignored entry is one whiteout (a 0:0 device)
+                        // made in that layer before it is mounted, however large it is.
+                        let ov_dir = scratch.join(format!("mnt{n}-{i}"));
                         for h in &hidden {
-                            let p = ov.merged.join(h);
-                            let r = if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                                fs::remove_dir_all(&p)
-                            } else {
-                                fs::remove_file(&p)
-                            };
-                            r.map_err(|e| format!("{what}: hiding {}: {e}", h.display()))?;
+                            let wh = ov_dir.join("upper").join(h);
+                            if let Some(parent) = wh.parent() {
+                                fs::create_dir_all(parent)
+                                    .map_err(|e| format!("{what}: hiding {}: {e}", h.display()))?;
+                            }
+                            nix::sys::stat::mknod(
+                                &wh,
+                                nix::sys::stat::SFlag::S_IFCHR,
+                                nix::sys::stat::Mode::empty(),
+                                nix::sys::stat::makedev(0, 0),
+                            )
+                            .map_err(|e| format!("{what}: hiding {}: {e}", h.display()))?;
                         }
+                        let ov =
+                            Overlay::mount(&ov_dir, &[path]).map_err(|e| format!("{what}: {e}"))?;
                         path = ov.merged.clone();
                         shown.push(ov);
                     }

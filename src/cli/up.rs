@@ -362,9 +362,12 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     }
     let mut code = i32::from(!failures.is_empty());
 
-    // `up --no-start` (and `create`): the containers exist, nothing runs, nothing to
-    // supervise or stream; `berth start` starts them.
+    // `up --no-start` (and `create`): the containers exist and nothing more is started;
+    // the supervisor (stopped above) comes back for what runs already and for what `berth
+    // start` starts later (restart policies, health checks, published ports). It leaves
+    // created containers alone.
     if a.no_start {
+        spawn_supervisor(&l.state, lock, bound)?;
         return Ok(code);
     }
 

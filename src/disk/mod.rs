@@ -538,7 +538,16 @@ pub fn volume_usage(root: &Path, name: &str) -> u64 {
 /// owners, modification times and symlinks kept, symlinks never followed; devices, fifos and
 /// sockets left out.
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    copy_tree_with(from, to, false)
+}
+
+/// `copy_tree`, with the set-id bits dropped when `strip_setid` (a tree from an archive going
+/// into a directory of the host's: no one's setuid binary is planted there). Every entry is
+/// made new (O_EXCL, never through a symlink at its path) and its owner, mode and times set
+/// on its own descriptor.
+pub fn copy_tree_with(from: &Path, to: &Path, strip_setid: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mask = if strip_setid { 0o1777 } else { 0o7777 };
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let src = e.path();
@@ -550,21 +559,36 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
             std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
             continue;
         }
-        if ft.is_dir() {
+        let f = if ft.is_dir() {
             std::fs::create_dir(&dst)?;
-            copy_tree(&src, &dst)?;
+            copy_tree_with(&src, &dst, strip_setid)?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(&dst)?
         } else if ft.is_file() {
-            std::fs::copy(&src, &dst)?;
+            let mut input = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&src)?;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&dst)?;
+            std::io::copy(&mut input, &mut out)?;
+            out
         } else {
             continue;
-        }
+        };
         // Owner before mode: a chown clears the set-id bits.
-        std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
-        let t = std::fs::FileTimes::new()
-            .set_accessed(md.accessed()?)
-            .set_modified(md.modified()?);
-        std::fs::File::open(&dst).and_then(|f| f.set_times(t))?;
+        std::os::unix::fs::fchown(&f, Some(md.uid()), Some(md.gid()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(md.mode() & mask))?;
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(md.accessed()?)
+                .set_modified(md.modified()?),
+        )?;
     }
     Ok(())
 }

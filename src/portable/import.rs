@@ -463,7 +463,7 @@ pub fn import(input: impl Read, opts: &ImportOptions) -> Result<Imported, Portab
         if created {
             made.push(dest.clone());
         }
-        crate::disk::copy_tree(&project_dir, &dest)
+        crate::disk::copy_tree_with(&project_dir, &dest, true)
             .map_err(io_err("write the project directory", &dest))?;
         set_project_name(&dest, &name, &header)?;
         Ok(())

@@ -510,44 +510,88 @@ fn set_sysctls(
 
 /// `devices:`: each host node made again at its path in the container's /dev tree, with the
 /// host node's type, numbers, mode and owner (read before pivot_root, from the host's /dev).
+/// The target is walked from the container's /dev one directory at a time with O_NOFOLLOW
+/// and the node made with mknodat in the last one: `/dev/fd` is a symlink to the setup
+/// process's own descriptors, and no target may lead through it (or any link) to the host.
 fn add_devices(root: &Path, devices: &[(PathBuf, String)]) -> Result<(), SetupError> {
+    use rustix::fs::{FileType, Mode as RMode, OFlags};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let bad = |t: &str, why: &str| {
+        SetupError::io("devices", Some(t), &std::io::Error::other(why.to_string()))
+    };
     for (host, target) in devices {
         let md =
             fs::metadata(host).map_err(|e| SetupError::io("find device", Some(&p2s(host)), &e))?;
         let kind = if md.file_type().is_char_device() {
-            SFlag::S_IFCHR
+            FileType::CharacterDevice
         } else if md.file_type().is_block_device() {
-            SFlag::S_IFBLK
+            FileType::BlockDevice
         } else {
-            return Err(SetupError::io(
-                "devices",
-                Some(&p2s(host)),
-                &std::io::Error::other("not a device node"),
-            ));
+            return Err(bad(&p2s(host), "not a device node"));
         };
         let rel = target.trim_start_matches('/');
-        if !rel.starts_with("dev/") || rel.split('/').any(|c| c == "..") {
-            return Err(SetupError::io(
-                "devices",
+        let Some(inside) = rel.strip_prefix("dev/") else {
+            return Err(bad(target, "the path in the container must be under /dev"));
+        };
+        let comps: Vec<&str> = inside.split('/').filter(|c| !c.is_empty()).collect();
+        if comps.is_empty() || comps.iter().any(|c| *c == ".." || *c == ".") {
+            return Err(bad(target, "expected a path like /dev/NAME"));
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir = rustix::fs::open(root.join("dev"), flags, RMode::empty()).map_err(|e| {
+            SetupError::sys(
+                "open /dev",
                 Some(target),
-                &std::io::Error::other("the path in the container must be under /dev"),
-            ));
+                nix::errno::Errno::from_raw(e.raw_os_error()),
+            )
+        })?;
+        for c in &comps[..comps.len() - 1] {
+            dir = match rustix::fs::openat(&dir, *c, flags, RMode::empty()) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NOENT) => {
+                    rustix::fs::mkdirat(&dir, *c, RMode::from_raw_mode(0o755)).map_err(|e| {
+                        SetupError::sys(
+                            "create device directory",
+                            Some(target),
+                            nix::errno::Errno::from_raw(e.raw_os_error()),
+                        )
+                    })?;
+                    rustix::fs::openat(&dir, *c, flags, RMode::empty()).map_err(|e| {
+                        SetupError::sys(
+                            "open device directory",
+                            Some(target),
+                            nix::errno::Errno::from_raw(e.raw_os_error()),
+                        )
+                    })?
+                }
+                Err(e) => {
+                    return Err(SetupError::sys(
+                        "open device directory",
+                        Some(target),
+                        nix::errno::Errno::from_raw(e.raw_os_error()),
+                    ));
+                }
+            };
         }
-        let path = root.join(rel);
-        if let Some(parent) = path.parent() {
-            mkdir_all(parent)?;
-        }
-        let _ = fs::remove_file(&path);
-        mknod(
-            &path,
-            kind,
-            Mode::from_bits_truncate(md.mode() & 0o7777),
-            md.rdev(),
-        )
-        .map_err(|e| SetupError::sys("create device node", Some(&p2s(&path)), e))?;
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(md.mode() & 0o7777));
-        let _ = std::os::unix::fs::chown(&path, Some(md.uid()), Some(md.gid()));
+        let name = comps[comps.len() - 1];
+        let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty());
+        let mode = RMode::from_raw_mode(md.mode() & 0o7777);
+        rustix::fs::mknodat(&dir, name, kind, mode, md.rdev()).map_err(|e| {
+            SetupError::sys(
+                "create device node",
+                Some(target),
+                nix::errno::Errno::from_raw(e.raw_os_error()),
+            )
+        })?;
+        // mknod applies the umask; the owner is the host node's.
+        let _ = rustix::fs::chmodat(&dir, name, mode, rustix::fs::AtFlags::empty());
+        let _ = rustix::fs::chownat(
+            &dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(md.uid())),
+            Some(rustix::fs::Gid::from_raw(md.gid())),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
     Ok(())
 }

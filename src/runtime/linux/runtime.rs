@@ -581,7 +581,11 @@ fn devices_of(svc: &Service) -> Vec<(PathBuf, String)> {
                 serde_json::Value::String(s) => {
                     let mut parts = s.splitn(3, ':');
                     let src = parts.next()?.to_string();
-                    let dst = parts.next().map_or_else(|| src.clone(), str::to_string);
+                    // `/dev/x:rwm`: the second part is the permissions, not a path.
+                    let dst = parts
+                        .next()
+                        .filter(|d| d.starts_with('/'))
+                        .map_or_else(|| src.clone(), str::to_string);
                     (src, dst)
                 }
                 serde_json::Value::Object(m) => {
