@@ -275,19 +275,9 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
 /// `image: host`: overlays of the host's OS directories (symlinks such as /bin -> usr/bin are
 /// copied as symlinks), empty data directories, and /etc's secrets whited out.
 fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupError> {
-    for name in HOST_DIRS {
+    for name in linked_host_dirs(root)? {
         let host = Path::new("/").join(name);
-        let Ok(meta) = fs::symlink_metadata(&host) else {
-            continue;
-        };
         let target = root.join(name);
-        if meta.file_type().is_symlink() {
-            copy_host_symlink(&host, &target)?;
-            continue;
-        }
-        if !meta.is_dir() {
-            continue;
-        }
         let (u, w) = (upper.join(name), work.join(name));
         mkdir_all(&u)?;
         mkdir_all(&w)?;
@@ -376,19 +366,9 @@ fn host_layered(
     hwork: &Path,
     layers: &[PathBuf],
 ) -> Result<(), SetupError> {
-    for name in HOST_DIRS {
+    for name in linked_host_dirs(root)? {
         let host = Path::new("/").join(name);
-        let Ok(meta) = fs::symlink_metadata(&host) else {
-            continue;
-        };
         let target = root.join(name);
-        if meta.file_type().is_symlink() {
-            copy_host_symlink(&host, &target)?;
-            continue;
-        }
-        if !meta.is_dir() {
-            continue;
-        }
         let mut lower: Vec<String> = layers
             .iter()
             .rev()
@@ -417,6 +397,24 @@ fn host_layered(
     }
     let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
     Ok(())
+}
+
+/// Makes the host's symlinked OS directories (`/bin -> usr/bin`) in `root` as the same
+/// symlinks, and returns the names of the real ones, for their overlays.
+fn linked_host_dirs(root: &Path) -> Result<Vec<&'static str>, SetupError> {
+    let mut dirs = Vec::new();
+    for name in HOST_DIRS {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            copy_host_symlink(&host, &root.join(name))?;
+        } else if meta.is_dir() {
+            dirs.push(name);
+        }
+    }
+    Ok(dirs)
 }
 
 /// A host OS directory that is a symlink (`/bin -> usr/bin`) as the same symlink in the root,
