@@ -89,6 +89,8 @@ impl Berth {
             mounts: Vec::new(),
             rw_device: None,
             devices: Vec::new(),
+            host_ipc: false,
+            host_uts: false,
             process,
         }
     }

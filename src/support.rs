@@ -33,12 +33,14 @@ pub fn service_key(key: &str) -> Support {
         "cap_add" | "cap_drop" | "cgroup" | "command" | "container_name" | "cpus"
         | "cpu_shares" | "cpuset" | "domainname" | "entrypoint" | "environment" | "hostname"
         | "image" | "init" | "labels" | "mem_limit" | "mem_reservation" | "memswap_limit"
-        | "pid" | "pids_limit" | "privileged" | "read_only" | "security_opt" | "shm_size"
+        | "pids_limit" | "privileged" | "read_only" | "security_opt" | "shm_size"
         | "stdin_open" | "stop_grace_period" | "stop_signal" | "sysctls" | "tty" | "ulimits"
         | "user" | "working_dir" => Acted,
         "cpu_period" | "cpu_quota" | "devices" | "group_add" | "mem_swappiness"
         | "oom_score_adj" => Acted,
-        "annotations" | "ipc" | "uts" | "oom_kill_disable" | "attach" => Planned(RUNTIME),
+        // `host`, `private`, `shareable`; joining another container's is refused by name.
+        "ipc" | "uts" => Acted,
+        "annotations" | "pid" | "oom_kill_disable" | "attach" => Planned(RUNTIME),
         "deploy" | "restart" | "healthcheck" | "scale" => Acted,
         "post_start" | "pre_stop" => Planned(RECONCILE),
         "networks" | "network_mode" | "ports" | "dns" | "dns_opt" | "dns_search"

@@ -1106,10 +1106,40 @@ fn cpu_period_quota_cpuset_swappiness_groups_oom_score_and_devices_apply() {
     let env = Env::new();
     let p = env.project(
         "knobs",
-        "name: e2e-knobs\nservices:\n  app:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    cpu_period: 50000\n    cpu_quota: 25000\n    cpuset: '0'\n    mem_swappiness: 10\n    group_add: [4242, root]\n    oom_score_adj: 500\n    devices: ['/dev/zero:/dev/berth-zero']\n",
+        "name: e2e-knobs\nservices:\n  app:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    cpu_period: 50000\n    cpu_quota: 25000\n    cpuset: '0'\n    mem_swappiness: 10\n    group_add: [4242, root]\n    oom_score_adj: 500\n    devices: ['/dev/zero:/dev/berth-zero']\n  hostns:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    ipc: host\n    uts: host\n",
     );
     let _d = Down(&env, p.clone());
+    let host_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
     env.ok(&p, &["up", "-d", "--wait"]);
+    // ipc: host and uts: host share the host's namespaces; the host keeps its name.
+    let ns = env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "hostns",
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/ipc /proc/self/ns/uts; hostname",
+        ],
+    );
+    let host_ns = |k: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{k}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert!(
+        ns.contains(&host_ns("ipc")) && ns.contains(&host_ns("uts")),
+        "{ns}"
+    );
+    assert!(ns.contains(&host_name), "{ns}");
+    let own = env.ok(&p, &["exec", "-T", "app", "readlink", "/proc/self/ns/ipc"]);
+    assert!(!own.contains(&host_ns("ipc")), "{own}");
+    assert_eq!(
+        nix::unistd::gethostname().unwrap().into_string().unwrap(),
+        host_name
+    );
     let inside = env.ok(
         &p,
         &["exec", "-T", "app", "sh", "-c", "grep ^Groups: /proc/self/status; cat /proc/self/oom_score_adj; test -c /dev/berth-zero && head -c 3 /dev/berth-zero | od -An -tx1; grep Cpus_allowed_list /proc/self/status"],

@@ -49,6 +49,8 @@ fn spec(dir: &Path, name: &str, cmd: &str) -> LaunchSpec {
         mounts: Vec::new(),
         rw_device: None,
         devices: Vec::new(),
+        host_ipc: false,
+        host_uts: false,
         process: Process {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],

@@ -213,11 +213,11 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
         None,
     )?;
     super::setup::trace("rootfs-base");
-    build_dev(&root, spec.shm_size)?;
+    build_dev(&root, spec.shm_size, spec.host_ipc)?;
     add_devices(&root, &spec.devices)?;
     super::setup::trace("rootfs-dev");
     // Sysctls go through this container's own /proc/sys, before it is made read-only.
-    set_sysctls(&root, &spec.sysctls, spec.own_network)?;
+    set_sysctls(&root, &spec.sysctls, spec.own_network, !spec.host_ipc)?;
     build_sys(&root, spec.own_network)?;
     etc_files(spec, &root)?;
     super::mounts::apply(&root, &spec.mounts)?;
@@ -255,6 +255,10 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
                 None,
             )?;
         }
+    }
+    if spec.host_uts {
+        // The host's own names: setting one here would rename the host.
+        return Ok(());
     }
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| SetupError::sys("sethostname", None, e))?;
@@ -472,6 +476,7 @@ fn set_sysctls(
     root: &Path,
     sysctls: &[(String, String)],
     own_network: bool,
+    own_ipc: bool,
 ) -> Result<(), SetupError> {
     const IPC: [&str; 8] = [
         "kernel.msgmax",
@@ -484,9 +489,8 @@ fn set_sysctls(
         "kernel.shm_rmid_forced",
     ];
     for (k, v) in sysctls {
-        let namespaced = IPC.contains(&k.as_str())
-            || k.starts_with("fs.mqueue.")
-            || (k.starts_with("net.") && own_network);
+        let ipc = IPC.contains(&k.as_str()) || k.starts_with("fs.mqueue.");
+        let namespaced = (ipc && own_ipc) || (k.starts_with("net.") && own_network);
         if !namespaced {
             return Err(SetupError::other(
                 "set sysctl",
@@ -494,6 +498,8 @@ fn set_sysctls(
                     "`{k}` is not namespaced{}: setting it would change the whole host",
                     if k.starts_with("net.") {
                         " with `network_mode: host`"
+                    } else if ipc {
+                        " with `ipc: host`"
                     } else {
                         ""
                     }
@@ -594,7 +600,7 @@ fn add_devices(root: &Path, devices: &[(PathBuf, String)]) -> Result<(), SetupEr
     Ok(())
 }
 
-fn build_dev(root: &Path, shm_size: Option<u64>) -> Result<(), SetupError> {
+fn build_dev(root: &Path, shm_size: Option<u64>, host_ipc: bool) -> Result<(), SetupError> {
     let dev = root.join("dev");
     mnt(
         "mount /dev",
@@ -638,14 +644,26 @@ fn build_dev(root: &Path, shm_size: Option<u64>) -> Result<(), SetupError> {
     )?;
     let shm = dev.join("shm");
     mkdir_all(&shm)?;
-    mnt(
-        "mount /dev/shm",
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(&format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20))),
-    )?;
+    if host_ipc {
+        // `ipc: host`: POSIX shared memory lives in the host's /dev/shm, shared as Docker does.
+        mnt(
+            "bind the host's /dev/shm",
+            Some("/dev/shm"),
+            &shm,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+    } else {
+        mnt(
+            "mount /dev/shm",
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(&format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20))),
+        )?;
+    }
     let mq = dev.join("mqueue");
     mkdir_all(&mq)?;
     mnt(

@@ -215,7 +215,15 @@ impl LinuxRuntime {
             config_hash: spec.config_hash.clone(),
             launch: LaunchSpec {
                 name: name.clone(),
-                hostname: svc.hostname.clone().unwrap_or_else(|| name.clone()),
+                // `uts: host`: the host's own name (berth sets none then).
+                hostname: if ns_mode(name, svc, "uts")? {
+                    nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|h| h.into_string().ok())
+                        .unwrap_or_else(|| name.clone())
+                } else {
+                    svc.hostname.clone().unwrap_or_else(|| name.clone())
+                },
                 domainname: svc.domainname.clone(),
                 rootfs,
                 dir: self.dir(name),
@@ -230,6 +238,8 @@ impl LinuxRuntime {
                 mounts: Vec::new(),
                 rw_device: None,
                 devices: devices_of(svc),
+                host_ipc: ns_mode(name, svc, "ipc")?,
+                host_uts: ns_mode(name, svc, "uts")?,
                 sysctls: svc
                     .sysctls
                     .iter()
@@ -565,6 +575,21 @@ fn process_for(
             .map_err(|e| step(name, "compile seccomp filter", e))?;
     }
     Ok(p)
+}
+
+/// Whether `ipc:` / `uts:` (`key`) shares the host's namespace: `host` yes; `private`,
+/// `shareable` (and nothing) give the container its own; joining another container's is
+/// not supported yet, and says so.
+fn ns_mode(name: &str, svc: &Service, key: &'static str) -> Result<bool, RuntimeError> {
+    match svc.extra.get(key).and_then(|v| v.as_str()) {
+        None | Some("" | "private" | "shareable") => Ok(false),
+        Some("host") => Ok(true),
+        Some(other) => Err(step(
+            name,
+            "choose namespaces",
+            format!("{key}: `{other}` is not supported yet (host, private and shareable are)"),
+        )),
+    }
 }
 
 /// `devices:` as (host node, path in the container): `/dev/fuse`, `/dev/sda:/dev/xvda[:rwm]`

@@ -358,8 +358,14 @@ fn enter(spec: &LaunchSpec) -> Result<(), SetupError> {
             SetupError::sys("join network namespace", Some(&ns.to_string_lossy()), e)
         })?;
     }
-    unshare(namespaces(spec.own_network && spec.netns.is_none()))
-        .map_err(|e| SetupError::sys("unshare namespaces", None, e))
+    let mut flags = namespaces(spec.own_network && spec.netns.is_none());
+    if spec.host_ipc {
+        flags.remove(CloneFlags::CLONE_NEWIPC);
+    }
+    if spec.host_uts {
+        flags.remove(CloneFlags::CLONE_NEWUTS);
+    }
+    unshare(flags).map_err(|e| SetupError::sys("unshare namespaces", None, e))
 }
 
 /// Moves this process into the cgroup's directories (one per hierarchy).

@@ -163,6 +163,12 @@ pub struct LaunchSpec {
     /// container).
     #[serde(default)]
     pub devices: Vec<(PathBuf, String)>,
+    /// `ipc: host`: the host's IPC namespace (and its /dev/shm) instead of one of its own.
+    #[serde(default)]
+    pub host_ipc: bool,
+    /// `uts: host`: the host's hostname; berth then sets no hostname or domain name.
+    #[serde(default)]
+    pub host_uts: bool,
     pub process: Process,
 }
 
