@@ -157,6 +157,23 @@ pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
     out
 }
 
+/// A new file `name` in directory `dir`, write-only and 0600 until its owner and mode are
+/// set: O_EXCL and O_NOFOLLOW, so nothing already there (a symlink least of all) is
+/// written through. Every unpacker and copier that writes into a tree by descriptor uses it.
+pub fn create_new_at<P: rustix::path::Arg>(
+    dir: impl std::os::fd::AsFd,
+    name: P,
+) -> rustix::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(std::fs::File::from)
+}
+
 /// Sizes as Docker prints them (binary units, up to two decimals): `64.00MiB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -49,6 +49,20 @@ fn ran(err: &str) -> Vec<String> {
         .collect()
 }
 
+/// Imports the busybox image the tests build from into `env`'s store.
+fn import_busybox(env: &Env, p: &Path) {
+    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
+    env.ok(p, &["image", "import", tar.to_str().unwrap()]);
+}
+
+/// A project directory `dir` with this berth.yaml and Dockerfile, and busybox in the store.
+fn dockerfile_project(env: &Env, dir: &str, yaml: &str, dockerfile: &str) -> std::path::PathBuf {
+    let p = env.project(dir, yaml);
+    std::fs::write(p.join("Dockerfile"), dockerfile).unwrap();
+    import_busybox(env, &p);
+    p
+}
+
 fn no_mounts_under(dir: &Path) -> bool {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     !mi.contains(&dir.display().to_string())
@@ -70,8 +84,7 @@ fn a_multi_stage_build_runs_with_its_settings_and_rebuilds_from_the_cache() {
     std::fs::write(p.join("data/kept.txt"), "one").unwrap();
     std::fs::write(p.join("data/ignored.txt"), "secret").unwrap();
     std::fs::write(p.join(".dockerignore"), "data/ignored.txt\n").unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    import_busybox(&env, &p);
     let _down = env.down_on_drop(&p);
 
     let o = env.berth(&p, &["build", "--progress", "plain"]);
@@ -149,8 +162,7 @@ fn a_failing_run_names_its_line_and_leaves_no_image() {
         "FROM busybox\n# a comment\nRUN echo about-to-fail && \\\n    exit 3\nCMD [\"true\"]\n",
     )
     .unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    import_busybox(&env, &p);
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "{err}");
@@ -191,8 +203,7 @@ fn develop_watch_syncs_files_and_rebuilds_one_service() {
     .unwrap();
     std::fs::create_dir_all(p.join("src")).unwrap();
     std::fs::write(p.join("src/first.txt"), "first").unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    import_busybox(&env, &p);
     let _down = env.down_on_drop(&p);
     let mut watch = env
         .command(&p, &["watch"])
@@ -313,8 +324,7 @@ fn add_unpacks_a_local_archive_and_predefined_args_are_set() {
         "FROM busybox\nARG TARGETARCH\nADD bundle.tar.gz /opt/\nWORKDIR /srv/new\nCOPY . .\nRUN cat /opt/pkg/link && stat -c %a /opt/pkg/hello.txt && echo arch=$TARGETARCH && pwd && ls /srv/new\n",
     )
     .unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    import_busybox(&env, &p);
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
@@ -337,18 +347,13 @@ fn run_steps_get_the_builds_extra_hosts_and_shm_size() {
         return;
     }
     let env = Env::new();
-    let p = env.project(
+    // Each RUN fails the build unless its container has what the build key asks for.
+    let p = dockerfile_project(
+        &env,
         "buildhosts",
         "name: dbhosts\nservices:\n  app:\n    build:\n      context: .\n      extra_hosts: ['mirror.lan=10.1.2.3', 'other.lan:10.9.9.9']\n      shm_size: 32m\n",
-    );
-    // Each RUN fails the build unless its container has what the build key asks for.
-    std::fs::write(
-        p.join("Dockerfile"),
         "FROM busybox\nVOLUME /data\nRUN grep -E '^10.1.2.3\\s+mirror.lan$' /etc/hosts && grep -q other.lan /etc/hosts && echo x > /data/f\nRUN test \"$(df -k /dev/shm | awk 'NR==2 {print $2}')\" = 32768\nCMD [\"true\"]\n",
-    )
-    .unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    );
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
@@ -486,8 +491,7 @@ fn run_mounts_a_cache_kept_between_builds_the_context_and_a_tmpfs() {
          CMD [\"sh\", \"-c\", \"cat /count /copied /rw.txt /fromstage /via-link; find /cache /in /rw /scratch /h -mindepth 1 | wc -l; test -s /g.txt && echo leaked; sleep 300\"]\n",
     )
     .unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    import_busybox(&env, &p);
     let _down = env.down_on_drop(&p);
     env.ok(&p, &["build", "--progress", "plain"]);
     // A second build without the layer cache runs the step again: the cache mount kept its file.
@@ -572,19 +576,14 @@ fn add_fetches_a_url_checked_against_its_checksum() {
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let env = Env::new();
-    let p = env.project(
+    let p = dockerfile_project(
+        &env,
         "addurl",
         "name: daddurl\nservices:\n  app:\n    build: .\n    network_mode: none\n",
-    );
-    std::fs::write(
-        p.join("Dockerfile"),
-        format!(
+        &format!(
             "FROM busybox\nADD --checksum=sha256:{sum} http://127.0.0.1:{port}/dl/tool.sh /opt/\nADD http://127.0.0.1:{port}/x?y=1 /opt/renamed\nCMD [\"sh\", \"-c\", \"stat -c %a /opt/tool.sh; sh /opt/tool.sh; cat /opt/renamed | wc -c; sleep 300\"]\n"
         ),
-    )
-    .unwrap();
-    let tar = berth::image::testutil::busybox_docker_save(env.dir.path());
-    env.ok(&p, &["image", "import", tar.to_str().unwrap()]);
+    );
     let _down = env.down_on_drop(&p);
     env.ok(&p, &["build", "--progress", "plain"]);
     env.ok(&p, &["up", "-d", "--wait"]);

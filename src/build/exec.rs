@@ -379,13 +379,7 @@ pub(crate) fn copy_entry(
         )));
     }
     let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?;
-    let mut out = File::from(fd);
+    let mut out = crate::support::create_new_at(dir, name)?;
     std::io::copy(&mut File::open(src)?, &mut out)?;
     rustix::fs::fchown(
         out.as_fd(),
@@ -1728,18 +1722,8 @@ fn unpack_archive(archive: &Path, root: &OwnedFd, dest: &str) -> Result<(), Stri
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
-                let fd = rustix::fs::openat(
-                    &dir,
-                    name.as_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|err| io(err.into()))?;
-                let mut out = File::from(fd);
+                let mut out = crate::support::create_new_at(&dir, name.as_str())
+                    .map_err(|err| io(err.into()))?;
                 std::io::copy(&mut e, &mut out).map_err(io)?;
                 own(&OwnedFd::from(out));
             }

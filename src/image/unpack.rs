@@ -13,7 +13,6 @@
 //! xattr `trusted.overlay.opaque=y` on its directory.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -155,18 +154,8 @@ impl Unpacker<'_> {
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.remove_existing(&parent, name, false, &raw)?;
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name.as_slice(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(self.io_err(&raw, "create the file"))?;
-                let mut file = File::from(fd);
+                let mut file = crate::support::create_new_at(&parent, name.as_slice())
+                    .map_err(self.io_err(&raw, "create the file"))?;
                 let written = io::copy(entry, &mut file).map_err(|source| ImageError::Unpack {
                     layer: self.layer.to_string(),
                     entry: String::from_utf8_lossy(&raw).into_owned(),

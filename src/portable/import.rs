@@ -739,18 +739,7 @@ impl TreeSink {
         };
         match kind {
             EntryKind::File => {
-                let fd = rustix::fs::openat(
-                    &p,
-                    base,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(rx("create"))?;
-                let mut f = File::from(fd);
+                let mut f = crate::support::create_new_at(&p, base).map_err(rx("create"))?;
                 let mut buf = vec![0u8; 256 << 10];
                 let mut left = size;
                 while left > 0 {

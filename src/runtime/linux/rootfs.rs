@@ -160,25 +160,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
                 mkdir_all(&base)?;
                 lower.push(p2s(&base));
             }
-            // redirect_dir and metacopy off: an upper layer must hold whole files and
-            // directories, because a build turns it into an image layer (a renamed directory
-            // or a chmod'ed file would otherwise be a bare xattr pointing into a lower layer).
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
-                lower.join(":"),
-                p2s(&upper),
-                p2s(&work)
-            );
-            // nodev: a layer may carry device nodes (a tar can hold a block device 8:0); they
-            // must not open host devices. The container's /dev is its own tmpfs.
-            mnt(
-                "mount overlay",
-                Some("overlay"),
-                &root,
-                Some("overlay"),
-                MsFlags::MS_NODEV,
-                Some(&data),
-            )?;
+            mount_overlay("mount overlay", &root, &lower, &upper, &work, true)?;
             if host {
                 host_layered(&root, &upper, &layer.join("hwork"), layers)?;
             }
@@ -289,20 +271,7 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
         if name == "etc" {
             whiteout_secrets(&u, &[])?;
         }
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            p2s(&host),
-            p2s(&u),
-            p2s(&w)
-        );
-        mnt(
-            "mount host overlay",
-            Some("overlay"),
-            &target,
-            Some("overlay"),
-            MsFlags::MS_NODEV,
-            Some(&data),
-        )?;
+        mount_overlay("mount host overlay", &target, &[p2s(&host)], &u, &w, false)?;
     }
     for d in [
         "var/tmp",
@@ -381,19 +350,13 @@ fn host_layered(
             .map(|d| p2s(&d))
             .collect();
         lower.push(p2s(&host));
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
-            lower.join(":"),
-            p2s(&upper.join(name)),
-            p2s(&hwork.join(name))
-        );
-        mnt(
+        mount_overlay(
             "mount host overlay",
-            Some("overlay"),
             &target,
-            Some("overlay"),
-            MsFlags::MS_NODEV,
-            Some(&data),
+            &lower,
+            &upper.join(name),
+            &hwork.join(name),
+            true,
         )?;
     }
     for d in ["var/tmp", "home", "root", "srv", "opt", "mnt", "media"] {
@@ -401,6 +364,38 @@ fn host_layered(
     }
     let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
     Ok(())
+}
+
+/// Mounts an overlay at `target` of `lower` (top first) under `upper`. nodev: a layer may
+/// carry device nodes (a tar can hold a block device 8:0); they must not open host devices,
+/// the container's /dev is its own tmpfs. `whole_files`: redirect_dir and metacopy off, for an
+/// upper layer a build turns into an image layer (a renamed directory or a chmod'ed file would
+/// otherwise be a bare xattr pointing into a lower layer).
+fn mount_overlay(
+    what: &'static str,
+    target: &Path,
+    lower: &[String],
+    upper: &Path,
+    work: &Path,
+    whole_files: bool,
+) -> Result<(), SetupError> {
+    let mut data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        p2s(upper),
+        p2s(work)
+    );
+    if whole_files {
+        data.push_str(",redirect_dir=off,metacopy=off");
+    }
+    mnt(
+        what,
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(&data),
+    )
 }
 
 /// Makes the host's symlinked OS directories (`/bin -> usr/bin`) in `root` as the same
