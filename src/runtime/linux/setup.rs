@@ -733,6 +733,7 @@ fn exec_service(
         // host's policy back.
         nix::sys::prctl::set_thp_disable(false)
             .map_err(|e| SetupError::sys("prctl(PR_SET_THP_DISABLE)", None, e))?;
+        trace("svc-pre-seccomp");
         // Last, so the filter constrains the service and nothing of setup.
         if !p.allow_new_privs
             && let Some(f) = &p.seccomp
