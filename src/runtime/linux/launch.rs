@@ -194,7 +194,7 @@ static ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
 
 fn spawn_helper(
     exe: &OwnedFd,
-    arg: &str,
+    args: &[&str],
     name: &str,
     socket: OwnedFd,
     stdin: Stdio,
@@ -209,7 +209,7 @@ fn spawn_helper(
         .env("MIMALLOC_PURGE_DELAY", "0")
         .env("MIMALLOC_ARENA_RESERVE", "256");
     cmd.arg0(name)
-        .arg(arg)
+        .args(args)
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
@@ -236,7 +236,7 @@ fn spawn_helper(
 
 /// Asks the zygote for a setup process talking on `theirs`, with this output. False when there
 /// is no working zygote (the caller then executes the setup process itself).
-fn via_zygote(exe: &OwnedFd, tag: &[u8; 1], fds: &[&OwnedFd]) -> bool {
+fn via_zygote(exe: &OwnedFd, tag: &[u8], fds: &[&OwnedFd]) -> bool {
     use nix::sys::socket::{ControlMessage, sendmsg};
     let mut guard = ZYGOTE.lock().unwrap_or_else(|e| e.into_inner());
     for attempt in 0..2 {
@@ -249,7 +249,7 @@ fn via_zygote(exe: &OwnedFd, tag: &[u8; 1], fds: &[&OwnedFd]) -> bool {
             };
             match spawn_helper(
                 exe,
-                super::ZYGOTE_ARG,
+                &[super::ZYGOTE_ARG],
                 "berth-zygote",
                 zt,
                 Stdio::null(),
@@ -282,21 +282,18 @@ fn via_zygote(exe: &OwnedFd, tag: &[u8; 1], fds: &[&OwnedFd]) -> bool {
     false
 }
 
-/// Starts a container: has a setup process made (forked by the zygote, or executed from the
-/// sealed copy of berth), hands it the spec, and waits until the service process is forked
-/// (or setup failed, with the step).
+/// Starts a container: has its init cloned (by the zygote, or by a setup process executed
+/// from the sealed copy of berth) as a child of this process, hands it the spec, and waits
+/// until the service process has executed its command (or setup failed, with the step).
 ///
 /// `stdout`/`stderr` (None: /dev/null) receive what the service prints when the spec has no
-/// log. The calling process becomes a child subreaper, so the container's init, orphaned when
-/// setup exits, is its child to wait for.
+/// log.
 pub fn launch(
     spec: &LaunchSpec,
     stdout: Option<File>,
     stderr: Option<File>,
 ) -> Result<Running, LaunchError> {
     let exe = sealed_self()?;
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| LaunchError::Protocol(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
     let (ours, theirs) = seqpacket_pair()?;
     let null = || {
         File::options()
@@ -307,10 +304,14 @@ pub fn launch(
     let out: OwnedFd = stdout.map_or_else(null, Ok)?.into();
     let err: OwnedFd = stderr.map_or_else(null, Ok)?.into();
     let mut child = None;
-    if !via_zygote(exe, b"L", &[&theirs, &out, &err]) {
+    // The init's namespaces are made by the clone that makes it (see setup::init_namespaces).
+    let ns = u64::from(super::setup::init_namespaces(spec).bits() as u32);
+    let mut request = vec![b'L'];
+    request.extend_from_slice(&ns.to_le_bytes());
+    if !via_zygote(exe, &request, &[&theirs, &out, &err]) {
         child = Some(spawn_helper(
             exe,
-            super::SETUP_ARG,
+            &[super::SETUP_ARG, &ns.to_string()],
             "berth-setup",
             theirs,
             Stdio::null(),
@@ -327,10 +328,14 @@ pub fn launch(
         .map_err(|e| LaunchError::Protocol(format!("send spec: {e}")))?;
     let status = match child.as_mut() {
         Some(c) => c.wait().map_err(LaunchError::Spawn)?.to_string(),
-        None => "forked by the zygote".to_string(),
+        None => "cloned by the zygote".to_string(),
     };
 
+    // Messages until end-of-file, which comes when every holder of the other end is done
+    // with it: the zygote or setup process (after `Pid`), the init (after `Ready`), and the
+    // service process (at its exec, the socket being close-on-exec).
     let mut pid = None;
+    let mut failed = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match nix::sys::socket::recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
@@ -343,54 +348,31 @@ pub fn launch(
             serde_json::from_slice(&buf[..n]).map_err(|e| LaunchError::Protocol(e.to_string()))?;
         match msg {
             Message::Pid(p) => pid = Some(p),
-            Message::Ready | Message::Terminal | Message::Exited(_) => {
-                // Later messages (an exec failure) arrive before end-of-file; keep reading.
-            }
+            Message::Ready | Message::Terminal | Message::Exited(_) => {}
+            // The first failure is the cause; keep reading to learn the pid to reap.
             Message::Failed(e) => {
-                if let Some(p) = pid {
-                    // Reap the failed init so it does not linger as a zombie.
-                    let _ = waitpid(Pid::from_raw(p), None);
-                }
-                return Err(LaunchError::Setup {
-                    name: spec.name.clone(),
-                    source: e,
-                });
+                failed.get_or_insert(e);
             }
         }
     }
-    match pid {
-        Some(pid) => {
-            if child.is_none() {
-                await_adoption(pid);
-            }
-            Ok(Running {
-                name: spec.name.clone(),
-                pid,
-            })
+    if let Some(e) = failed {
+        if let Some(p) = pid {
+            // The init exits when its setup fails: reap it so it does not linger as a zombie.
+            let _ = waitpid(Pid::from_raw(p), None);
         }
+        return Err(LaunchError::Setup {
+            name: spec.name.clone(),
+            source: e,
+        });
+    }
+    match pid {
+        Some(pid) => Ok(Running {
+            name: spec.name.clone(),
+            pid,
+        }),
         None => Err(LaunchError::Protocol(format!(
             "setup exited ({status}) without starting the container"
         ))),
-    }
-}
-
-/// Waits until the init `pid` is this process's child. The setup process that forked it closes
-/// its socket (the end of the handshake) a moment before the kernel hands its orphan to this
-/// subreaper; a wait in that moment would find no child.
-fn await_adoption(pid: i32) {
-    let me = std::process::id().to_string();
-    for _ in 0..20_000 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return; // already gone (and reaped by someone): nothing to wait for
-        };
-        // Fields after the command name (which may hold spaces): state, then ppid.
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1));
-        if ppid.is_none_or(|p| p == me) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(50));
     }
 }
 
@@ -461,7 +443,7 @@ pub fn exec(
     if !via_zygote(exe, b"E", &[&theirs, &stdin, &stdout, &stderr]) {
         helper = Some(spawn_helper(
             exe,
-            super::EXEC_ARG,
+            &[super::EXEC_ARG],
             "berth-exec",
             theirs,
             Stdio::from(stdin),
