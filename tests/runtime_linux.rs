@@ -854,13 +854,13 @@ fn stdin_open_keeps_stdin_open() {
 }
 
 #[test]
-fn the_init_runs_berth_from_a_read_only_mount() {
+fn the_init_runs_a_sealed_copy_of_berth_init() {
     if !root() {
         eprintln!("skipped: needs root");
         return;
     }
     // CVE-2019-5736: whatever a container reaches through its init's /proc/<pid>/exe must not
-    // be a writable berth binary, now or after the init has exited.
+    // be writable: the init runs berth-init from a memfd sealed against writes, not a file.
     let _shared = CPU_QUIET.read().unwrap_or_else(|e| e.into_inner());
     set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -868,23 +868,33 @@ fn the_init_runs_berth_from_a_read_only_mount() {
     s.process.default_seccomp().expect("seccomp");
     let running = launch(&s, None, None).expect("launch");
     let exe = format!("/proc/{}/exe", running.pid);
-    let st = nix::sys::statvfs::statvfs(exe.as_str()).expect("statvfs");
-    let ro = st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
-    let nosuid = st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID);
+    let target = std::fs::read_link(&exe).map(|p| p.display().to_string());
     let write = std::fs::OpenOptions::new().write(true).open(&exe);
-    // The same executable as berth's, not a copy of it in memory.
-    let ino = |p: &str| {
-        std::fs::metadata(p)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    let seals = std::fs::File::open(&exe).ok().and_then(|f| {
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GET_SEALS)
             .ok()
-    };
-    let same = ino(&exe).is_some() && ino(&exe) == ino(env!("CARGO_BIN_EXE_berth"));
+            .map(nix::fcntl::SealFlag::from_bits_truncate)
+    });
+    let content = std::fs::read(&exe).ok();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(running.pid),
         nix::sys::signal::Signal::SIGKILL,
     );
     let _ = running.wait();
-    assert!(ro && nosuid, "the init's executable is on a writable mount");
+    let target = target.expect("readlink of the init's exe");
+    assert!(
+        target.starts_with("/memfd:berth-init"),
+        "the init runs {target}"
+    );
     assert!(write.is_err(), "the init's executable opened for writing");
-    assert!(same, "the init does not run berth's own executable");
+    let seals = seals.expect("F_GET_SEALS on the init's executable");
+    assert!(
+        seals.contains(nix::fcntl::SealFlag::F_SEAL_WRITE | nix::fcntl::SealFlag::F_SEAL_SEAL),
+        "the init's executable is not sealed: {seals:?}"
+    );
+    assert_eq!(
+        content.as_deref(),
+        Some(berth::runtime::linux::setup::init_program()),
+        "the init does not run berth-init"
+    );
 }

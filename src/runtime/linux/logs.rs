@@ -33,28 +33,16 @@ impl Default for LogSpec {
 
 pub const LOG_FILE: &str = "container.log";
 
+/// The record format, shared with berth-init (a `no_std` program built by build.rs).
+#[path = "../../../init/record.rs"]
+mod record;
+
 /// An RFC 3339 UTC timestamp with nanoseconds, from the system clock.
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    let mut buf = [0u8; record::TIME_LEN];
+    let n = record::time_into(&mut buf, d.as_secs() as i64, d.subsec_nanos());
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// The writer init uses: one file, rotated by size.
@@ -101,6 +89,19 @@ impl Writer {
         })
     }
 
+    /// The log's directory and file, the file's size and the rotation policy: what berth-init
+    /// takes over.
+    pub fn parts(
+        &self,
+    ) -> (
+        std::os::fd::BorrowedFd<'_>,
+        std::os::fd::BorrowedFd<'_>,
+        u64,
+        LogSpec,
+    ) {
+        (self.dir.as_fd(), self.file.as_fd(), self.size, self.spec)
+    }
+
     fn open_file(dir: &OwnedFd) -> Result<File, SetupError> {
         let fd = rustix::fs::openat(
             dir.as_fd(),
@@ -143,22 +144,18 @@ impl Writer {
     }
 
     fn record(&mut self, stream: usize, line: &[u8]) {
-        #[derive(Serialize)]
-        struct Rec<'a> {
-            log: &'a str,
-            stream: &'a str,
-            time: String,
-        }
-        let text = String::from_utf8_lossy(line);
-        let rec = Rec {
-            log: &text,
-            stream: if stream == 0 { "stdout" } else { "stderr" },
-            time: timestamp(SystemTime::now()),
-        };
-        let Ok(mut bytes) = serde_json::to_vec(&rec) else {
-            return;
-        };
-        bytes.push(b'\n');
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut bytes = vec![0u8; record::max_len(line.len())];
+        let n = record::format(
+            &mut bytes,
+            line,
+            stream != 0,
+            d.as_secs() as i64,
+            d.subsec_nanos(),
+        );
+        bytes.truncate(n);
         if self.size > 0 && self.size + bytes.len() as u64 > self.spec.max_size {
             self.rotate();
         }
@@ -250,6 +247,42 @@ mod tests {
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert!(timestamp(leap).starts_with("2000-02-29T"));
+    }
+
+    #[test]
+    fn records_match_serde_json() {
+        // berth-init writes these records without serde: they must read back exactly as
+        // serde_json would have written them (escapes, invalid UTF-8, the time).
+        let lines: [&[u8]; 6] = [
+            b"plain text\n",
+            b"quote \" backslash \\ tab \t cr \r\n",
+            b"\x00\x01\x08\x0c\x1f\x7f controls",
+            "unicode \u{e9}\u{1F600}\u{2028}".as_bytes(),
+            b"bad \xff\xfe utf-8 \xe2\x82",
+            b"",
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            #[derive(Serialize)]
+            struct Rec<'a> {
+                log: &'a str,
+                stream: &'a str,
+                time: String,
+            }
+            let secs = 1_764_086_400 + i as i64 * 40_000_000;
+            let nanos = 123_456_789 * i as u32 % 1_000_000_000;
+            let t = UNIX_EPOCH + Duration::new(secs as u64, nanos);
+            let text = String::from_utf8_lossy(line);
+            let want = serde_json::to_string(&Rec {
+                log: &text,
+                stream: if i % 2 == 0 { "stdout" } else { "stderr" },
+                time: timestamp(t),
+            })
+            .unwrap()
+                + "\n";
+            let mut buf = vec![0u8; record::max_len(line.len())];
+            let n = record::format(&mut buf, line, i % 2 == 1, secs, nanos);
+            assert_eq!(String::from_utf8_lossy(&buf[..n]), want, "line {i}");
+        }
     }
 
     #[test]

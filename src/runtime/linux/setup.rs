@@ -188,6 +188,8 @@ pub fn zygote() -> i32 {
     close_from(SOCKET_FD + 1);
     // SAFETY: berth passes the zygote's socket as fd 3; nothing else here owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    // Once, so that every init it clones executes the same sealed pages of berth-init.
+    let _ = berth_init_exe();
     // No parent-death signal: it would fire when the berth *thread* that started the zygote
     // ends. The zygote ends when berth's end of the socket closes (end-of-file below).
     // Setup processes exit as soon as they have forked a container's init: let the kernel
@@ -252,7 +254,15 @@ pub fn zygote() -> i32 {
                 // The zygote's socket was fd 3 and is now the request's: forget the old owner.
                 std::mem::forget(sock);
                 drop(fds);
-                close_from(SOCKET_FD + 1);
+                // Everything else goes but the sealed berth-init, which this init executes.
+                let keep = berth_init_exe().map(|f| f.as_raw_fd());
+                match keep {
+                    Some(k) if k > SOCKET_FD + 1 => {
+                        close_range(SOCKET_FD + 1, k - 1);
+                        close_from(k + 1);
+                    }
+                    _ => close_from(SOCKET_FD + 1),
+                }
                 // SAFETY: fd 3 is the request's socket, placed just above; nothing else owns it.
                 let req = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
                 std::process::exit(init_main(req));
@@ -384,7 +394,7 @@ fn exec_run(sock: &OwnedFd) -> Result<i32, SetupError> {
                     .and_then(|_| attach_terminal(slave));
             }
             let e = match r {
-                Ok(()) => exec_service(&spec.process, &args, &env, &mask),
+                Ok(()) => exec_service(&spec.process, &args, &env, &mask, None),
                 Err(e) => e,
             };
             if let Ok(bytes) = serde_json::to_vec(&e) {
@@ -535,16 +545,29 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd, procs: Vec<std::fs::File>) -> i32 {
             send(&sock, &Message::Failed(e));
             1
         }
-        Ok((service, mut exit_file, logs, _stdin_keep)) => {
+        Ok((service, mut exit_file, logs, stdin_keep, gate)) => {
             send(&sock, &Message::Ready);
             // Init keeps no descriptor of berth's, and as little memory as it can: it lives as
             // long as the container, once per container (the density target).
             drop(sock);
             drop(spec);
+            trace("init-loop");
+            // berth-init takes over this process (it releases the service from its gate);
+            // only if it cannot be executed does this copy of berth stay as the init.
+            let e = exec_berth_init(
+                service,
+                &exit_file,
+                logs.as_ref(),
+                stdin_keep.as_ref(),
+                &gate,
+            );
+            log(&format!(
+                "cannot execute berth-init ({e}); staying as the init"
+            ));
+            drop(gate);
             // SAFETY: mi_collect only frees allocator-internal memory; no Rust object is live
             // in freed blocks.
             unsafe { libmimalloc_sys::mi_collect(true) };
-            trace("init-loop");
             let code = match logs {
                 None => init_loop(service),
                 Some((w, fds)) => init_loop_logging(service, w, fds),
@@ -553,6 +576,116 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd, procs: Vec<std::fs::File>) -> i32 {
             let _ = writeln!(exit_file, "{code}");
             code
         }
+    }
+}
+
+/// berth-init (init/main.rs, built by build.rs): the container's PID 1 from the end of setup
+/// on, a 13 KB static program with no libc or allocator.
+static BERTH_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-init"));
+
+/// The bytes of berth-init, for tests that check what a container's PID 1 runs.
+pub fn init_program() -> &'static [u8] {
+    BERTH_INIT
+}
+
+/// A sealed memfd holding berth-init, made once per process (the zygote makes it before it
+/// clones any init, so that every container executes the same pages). Sealed against writes,
+/// so a container that reached its init's executable could not change it (CVE-2019-5736).
+pub(super) fn berth_init_exe() -> Option<std::os::fd::BorrowedFd<'static>> {
+    use std::sync::OnceLock;
+    static FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    FD.get_or_init(|| {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        // MFD_EXEC (6.3+) says so explicitly where memfds are not executable by default.
+        let fd = memfd_create(c"berth-init", flags | MFdFlags::from_bits_retain(0x10))
+            .or_else(|_| memfd_create(c"berth-init", flags))
+            .ok()?;
+        let mut f = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut f, BERTH_INIT).ok()?;
+        let fd = OwnedFd::from(f);
+        fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SEAL
+                    | SealFlag::F_SEAL_SHRINK
+                    | SealFlag::F_SEAL_GROW
+                    | SealFlag::F_SEAL_WRITE,
+            ),
+        )
+        .ok()?;
+        // Away from the low descriptors that setup places (0-3).
+        let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64)).ok()?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nothing else owns.
+        Some(unsafe { OwnedFd::from_raw_fd(high) })
+    })
+    .as_ref()
+    .map(|f| f.as_fd())
+}
+
+/// Replaces this process (the container's init, its setup done) by berth-init, handing it the
+/// service, the exit file, the log and the gate. Returns only on failure.
+fn exec_berth_init(
+    service: Pid,
+    exit_file: &std::fs::File,
+    logs: Option<&LogPump>,
+    stdin_keep: Option<&OwnedFd>,
+    gate: &OwnedFd,
+) -> String {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let Some(exe) = berth_init_exe() else {
+        return "no sealed copy".into();
+    };
+    let keep = |fd: std::os::fd::BorrowedFd<'_>| {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+            .map(|_| fd.as_raw_fd())
+            .map_err(|e| format!("fcntl: {e}"))
+    };
+    let r = (|| -> Result<String, String> {
+        let mut params = format!(
+            "BERTH_INIT=svc={} exit={} gate={}",
+            service.as_raw(),
+            keep(exit_file.as_fd())?,
+            keep(gate.as_fd())?
+        );
+        if let Some(fd) = stdin_keep {
+            // Held open, never read: berth-init only has to inherit it.
+            keep(fd.as_fd())?;
+        }
+        if let Some((w, streams)) = logs {
+            let (dir, file, size, spec) = w.parts();
+            params += &format!(
+                " dir={} log={} size={size} max={} files={}",
+                keep(dir)?,
+                keep(file)?,
+                spec.max_size,
+                spec.max_files
+            );
+            for (fd, stream) in streams {
+                let name = if *stream == 0 { "out" } else { "err" };
+                params += &format!(" {name}={}", keep(fd.as_fd())?);
+            }
+        }
+        Ok(params)
+    })();
+    let params = match r {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let (Ok(params), Ok(arg0)) = (CString::new(params), CString::new("berth-init")) else {
+        return "bad parameters".into();
+    };
+    let e = nix::unistd::execveat(
+        exe,
+        c"",
+        &[arg0],
+        &[params],
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    );
+    match e {
+        Err(e) => format!("execveat: {e}"),
+        Ok(never) => match never {},
     }
 }
 
@@ -604,6 +737,19 @@ fn set_rlimits(limits: &[(String, i64, i64)]) -> Result<(), SetupError> {
         }
     }
     Ok(())
+}
+
+/// Closes the descriptors from `first` to `last` (inclusive), where close_range exists.
+fn close_range(first: i32, last: i32) {
+    // SAFETY: close_range only closes descriptors; the caller owns none in that range.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0,
+        )
+    };
 }
 
 /// Closes every descriptor from `first` up.
@@ -662,9 +808,15 @@ fn open_pty() -> Result<(OwnedFd, String), SetupError> {
     Ok((fd, slave))
 }
 
-/// What `start` hands init: the service, the exit-status file, the log pump, and the write
-/// end of a `stdin_open` pipe (held, never written).
-type Started = (Pid, std::fs::File, Option<LogPump>, Option<OwnedFd>);
+/// What `start` hands init: the service, the exit-status file, the log pump, the write end of
+/// a `stdin_open` pipe (held, never written), and the write end of the service's gate.
+type Started = (
+    Pid,
+    std::fs::File,
+    Option<LogPump>,
+    Option<OwnedFd>,
+    OwnedFd,
+);
 
 fn start(
     spec: &LaunchSpec,
@@ -747,9 +899,14 @@ fn start(
     } else {
         None
     };
+    // The service waits on this pipe before its exec until init has become berth-init and made
+    // itself non-dumpable: nothing of the container runs while its PID 1 could be inspected.
+    let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SetupError::sys("create pipe", None, e))?;
     // SAFETY: still single-threaded; the child only sets up and execs.
     let service = match unsafe { fork() }.map_err(|e| SetupError::sys("fork service", None, e))? {
         ForkResult::Child => {
+            drop(gate_w);
             if let Some((_, slave)) = &tty {
                 // The service is a session leader (setsid in exec_service): opening the slave
                 // without O_NOCTTY makes it the controlling terminal.
@@ -779,12 +936,13 @@ fn start(
                 // SAFETY: dup2 of a descriptor we own onto stdin.
                 unsafe { libc::dup2(r.as_raw_fd(), 0) };
             }
-            let e = exec_service(&spec.process, &args, &env, &old);
+            let e = exec_service(&spec.process, &args, &env, &old, Some(&gate_r));
             send(sock, &Message::Failed(e));
             std::process::exit(127);
         }
         ForkResult::Parent { child } => child,
     };
+    drop(gate_r);
     // Init keeps only the read ends: the pipes end when the service and its children do.
     // Init keeps only what it reads: the terminal's master, or the pipes' read ends.
     let logs = logs.map(|(w, p)| match tty {
@@ -794,7 +952,7 @@ fn start(
             (w, vec![(out, 0), (err, 1)])
         }
     });
-    Ok((service, exit_file, logs, stdin_pipe.map(|(_, w)| w)))
+    Ok((service, exit_file, logs, stdin_pipe.map(|(_, w)| w), gate_w))
 }
 
 /// In the service process: credentials, working directory, then exec. Returns only on failure.
@@ -803,6 +961,7 @@ fn exec_service(
     args: &[CString],
     env: &[CString],
     mask: &SigSet,
+    gate: Option<&OwnedFd>,
 ) -> SetupError {
     let r = (|| -> Result<(), SetupError> {
         // A service on a terminal is already the leader of its own session.
@@ -859,6 +1018,11 @@ fn exec_service(
         // host's policy back.
         nix::sys::prctl::set_thp_disable(false)
             .map_err(|e| SetupError::sys("prctl(PR_SET_THP_DISABLE)", None, e))?;
+        if let Some(g) = gate {
+            // End of file: init is berth-init now (or stays as it is); either way, go on.
+            let mut b = [0u8; 1];
+            while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(g, &mut b) {}
+        }
         trace("svc-pre-seccomp");
         // Last, so the filter constrains the service and nothing of setup.
         if !p.allow_new_privs
@@ -991,7 +1155,6 @@ fn init_loop_logging(service: Pid, mut w: super::logs::Writer, fds: Vec<(OwnedFd
 }
 
 /// Writes a line to stderr, which is the container's log (for init's own complaints).
-#[allow(dead_code)]
 fn log(msg: &str) {
     let _ = writeln!(std::io::stderr(), "berth-init: {msg}");
 }
