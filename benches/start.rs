@@ -58,7 +58,8 @@ impl Drop for CgGuard {
 }
 
 struct Berth {
-    rootfs: PathBuf,
+    /// The image's layer and berth's init layer, as the runtime gives a container.
+    layers: Vec<PathBuf>,
     work: PathBuf,
 }
 
@@ -75,7 +76,7 @@ impl Berth {
             name: name.into(),
             hostname: name.into(),
             domainname: None,
-            rootfs: Rootfs::Layers(vec![self.rootfs.clone()]),
+            rootfs: Rootfs::Layers(self.layers.clone()),
             dir: self.work.join(name),
             read_only: false,
             cgroups: Vec::new(),
@@ -261,7 +262,10 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let rootfs = busybox_rootfs(tmp.path());
     let b = Berth {
-        rootfs: rootfs.clone(),
+        layers: vec![
+            rootfs.clone(),
+            berth::runtime::linux::rootfs::init_layer(tmp.path()).expect("init layer"),
+        ],
         work: tmp.path().join("containers"),
     };
     let have_crun = Command::new("crun")

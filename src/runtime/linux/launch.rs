@@ -254,7 +254,12 @@ fn via_zygote(exe: &OwnedFd, tag: &[u8], fds: &[&OwnedFd]) -> bool {
                 zt,
                 Stdio::null(),
                 Stdio::null(),
-                Stdio::null(),
+                // Its timing traces (BERTH_TRACE_SETUP) go where berth's own stderr goes.
+                if std::env::var_os("BERTH_TRACE_SETUP").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                },
             ) {
                 // The zygote is reaped by nobody until berth exits; it lives as long as berth.
                 Ok(child) => {
@@ -304,6 +309,9 @@ pub fn launch(
     let out: OwnedFd = stdout.map_or_else(null, Ok)?.into();
     let err: OwnedFd = stderr.map_or_else(null, Ok)?.into();
     let mut child = None;
+    // Serialised before the request and sent right after it: the spec waits in the socket
+    // while the zygote clones the init, instead of the init waiting for it.
+    let bytes = serde_json::to_vec(spec).map_err(|e| LaunchError::Protocol(e.to_string()))?;
     // The init's namespaces are made by the clone that makes it (see setup::init_namespaces).
     let ns = u64::from(super::setup::init_namespaces(spec).bits() as u32);
     let mut request = vec![b'L'];
@@ -323,7 +331,6 @@ pub fn launch(
         drop(out);
         drop(err);
     }
-    let bytes = serde_json::to_vec(spec).map_err(|e| LaunchError::Protocol(e.to_string()))?;
     nix::sys::socket::send(ours.as_raw_fd(), &bytes, MsgFlags::empty())
         .map_err(|e| LaunchError::Protocol(format!("send spec: {e}")))?;
     let status = match child.as_mut() {

@@ -104,6 +104,50 @@ fn mkdir_all(p: &Path) -> Result<(), SetupError> {
     fs::create_dir_all(p).map_err(|e| SetupError::io("create directory", Some(&p2s(p)), &e))
 }
 
+/// The shared top layer of every image-based root (what Docker calls the init layer): the
+/// directories berth mounts on and the /etc files it binds over, present before the container's
+/// first start, so that building the root writes nothing to the container's upper layer (each
+/// copy-up there is several inodes on the host's disk, per container, per start).
+const INIT_LAYER: &str = "init-layer-1";
+
+/// Makes the init layer under `state` once (atomically: built aside, then renamed into place)
+/// and returns its path.
+pub fn init_layer(state: &Path) -> Result<PathBuf, SetupError> {
+    let layer = state.join(INIT_LAYER);
+    if layer.is_dir() {
+        return Ok(layer);
+    }
+    let tmp = state.join(format!(".{INIT_LAYER}.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let made = (|| -> Result<(), SetupError> {
+        for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
+            mkdir_all(&tmp.join(d))?;
+            let mode = if d == "tmp" { 0o1777 } else { 0o755 };
+            fs::set_permissions(tmp.join(d), fs::Permissions::from_mode(mode))
+                .map_err(|e| SetupError::io("chmod", Some(&p2s(&tmp.join(d))), &e))?;
+        }
+        for name in ETC_FILES {
+            let f = tmp.join("etc").join(name);
+            fs::File::create(&f).map_err(|e| SetupError::io("create", Some(&p2s(&f)), &e))?;
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o644))
+                .map_err(|e| SetupError::io("chmod", Some(&p2s(&f)), &e))?;
+        }
+        Ok(())
+    })();
+    let r = made.and_then(|()| match fs::rename(&tmp, &layer) {
+        Ok(()) => Ok(()),
+        // Another berth made it first.
+        Err(_) if layer.is_dir() => Ok(()),
+        Err(e) => Err(SetupError::io(
+            "create the init layer",
+            Some(&p2s(&layer)),
+            &e,
+        )),
+    });
+    let _ = fs::remove_dir_all(&tmp);
+    r.map(|()| layer)
+}
+
 /// Builds the root filesystem at `<dir>/root` and pivots into it. Runs in the container's mount
 /// namespace, as its PID 1, before anything of the service runs.
 pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
@@ -183,7 +227,11 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
         real_dir(&root.join(d))?;
     }
-    let _ = fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777));
+    // Only when it differs: a chmod in an overlay copies the directory up, a write per start.
+    let tmp = root.join("tmp");
+    if fs::symlink_metadata(&tmp).is_ok_and(|m| m.permissions().mode() & 0o7777 != 0o1777) {
+        let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777));
+    }
 
     // /proc: a new instance, which shows only this PID namespace.
     mnt(
@@ -201,10 +249,20 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
     // Sysctls go through this container's own /proc/sys, before it is made read-only.
     set_sysctls(&root, &spec.sysctls, spec.own_network, !spec.host_ipc)?;
     build_sys(&root, spec.own_network)?;
-    etc_files(spec, &root)?;
+    let staging = root.join("dev").join(STAGING);
+    mkdir_all(&staging)?;
+    etc_files(spec, &root, &staging)?;
     super::mounts::apply(&root, &spec.mounts)?;
     super::setup::trace("rootfs-sys-etc");
-    mask(&root, &spec.dir)?;
+    mask(&root, &staging)?;
+    // The bound files and the masks' directory outlive their names: nothing of the staging
+    // directory stays visible in the container's /dev.
+    for name in ETC_FILES {
+        let _ = fs::remove_file(staging.join(name));
+    }
+    let _ = fs::remove_dir(staging.join("empty"));
+    fs::remove_dir(&staging)
+        .map_err(|e| SetupError::io("remove staging directory", Some(&p2s(&staging)), &e))?;
     super::setup::trace("rootfs-masks");
 
     // pivot_root into the new root and drop the old one entirely: nothing of the host's mount
@@ -699,8 +757,19 @@ fn build_sys(root: &Path, own_network: bool) -> Result<(), SetupError> {
     }
 }
 
-/// /etc/hostname, /etc/hosts and /etc/resolv.conf, the container's own, bound over the image's.
-fn etc_files(spec: &LaunchSpec, root: &Path) -> Result<(), SetupError> {
+/// The container's own /etc files, bound over the image's.
+const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
+
+/// Where, in the container's /dev (a tmpfs of its own), the files bound into /etc and the
+/// masks' empty directory are made before pivot_root, then unlinked: they cost no inode on the
+/// host's disk, which on a file system without a journal (ext4 delays reusing freed inodes
+/// there) made every start slower the more containers had come and gone.
+const STAGING: &str = ".staging";
+
+/// The text of the container's /etc/hostname, /etc/hosts and /etc/resolv.conf, in the order of
+/// `ETC_FILES`. A container that shares another's network (`network_mode: container:X`) gets
+/// X's, computed from X's launch spec.
+pub fn etc_contents(spec: &LaunchSpec) -> [String; 3] {
     let hosts = spec.hosts.clone().unwrap_or_else(|| {
         format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -713,13 +782,16 @@ fn etc_files(spec: &LaunchSpec, root: &Path) -> Result<(), SetupError> {
             .filter(|r| !r.contains("127.0.0.") || !spec.own_network)
             .unwrap_or_default()
     });
-    for (name, text) in [
-        ("hostname", format!("{}\n", spec.hostname)),
-        ("hosts", hosts),
-        ("resolv.conf", resolv),
-    ] {
-        let src = spec.dir.join(name);
+    [format!("{}\n", spec.hostname), hosts, resolv]
+}
+
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf, the container's own, bound over the image's
+/// from the staging directory.
+fn etc_files(spec: &LaunchSpec, root: &Path, staging: &Path) -> Result<(), SetupError> {
+    for (name, text) in ETC_FILES.into_iter().zip(etc_contents(spec)) {
+        let src = staging.join(name);
         fs::write(&src, text).map_err(|e| SetupError::io("write", Some(&p2s(&src)), &e))?;
+        let _ = fs::set_permissions(&src, fs::Permissions::from_mode(0o644));
         let target = root.join("etc").join(name);
         if fs::symlink_metadata(&target)
             .map(|m| m.file_type().is_symlink())
@@ -746,8 +818,8 @@ fn etc_files(spec: &LaunchSpec, root: &Path) -> Result<(), SetupError> {
 
 /// Masks and read-only paths. All masked directories share one empty read-only directory
 /// (one mount source, no tmpfs per path: it matters at hundreds of containers).
-fn mask(root: &Path, dir: &Path) -> Result<(), SetupError> {
-    let empty = dir.join("empty");
+fn mask(root: &Path, staging: &Path) -> Result<(), SetupError> {
+    let empty = staging.join("empty");
     mkdir_all(&empty)?;
     let _ = fs::set_permissions(&empty, fs::Permissions::from_mode(0o555));
     for p in MASKED.iter().chain(MASKED_MORE.iter()) {

@@ -201,7 +201,10 @@ impl LinuxRuntime {
                 roots.push(PathBuf::from("/"));
                 Rootfs::HostLayers(img.layers.clone())
             } else {
-                Rootfs::Layers(img.layers.clone())
+                // The init layer on top: the root's mount points, made once for every container.
+                let init = super::rootfs::init_layer(&self.root)
+                    .map_err(|e| step(name, "create the init layer", e))?;
+                Rootfs::Layers(img.layers.iter().cloned().chain([init]).collect())
             };
             (rootfs, img.config.clone(), roots, Some(img.id.clone()))
         };
@@ -1043,8 +1046,10 @@ impl LinuxRuntime {
                 .filter(|_| Self::alive(&other))
                 .ok_or_else(|| step(&name, "join network", format!("{target} is not running")))?;
             r.launch.netns = Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
-            r.launch.hosts = fs::read_to_string(self.dir(&target).join("hosts")).ok();
-            r.launch.resolv = fs::read_to_string(self.dir(&target).join("resolv.conf")).ok();
+            // The same files as the container whose network this one shares.
+            let [_, hosts, resolv] = super::rootfs::etc_contents(&other.launch);
+            r.launch.hosts = Some(hosts);
+            r.launch.resolv = Some(resolv);
             return Ok(None);
         }
         if !r.launch.own_network || r.net.networks.is_empty() {

@@ -164,6 +164,7 @@ fn init_main(sock: OwnedFd) -> i32 {
     // SAFETY: restoring the default disposition installs no handler code.
     let _ =
         unsafe { nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl) };
+    trace("init-main");
     let r = read_spec(&sock).and_then(|s: LaunchSpec| {
         trace("spec-read");
         enter(&s)?;
@@ -236,8 +237,10 @@ pub fn zygote() -> i32 {
             // The container's init, cloned straight from here (a child of berth's), into the
             // namespaces the request names after its tag.
             let ns = u64::from_le_bytes(req[1..9].try_into().unwrap_or_default());
+            trace("zygote-req");
             let r = clone_init(ns);
             if matches!(r, Ok(None)) {
+                trace("cloned");
                 // The request's socket at fd 3 (replacing the zygote's), its output on 1 and
                 // 2. The received descriptors are all above 3 (0-3 were taken), so no dup2
                 // overwrites one that a later dup2 still reads.
