@@ -9,6 +9,9 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=init");
+    // berth itself is position-dependent: a PIE relocates 600 KiB of pointer tables at every
+    // start, private dirty memory in each supervisor (docs/decisions.md, "The runtime").
+    println!("cargo:rustc-link-arg-bins=-no-pie");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("cargo sets TARGET");

@@ -184,6 +184,16 @@ pub fn release_cold_code() {
             libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_RANDOM);
             libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT);
         }
+        if perms.contains('x') {
+            // PAGEOUT leaves the pages another process also maps (a berth CLI running now):
+            // unmapping them here leaves them to that process and the page cache. Code only:
+            // a page that was ever written (relocations, even in a read-only mapping) would
+            // revert to the file's bytes.
+            // SAFETY: the range is one whole executable mapping of berth's file, never written
+            // (berth is linked without text relocations); a page used again is faulted back
+            // from the page cache or the file.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+        }
     }
 }
 
@@ -281,6 +291,8 @@ impl<R: Runtime + 'static> Supervisor<R> {
                             log(e);
                         }
                         self.ports.refresh();
+                        // Reading every container's record runs code too: give it back after.
+                        busy_since.get_or_insert_with(Instant::now);
                     }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
                         release_cold_code();

@@ -117,7 +117,10 @@ pub fn init_layer(state: &Path) -> Result<PathBuf, SetupError> {
     if layer.is_dir() {
         return Ok(layer);
     }
-    let tmp = state.join(format!(".{INIT_LAYER}.{}", std::process::id()));
+    // Unique to this call: containers of one project are prepared in parallel.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = state.join(format!(".{INIT_LAYER}.{}.{n}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let made = (|| -> Result<(), SetupError> {
         for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
@@ -879,4 +882,40 @@ fn mask(root: &Path, staging: &Path) -> Result<(), SetupError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_init_layer_is_made_once_even_by_many_at_once() {
+        let state = tempfile::tempdir().unwrap();
+        let made: Vec<PathBuf> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| init_layer(state.path())))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(made.iter().all(|p| *p == made[0]));
+        let layer = &made[0];
+        for name in ETC_FILES {
+            let m = fs::metadata(layer.join("etc").join(name)).unwrap();
+            assert!(
+                m.is_file() && m.len() == 0 && m.mode() & 0o777 == 0o644,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            fs::metadata(layer.join("tmp")).unwrap().mode() & 0o7777,
+            0o1777
+        );
+        // Nothing of the attempts stays beside it.
+        let names: Vec<_> = fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [INIT_LAYER]);
+    }
 }
