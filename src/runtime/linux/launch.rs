@@ -92,17 +92,26 @@ fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, String> {
 
 /// A sealed memfd copy of `source`.
 fn memfd_copy(source: &std::path::Path) -> Result<OwnedFd, String> {
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    let fd = memfd_create(
-        c"berth",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(|e| format!("memfd_create: {e}"))?;
     let mut src = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
-    let mut dst = File::from(fd);
-    std::io::copy(&mut src, &mut dst).map_err(|e| format!("copy: {e}"))?;
-    let fd = OwnedFd::from(dst);
+    sealed_memfd(c"berth", |dst| std::io::copy(&mut src, dst).map(|_| ()))
+}
+
+/// A memfd named `name`, filled by `fill`, then sealed against writing, growing and shrinking
+/// (and further sealing): an executable that no process can change (CVE-2019-5736).
+pub(super) fn sealed_memfd(
+    name: &std::ffi::CStr,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<OwnedFd, String> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // MFD_EXEC (6.3+) says so explicitly where memfds are not executable by default.
+    let fd = memfd_create(name, flags | MFdFlags::from_bits_retain(0x10))
+        .or_else(|_| memfd_create(name, flags))
+        .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut f = File::from(fd);
+    fill(&mut f).map_err(|e| format!("copy: {e}"))?;
+    let fd = OwnedFd::from(f);
     fcntl(
         &fd,
         FcntlArg::F_ADD_SEALS(

@@ -598,25 +598,10 @@ pub(super) fn berth_init_exe() -> Option<std::os::fd::BorrowedFd<'static>> {
     use std::sync::OnceLock;
     static FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
     FD.get_or_init(|| {
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        use nix::sys::memfd::{MFdFlags, memfd_create};
-        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-        // MFD_EXEC (6.3+) says so explicitly where memfds are not executable by default.
-        let fd = memfd_create(c"berth-init", flags | MFdFlags::from_bits_retain(0x10))
-            .or_else(|_| memfd_create(c"berth-init", flags))
-            .ok()?;
-        let mut f = std::fs::File::from(fd);
-        std::io::Write::write_all(&mut f, BERTH_INIT).ok()?;
-        let fd = OwnedFd::from(f);
-        fcntl(
-            &fd,
-            FcntlArg::F_ADD_SEALS(
-                SealFlag::F_SEAL_SEAL
-                    | SealFlag::F_SEAL_SHRINK
-                    | SealFlag::F_SEAL_GROW
-                    | SealFlag::F_SEAL_WRITE,
-            ),
-        )
+        use nix::fcntl::{FcntlArg, fcntl};
+        let fd = super::launch::sealed_memfd(c"berth-init", |f| {
+            std::io::Write::write_all(f, BERTH_INIT)
+        })
         .ok()?;
         // Away from the low descriptors that setup places (0-3).
         let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64)).ok()?;
