@@ -133,6 +133,7 @@ impl Berth {
         if trace {
             let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
             eprint!("{}", std::fs::read_to_string(&errf).unwrap_or_default());
+            let _ = std::fs::remove_file(&errf);
             eprintln!(
                 "trace exited {:.3}",
                 now.tv_sec() as f64 * 1e3 + now.tv_nsec() as f64 / 1e6
