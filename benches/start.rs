@@ -231,14 +231,65 @@ impl Hugetlb {
     }
 }
 
+/// hugetlb's line of /proc/cgroups: (hierarchy id, number of cgroups). Id 0 is cgroup2.
+fn hugetlb_hierarchy() -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+    let line = text.lines().find(|l| l.starts_with("hugetlb"))?;
+    let mut f = line.split_whitespace().skip(1);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+fn remove_child_cgroups(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_child_cgroups(&e.path());
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
+fn mount_hugetlb(on: bool) {
+    let mnt = "/sys/fs/cgroup/hugetlb";
+    if on {
+        let _ = std::fs::create_dir_all(mnt);
+        let _ = Command::new("mount")
+            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup", mnt])
+            .status();
+    } else {
+        let _ = Command::new("umount").arg(mnt).status();
+        let _ = std::fs::remove_dir(mnt);
+    }
+}
+
 impl Drop for Hugetlb {
     fn drop(&mut self) {
-        if self.0 {
-            let _ = Command::new("umount")
-                .arg("/sys/fs/cgroup/hugetlb")
-                .status();
-            let _ = std::fs::remove_dir("/sys/fs/cgroup/hugetlb");
+        if !self.0 {
+            return;
         }
+        // A v1 hierarchy unmounted while a child cgroup is still dying (crun's, just removed)
+        // lives on, invisible, and keeps hugetlb from cgroup2: wait for the children to go,
+        // and if the hierarchy survives the umount all the same, mount and unmount it again.
+        for _ in 0..5 {
+            for _ in 0..50 {
+                remove_child_cgroups(Path::new("/sys/fs/cgroup/hugetlb"));
+                if hugetlb_hierarchy().is_none_or(|(_, n)| n <= 1) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            mount_hugetlb(false);
+            for _ in 0..20 {
+                if hugetlb_hierarchy().is_none_or(|(h, _)| h == 0) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            mount_hugetlb(true);
+        }
+        eprintln!("warning: hugetlb did not go back to cgroup2; see /proc/cgroups");
     }
 }
 
