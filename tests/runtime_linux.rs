@@ -522,7 +522,12 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     };
     let job = mk(
         "job",
-        &["sh", "-c", "id -u; echo hello from busybox; exit 4"],
+        &[
+            "sh",
+            "-c",
+            "id -u; echo hello from busybox; echo dev: $(ls -a /dev | grep -c staging); \
+             grep -c ' /etc/hosts ' /proc/self/mountinfo; exit 4",
+        ],
     );
     // 32 MiB of memory, 200 MB wanted: the OOM killer ends it, and observe says so.
     let hog = mk("hog", &["sh", "-c", "head -c 200m /dev/zero | tail"]);
@@ -590,6 +595,20 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     // busybox's image has `nobody` as uid 65534.
     assert!(log.contains("hello from busybox"), "{log}");
     assert!(log.starts_with("65534"), "{log}");
+    // /etc/hosts is bound from the container's /dev, where nothing of the staging stays.
+    assert!(log.contains("dev: 0\n1\n"), "{log}");
+    // Building the root wrote nothing into the writable layer: the init layer holds the mount
+    // points and /etc's files (no copy-up, no inode on the host's disk per start).
+    let upper = state
+        .path()
+        .join("containers")
+        .join(&job.name)
+        .join("upper");
+    let written: Vec<_> = std::fs::read_dir(&upper)
+        .expect("upper")
+        .map(|e| e.map(|e| e.file_name()))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
     now(rt.stop(&svc.name, std::time::Duration::from_secs(2))).expect("stop");
     for n in [&job.name, &svc.name, &hog.name] {
         now(rt.remove(n)).expect("remove");
