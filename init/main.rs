@@ -438,19 +438,10 @@ fn rotated_name(buf: &mut [u8; 32], n: u32) -> &[u8] {
     }
     let base = b"container.log.";
     buf[..base.len()].copy_from_slice(base);
-    let mut at = base.len();
-    let mut d = [0u8; 10];
-    let mut i = d.len();
-    let mut v = n;
-    while v > 0 || i == d.len() {
-        i -= 1;
-        d[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    for b in &d[i..] {
-        buf[at] = *b;
-        at += 1;
-    }
+    let mut d = [0u8; 20];
+    let digits = record::decimal(&mut d, u64::from(n));
+    let at = base.len() + digits.len();
+    buf[base.len()..at].copy_from_slice(digits);
     buf[at] = 0;
     &buf[..=at]
 }
@@ -658,19 +649,11 @@ unsafe extern "C" fn start(sp: *const usize) -> ! {
                 log.flush(s);
             }
             if p.exit >= 0 {
-                let mut d = [0u8; 4];
-                let mut i = d.len() - 1;
-                d[i] = b'\n';
-                let mut v = code.clamp(0, 255) as u32;
-                loop {
-                    i -= 1;
-                    d[i] = b'0' + (v % 10) as u8;
-                    v /= 10;
-                    if v == 0 {
-                        break;
-                    }
-                }
-                sys::write_all(p.exit, &d[i..]);
+                // One write: berth may read the file the moment it appears complete.
+                let (mut d, mut line) = ([0u8; 20], [b'\n'; 4]);
+                let digits = record::decimal(&mut d, code.clamp(0, 255) as u64);
+                line[..digits.len()].copy_from_slice(digits);
+                sys::write_all(p.exit, &line[..=digits.len()]);
             }
             sys::exit(code);
         }

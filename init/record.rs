@@ -33,20 +33,25 @@ impl Out<'_> {
     }
 
     fn digits(&mut self, v: u64, width: usize) {
-        let mut d = [b'0'; 20];
-        let mut n = v;
-        let mut i = d.len();
-        while n > 0 || i == d.len() {
-            i -= 1;
-            d[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        let len = d.len() - i;
-        for _ in len..width {
+        let mut d = [0u8; 20];
+        let text = decimal(&mut d, v);
+        for _ in text.len()..width {
             self.byte(b'0');
         }
-        self.bytes(&d[i..]);
+        self.bytes(text);
     }
+}
+
+/// `v` in decimal, written at the end of `buf`; returns the digits.
+pub fn decimal(buf: &mut [u8; 20], v: u64) -> &[u8] {
+    let mut n = v;
+    let mut i = buf.len();
+    while n > 0 || i == buf.len() {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    &buf[i..]
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

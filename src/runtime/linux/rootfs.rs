@@ -110,6 +110,9 @@ fn mkdir_all(p: &Path) -> Result<(), SetupError> {
 /// copy-up there is several inodes on the host's disk, per container, per start).
 const INIT_LAYER: &str = "init-layer-1";
 
+/// The root's directories that berth mounts on (or binds into, for `etc`).
+const MOUNT_POINTS: [&str; 6] = ["proc", "dev", "sys", "tmp", "run", "etc"];
+
 /// Makes the init layer under `state` once (atomically: built aside, then renamed into place)
 /// and returns its path.
 pub fn init_layer(state: &Path) -> Result<PathBuf, SetupError> {
@@ -123,7 +126,7 @@ pub fn init_layer(state: &Path) -> Result<PathBuf, SetupError> {
     let tmp = state.join(format!(".{INIT_LAYER}.{}.{n}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let made = (|| -> Result<(), SetupError> {
-        for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
+        for d in MOUNT_POINTS {
             mkdir_all(&tmp.join(d))?;
             let mode = if d == "tmp" { 0o1777 } else { 0o755 };
             fs::set_permissions(tmp.join(d), fs::Permissions::from_mode(mode))
@@ -227,7 +230,7 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
         }
     }
 
-    for d in ["proc", "dev", "sys", "tmp", "run", "etc"] {
+    for d in MOUNT_POINTS {
         real_dir(&root.join(d))?;
     }
     // Only when it differs: a chmod in an overlay copies the directory up, a write per start.

@@ -88,7 +88,7 @@ pub fn main() -> i32 {
     trace("setup-main");
     // Descriptors inherited from whoever started berth (a shell, a CI runner, a jobserver)
     // must not reach the container (CVE-2024-21626): keep only stdio and the socket.
-    close_from(SOCKET_FD + 1);
+    close_from(SOCKET_FD + 1, None);
     // SAFETY: berth passes the socket as fd 3 and nothing else in this fresh process owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
     // The namespaces to clone the init into: berth's second argument.
@@ -186,7 +186,7 @@ fn init_main(sock: OwnedFd) -> i32 {
 /// request is one byte with three descriptors: the container's socket, its stdout, its stderr.
 pub fn zygote() -> i32 {
     use nix::sys::socket::{ControlMessageOwned, recvmsg};
-    close_from(SOCKET_FD + 1);
+    close_from(SOCKET_FD + 1, None);
     // SAFETY: berth passes the zygote's socket as fd 3; nothing else here owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
     // Once, so that every init it clones executes the same sealed pages of berth-init.
@@ -258,14 +258,7 @@ pub fn zygote() -> i32 {
                 std::mem::forget(sock);
                 drop(fds);
                 // Everything else goes but the sealed berth-init, which this init executes.
-                let keep = berth_init_exe().map(|f| f.as_raw_fd());
-                match keep {
-                    Some(k) if k > SOCKET_FD + 1 => {
-                        close_range(SOCKET_FD + 1, k - 1);
-                        close_from(k + 1);
-                    }
-                    _ => close_from(SOCKET_FD + 1),
-                }
+                close_from(SOCKET_FD + 1, berth_init_exe().map(|f| f.as_raw_fd()));
                 // SAFETY: fd 3 is the request's socket, placed just above; nothing else owns it.
                 let req = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
                 std::process::exit(init_main(req));
@@ -310,7 +303,7 @@ pub fn zygote() -> i32 {
 /// Messages: `Pid` (host pid of the process), `Terminal` with the pty master when the process
 /// has a terminal, then `Ready` (exec succeeded) or `Failed`, then `Exited`.
 pub fn exec_main() -> i32 {
-    close_from(SOCKET_FD + 1);
+    close_from(SOCKET_FD + 1, None);
     // SAFETY: the socket is fd 3 (placed there by berth or the zygote); nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
     let _ = nix::fcntl::fcntl(
@@ -727,32 +720,21 @@ fn set_rlimits(limits: &[(String, i64, i64)]) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Closes the descriptors from `first` to `last` (inclusive), where close_range exists.
-fn close_range(first: i32, last: i32) {
-    // SAFETY: close_range only closes descriptors; the caller owns none in that range.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            last as libc::c_uint,
-            0,
-        )
+/// Closes every descriptor from `first` up, but `keep` (the sealed berth-init, in an init).
+fn close_from(first: i32, keep: Option<i32>) {
+    let close_range = |from: i32, to: libc::c_uint| {
+        // SAFETY: close_range only closes descriptors; none in the range is owned by live Rust
+        // objects in this fresh process (the caller keeps what it still needs out of it).
+        unsafe { libc::syscall(libc::SYS_close_range, from as libc::c_uint, to, 0) == 0 }
     };
-}
-
-/// Closes every descriptor from `first` up.
-fn close_from(first: i32) {
-    // SAFETY: close_range only closes descriptors; none above `first` is owned by live Rust
-    // objects in this fresh process.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        )
+    let done = match keep.filter(|k| *k >= first) {
+        Some(k) => {
+            (k == first || close_range(first, (k - 1) as libc::c_uint))
+                && close_range(k + 1, libc::c_uint::MAX)
+        }
+        None => close_range(first, libc::c_uint::MAX),
     };
-    if r == 0 {
+    if done {
         return;
     }
     // Kernels before 5.9: close what /proc lists.
@@ -763,7 +745,10 @@ fn close_from(first: i32) {
                 .collect()
         })
         .unwrap_or_default();
-    for fd in fds.into_iter().filter(|fd| *fd >= first) {
+    for fd in fds
+        .into_iter()
+        .filter(|fd| *fd >= first && Some(*fd) != keep)
+    {
         let _ = nix::unistd::close(fd);
     }
 }
