@@ -62,6 +62,24 @@ fn kernel_objects(env: &Env) -> Objects {
                 continue;
             };
             let br = v["bridge"].as_str().unwrap_or_default().to_string();
+            // A network's bridge and veths share one link group, which `down` deletes in one
+            // request.
+            let group = |l: &str| {
+                std::fs::read_to_string(format!("/sys/class/net/{l}/netdev_group"))
+                    .map(|s| s.trim().to_string())
+                    .ok()
+            };
+            let g = group(&br);
+            assert!(
+                g.as_deref().is_some_and(|g| g != "0"),
+                "bridge {br} has no link group: {g:?}"
+            );
+            if let Some(l) = v["leases"].as_object() {
+                for lease in l.values() {
+                    let veth = lease["veth"].as_str().unwrap_or_default();
+                    assert_eq!(group(veth), g, "veth {veth} is not in its bridge's group");
+                }
+            }
             o.tables.push(format!("berth_{br}"));
             o.links.push(br);
             o.gateways

@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::Global;
-use super::project::{Display, Progress, name_only, runtime, stop_supervisor, tokio};
+use super::project::{Display, Progress, name_only_unchecked, runtime, stop_supervisor, tokio};
 use crate::reconcile::{Options, Target, teardown};
 use crate::runtime::Runtime;
 use crate::state::ProjectState;
@@ -31,7 +31,7 @@ pub struct DownArgs {
 }
 
 pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
-    let (name, loaded) = name_only(g)?;
+    let (name, loaded) = name_only_unchecked(g)?;
     if !nix::unistd::Uid::effective().is_root() {
         bail!("berth down needs root, as berth up does");
     }
@@ -63,6 +63,11 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         timeout: a.timeout.map(Duration::from_secs),
         ..Options::default()
     };
+    // The project's networks are taken down while its containers stop (see `net::retire`).
+    let retiring = {
+        let (root, name) = (super::image::state_root(), name.clone());
+        std::thread::spawn(move || crate::net::retire(&root, &name))
+    };
     let failures = tk.block_on(teardown(
         rt.clone(),
         Arc::new(target),
@@ -75,9 +80,17 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
     for f in &failures {
         eprintln!("berth: {f}");
     }
+    let retired = match retiring.join() {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            eprintln!("berth: {e}");
+            return Ok(1);
+        }
+        Err(_) => bail!("taking the project's networks down failed (the thread panicked)"),
+    };
     if failures.is_empty() {
         // The project's networks go once no container is on them.
-        if let Err(e) = crate::net::prune(&super::image::state_root(), &name) {
+        if let Err(e) = crate::net::prune(&super::image::state_root(), &name, &retired) {
             eprintln!("berth: {e}");
             return Ok(1);
         }

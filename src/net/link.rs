@@ -88,17 +88,21 @@ pub fn routes() -> Result<Vec<Subnet>, NetError> {
 /// already (a network that an earlier `up` made) is completed, not recreated.
 pub fn ensure_bridge(
     name: &str,
+    group: u32,
     gateway: Ipv4Addr,
     prefix: u8,
     v6: Option<(Ipv6Addr, u8)>,
 ) -> Result<(), NetError> {
+    use netlink_packet_route::link::LinkAttribute;
     block_on(async {
         let h = connect()?;
         let idx = match index_of(&h, name).await? {
             Some(i) => i,
             None => {
+                let mut msg = LinkBridge::new(name).build();
+                msg.attributes.push(LinkAttribute::Group(group));
                 h.link()
-                    .add(LinkBridge::new(name).build())
+                    .add(msg)
                     .execute()
                     .await
                     .map_err(|e| step(name, "create bridge", e))?;
@@ -164,6 +168,25 @@ pub fn delete_link(name: &str) -> Result<(), NetError> {
     })
 }
 
+/// Deletes every link of the host in `group` (a network's bridge and its veths: see
+/// `net::link_group`) in one request, so the kernel waits out its grace periods once for all of
+/// them instead of once per link (23 ms each here). No link in the group is fine.
+pub fn delete_group(group: u32) -> Result<(), NetError> {
+    use netlink_packet_route::link::LinkAttribute;
+    block_on(async {
+        let h = connect()?;
+        let mut req = h.link().del(0);
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::Group(group));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            Err(e) => Err(step(&format!("group {group:#x}"), "delete links", e)),
+        }
+    })
+}
+
 /// Every link on the host whose name starts with `bt` (berth's).
 pub fn berth_links() -> Vec<String> {
     let Ok(rd) = std::fs::read_dir("/sys/class/net") else {
@@ -194,6 +217,8 @@ pub struct Iface {
     /// Host side of the veth (its peer becomes `eth<i>` in the container).
     pub veth: String,
     pub bridge: String,
+    /// The link group of the network (`net::link_group`), given to the host side too.
+    pub group: u32,
     pub ip: Ipv4Addr,
     pub prefix: u8,
     /// The default route goes through the first interface whose network is not internal.
@@ -286,6 +311,7 @@ async fn wire(
     }
     let peer = peer.build();
     let mut msg = LinkVeth::new(&f.veth, "-").controller(br).up().build();
+    msg.attributes.push(LinkAttribute::Group(f.group));
     for a in msg.attributes.iter_mut() {
         if let LinkAttribute::LinkInfo(infos) = a {
             for info in infos.iter_mut() {

@@ -123,6 +123,15 @@ pub fn ensure_forwarding(network: &str) -> Result<(), NetError> {
     std::fs::write(IP_FORWARD, b"1").map_err(|e| step(network, "turn IPv4 forwarding on", e))
 }
 
+/// Removes the tables of `nets` in one `nft` run (nothing if they are not there).
+pub fn remove_all(nets: &[NetState]) -> Result<(), NetError> {
+    let text: String = nets.iter().map(drop_table).collect();
+    if text.is_empty() {
+        return Ok(());
+    }
+    nft("-", "remove packet filter rules", &text)
+}
+
 /// Puts the host's forwarding back as berth found it, once no berth bridge is left on the
 /// host (under the network lock).
 pub fn restore_forwarding() -> Result<(), NetError> {

@@ -1379,10 +1379,17 @@ impl Runtime for LinuxRuntime {
         {
             let _ = cg.freeze(false);
         }
-        let sig = signal_by_name(r.stop_signal.as_deref());
+        // No grace (`-t 0`): the stop signal could not be acted on anyway, so SIGKILL alone.
+        let sig = if grace.is_zero() {
+            nix::sys::signal::Signal::SIGKILL
+        } else {
+            signal_by_name(r.stop_signal.as_deref())
+        };
         let _ = nix::sys::signal::kill(npid, sig);
         self.event(&r, "kill", &[("signal", sig.as_str().to_string())]);
-        if tokio::time::timeout(grace, self.exited(&r)).await.is_err() {
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            self.exited(&r).await?;
+        } else if tokio::time::timeout(grace, self.exited(&r)).await.is_err() {
             // SIGKILL of the init ends every process of the container's PID namespace.
             let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGKILL);
             self.event(&r, "kill", &[("signal", "SIGKILL".to_string())]);
