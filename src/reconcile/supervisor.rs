@@ -135,8 +135,6 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
     let mut opts = record.load_options();
     opts.skip_schema = true;
     let r = crate::load_project(&opts).map_err(|e| e.to_string());
-    // SAFETY: mi_collect only returns the allocator's free memory to the OS.
-    unsafe { libmimalloc_sys::mi_collect(true) };
     release_cold_code();
     let mut p = r?;
     crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
@@ -148,16 +146,19 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
     })
 }
 
-/// Gives back the pages of berth's own executable that this process touched while loading
-/// (the parser, the schema, the planner: megabytes of code the supervisor's event loop does not
-/// run again). They are clean pages of a file: unmapped, they are faulted back from the page
-/// cache only where used later; the supervisor lives as long as the project, and its resident code
-/// is most of its memory (measured with bench/updown.sh: 5.2 MiB of 8.3 MiB PSS).
+/// Gives back the pages of code and constants this process touched while loading (berth's
+/// parser, schema and planner, the C libraries' start-up code: megabytes the supervisor's event
+/// loop does not run again), and the allocator's free memory. They are clean pages of files:
+/// unmapped, they are faulted back from the page cache only where used later. The supervisor
+/// lives as long as the project, and its resident code was most of its memory (measured with
+/// bench/updown.sh: 5.2 MiB of 8.3 MiB PSS).
 pub fn release_cold_code() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let exe = exe.to_string_lossy().into_owned();
+    // What the allocator holds free goes back first.
+    // SAFETY: mi_collect only returns the allocator's free memory to the OS.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // smaps rather than maps: it says which mappings hold written (anonymous) pages.
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
@@ -167,13 +168,10 @@ pub fn release_cold_code() {
         let (Some(range), Some(perms)) = (f.next(), f.next()) else {
             continue;
         };
-        // Only the file's read-only mappings with no written page: code and constants. The
-        // relocated part (RELRO) was written before it was made read-only, and unmapping a
-        // written page would revert it to the file's bytes.
-        if header.split_whitespace().nth(5) != Some(exe.as_str())
-            || perms.contains('w')
-            || anon_kb != Some(0)
-        {
+        let path = header.split_whitespace().nth(5).unwrap_or_default();
+        // Only private read-only mappings of files: berth's, and the C libraries' (libm and
+        // the unwinder serve the start-up only).
+        if !path.starts_with('/') || perms.contains('w') || perms.contains('s') {
             continue;
         }
         let Some((a, b)) = range.split_once('-') else {
@@ -182,13 +180,29 @@ pub fn release_cold_code() {
         let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
             continue;
         };
-        // Unmapped only, not paged out: the pages stay in the page cache, where the next berth
-        // command finds them instead of reading them from the disk again, and an unmapped
-        // clean page is charged to no process.
-        // SAFETY: the range is one whole read-only mapping of berth's file in which no page
-        // was ever written (smaps counts none anonymous, and a read-only mapping cannot gain
-        // one); a page used again is faulted back from the page cache or the file.
-        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+        let (start, len) = (a as *mut libc::c_void, b - a);
+        if path == exe && !perms.contains('x') {
+            // berth's constants and its relocated part (RELRO): paged out, with no read-ahead
+            // after. A fault maps every neighbouring page still cached (64 KiB), so only
+            // pages out of the cache come back one by one; the relocations' written pages
+            // stay (paging them out would need swap).
+            // SAFETY: advice on one whole mapping of this process; MADV_PAGEOUT changes no
+            // memory contents (a page used again is read back, a written one is kept).
+            unsafe {
+                libc::madvise(start, len, libc::MADV_RANDOM);
+                libc::madvise(start, len, libc::MADV_PAGEOUT);
+            }
+        } else if anon_kb == Some(0) {
+            // Code: unmapped only. Paging it out would gain nothing (a fault in code reads
+            // ahead 2 MiB whatever the advice), and the pages stay in the page cache, where the
+            // next berth command finds them. A written page (a RELRO's) would revert to the
+            // file's bytes: mappings with one are left.
+            // SAFETY: the range is one whole private read-only mapping of a file in which no
+            // page was ever written (smaps counts none anonymous, and a read-only mapping
+            // cannot gain one); a page used again is faulted back from the page cache or the
+            // file.
+            unsafe { libc::madvise(start, len, libc::MADV_DONTNEED) };
+        }
     }
 }
 
