@@ -64,7 +64,7 @@ struct Berth {
 }
 
 impl Berth {
-    fn spec(&self, name: &str, net: bool, args: &[&str]) -> LaunchSpec {
+    fn spec(&self, name: &str, net: bool, read_only: bool, args: &[&str]) -> LaunchSpec {
         let mut process = Process {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/bin".into()],
@@ -78,7 +78,7 @@ impl Berth {
             domainname: None,
             rootfs: Rootfs::Layers(self.layers.clone()),
             dir: self.work.join(name),
-            read_only: false,
+            read_only,
             cgroups: Vec::new(),
             own_network: net,
             netns: None,
@@ -97,7 +97,7 @@ impl Berth {
     }
 
     /// One container from nothing to removed, as `crun run` does it.
-    fn run_true(&self, name: &str, net: bool) -> Duration {
+    fn run_true(&self, name: &str, net: bool, read_only: bool) -> Duration {
         let t = Instant::now();
         let cg = CgGuard(
             Cgroup::create(
@@ -107,7 +107,7 @@ impl Berth {
             .expect("cgroup"),
         );
         let t1 = t.elapsed();
-        let mut s = self.spec(name, net, &["/bin/true"]);
+        let mut s = self.spec(name, net, read_only, &["/bin/true"]);
         if std::env::var_os("NO_CGROUP_JOIN").is_none() {
             s.cgroups = cg.0.paths();
         }
@@ -336,26 +336,41 @@ fn main() {
 
     // Warm-up, then the variants round-robin so drift spreads evenly.
     for i in 0..5 {
-        b.run_true(&format!("w{i}"), true);
+        b.run_true(&format!("w{i}"), true, false);
     }
+    // crun's bundle has a read-only root (one rootfs directory for every run): berth's
+    // read-only rows are the like-for-like ones; the writable rows add the container's own
+    // writable layer, made and removed with each container.
     let mut results: Vec<(&str, Vec<f64>)> = vec![
         ("berth, all namespaces incl. net", Vec::new()),
         ("berth, no network namespace", Vec::new()),
+        ("berth, read-only root, incl. net", Vec::new()),
+        ("berth, read-only root, no net", Vec::new()),
         ("crun run, all namespaces incl. net", Vec::new()),
         ("crun run, no network namespace", Vec::new()),
     ];
     for i in 0..runs {
-        results[0].1.push(ms(b.run_true(&format!("n{i}"), true)));
-        results[1].1.push(ms(b.run_true(&format!("h{i}"), false)));
+        results[0]
+            .1
+            .push(ms(b.run_true(&format!("n{i}"), true, false)));
+        results[1]
+            .1
+            .push(ms(b.run_true(&format!("h{i}"), false, false)));
+        results[2]
+            .1
+            .push(ms(b.run_true(&format!("rn{i}"), true, true)));
+        results[3]
+            .1
+            .push(ms(b.run_true(&format!("rh{i}"), false, true)));
         if let Some(bn) = &bundles.0
             && let Some(d) = crun_run(bn, &format!("berth-bench-{}-n{i}", std::process::id()))
         {
-            results[2].1.push(ms(d));
+            results[4].1.push(ms(d));
         }
         if let Some(bh) = &bundles.1
             && let Some(d) = crun_run(bh, &format!("berth-bench-{}-h{i}", std::process::id()))
         {
-            results[3].1.push(ms(d));
+            results[5].1.push(ms(d));
         }
     }
     drop(hugetlb);
@@ -385,7 +400,7 @@ fn main() {
             )
             .expect("cgroup"),
         );
-        let mut s = b.spec(&format!("idle{i}"), true, &["/bin/sleep", "1000"]);
+        let mut s = b.spec(&format!("idle{i}"), true, false, &["/bin/sleep", "1000"]);
         s.cgroups = cg.0.paths();
         let out = File::create(tmp.path().join(format!("idle{i}.log"))).expect("log");
         running.push(launch(&s, None, Some(out)).expect("launch"));

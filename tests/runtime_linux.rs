@@ -806,6 +806,39 @@ fn image_symlinks_on_mount_points_are_not_followed() {
 }
 
 #[test]
+fn a_read_only_root_of_layers_has_no_writable_layer() {
+    if !root() || !berth::image::testutil::busybox_available() {
+        return;
+    }
+    let img = tempfile::tempdir().expect("image");
+    let r = img.path().join("layer");
+    std::fs::create_dir_all(r.join("bin")).expect("bin");
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("busybox");
+    for a in ["sh", "cat", "touch", "echo", "grep"] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).expect("applet");
+    }
+    let init = berth::runtime::linux::rootfs::init_layer(img.path()).expect("init layer");
+    let (out, b) = run(
+        "rolayers",
+        "touch /x 2>/dev/null && echo WROTE; cat /proc/1/comm; cat /etc/hostname; \
+         grep -c ' / overlay ro' /proc/self/mounts",
+        None,
+        |s| {
+            s.rootfs = Rootfs::Layers(vec![r.clone(), init.clone()]);
+            s.read_only = true;
+            s.process.env = vec!["PATH=/bin".into()];
+        },
+    );
+    assert_eq!(out.code, 0, "{}", out.out);
+    let lines: Vec<&str> = out.out.lines().collect();
+    assert_eq!(lines, ["berth-init", "rolayers", "1"], "{}", out.out);
+    // Nothing of a writable layer was made for it.
+    for d in ["upper", "work"] {
+        assert!(!b.dir.path().join(d).exists(), "{d} was made");
+    }
+}
+
+#[test]
 fn tty_gives_the_service_a_terminal_and_logs_its_output() {
     if !root() {
         return;

@@ -196,10 +196,31 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
                 Rootfs::Layers(l) => (l, false),
                 Rootfs::Host => unreachable!("matched above"),
             };
-            mkdir_all(&upper)?;
-            mkdir_all(&work)?;
             // overlayfs lists lower layers top first.
             let mut lower: Vec<String> = layers.iter().rev().map(|p| p2s(p)).collect();
+            // A read-only root with nothing to mount into it needs no writable layer: the
+            // overlay of the layers alone is read-only, and no upper or work directory is
+            // made and removed with each container (the init layer on top holds the mount
+            // points and /etc's files; overlayfs needs two layers without an upper one).
+            // Mounts keep one: their targets may have to be made.
+            if !host
+                && spec.read_only
+                && spec.mounts.is_empty()
+                && spec.rw_device.is_none()
+                && layers.len() >= 2
+            {
+                mnt(
+                    "mount overlay",
+                    Some("overlay"),
+                    &root,
+                    Some("overlay"),
+                    MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+                    Some(&format!("lowerdir={}", lower.join(":"))),
+                )?;
+                return finish_root(spec, &root);
+            }
+            mkdir_all(&upper)?;
+            mkdir_all(&work)?;
             if host {
                 // The host directories' upper directories are made before the root overlay is
                 // mounted over their parent (changing an upper layer under a mounted overlay
@@ -230,6 +251,12 @@ pub fn build(spec: &LaunchSpec) -> Result<(), SetupError> {
         }
     }
 
+    finish_root(spec, &root)
+}
+
+/// The root's own file systems, its /etc files and masks, then pivot_root into it.
+fn finish_root(spec: &LaunchSpec, root: &Path) -> Result<(), SetupError> {
+    let root = root.to_path_buf();
     for d in MOUNT_POINTS {
         real_dir(&root.join(d))?;
     }
