@@ -334,6 +334,15 @@ fn main() {
         (None, None)
     };
 
+    // The containers' parent cgroup stays for the whole run, as `berth/<project>` does while
+    // a project runs: each container then makes and removes only its own cgroup.
+    let _parent = CgGuard(
+        Cgroup::create(
+            &format!("bench-{}/keep", std::process::id()),
+            &Limits::default(),
+        )
+        .expect("cgroup"),
+    );
     // Warm-up, then the variants round-robin so drift spreads evenly.
     for i in 0..5 {
         b.run_true(&format!("w{i}"), true, false);
