@@ -131,6 +131,52 @@ fn assert_nothing_left(o: &Objects) {
 }
 
 #[test]
+fn a_network_another_project_is_on_outlives_its_owners_down() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    let owner = env.project(
+        "owner",
+        "name: nown\nservices:\n  a:\n    image: host\n    command: [sleep, '300']\n    networks: [shared]\nnetworks:\n  shared: {}\n",
+    );
+    let user = env.project(
+        "user",
+        "name: nuse\nservices:\n  b:\n    image: host\n    command: [sleep, '300']\n    networks: [shared]\nnetworks:\n  shared:\n    external: true\n    name: nown_shared\n",
+    );
+    // Dropped in reverse: the user's project goes first, then the owner's takes the network.
+    let _down_owner = env.down_on_drop(&owner);
+    let _down_user = env.down_on_drop(&user);
+    env.ok(&owner, &["up", "-d", "--progress", "quiet"]);
+    env.ok(&user, &["up", "-d", "--progress", "quiet"]);
+    let net = network(&env, "nown_shared");
+    let bridge = net["bridge"].as_str().expect("bridge").to_string();
+    let veth = net["leases"]["nuse-b-1"]["veth"]
+        .as_str()
+        .expect("the user's lease")
+        .to_string();
+    env.ok(&owner, &["down", "-t", "0", "--progress", "quiet"]);
+    // The owner's containers are gone; its network stays for the other project's container.
+    let brif = Path::new("/sys/class/net").join(&bridge).join("brif");
+    assert!(
+        brif.join(&veth).exists(),
+        "the bridge or the user's port went"
+    );
+    let o = env.ok(
+        &user,
+        &["exec", "b", "cat", "/sys/class/net/eth0/operstate"],
+    );
+    assert_eq!(o.trim(), "up", "{o}");
+    env.ok(&user, &["down", "-t", "0", "--progress", "quiet"]);
+    env.ok(&owner, &["down", "-t", "0", "--progress", "quiet"]);
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "bridge left"
+    );
+}
+
+#[test]
 fn services_reach_each_other_by_name_and_replicas_all_answer() {
     if !root() {
         eprintln!("skipped: needs root");

@@ -66,7 +66,8 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
     // The project's networks are taken down while its containers stop (see `net::retire`).
     let retiring = {
         let (root, name) = (super::image::state_root(), name.clone());
-        std::thread::spawn(move || crate::net::retire(&root, &name))
+        let leaving: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+        std::thread::spawn(move || crate::net::retire(&root, &name, &leaving))
     };
     let failures = tk.block_on(teardown(
         rt.clone(),

@@ -709,9 +709,15 @@ pub struct Retired {
 /// kernel's RCU grace periods whether or not ports are still attached (measured here: 38 ms
 /// with 50 ports, 41 ms empty), the ports' veths go with the containers' namespaces anyway, and
 /// `nft` is a process of its own. A network left with a container (a stop failed) has no bridge
-/// until the next `up` puts it back (`ensure_network`). External networks belong to another
-/// project and stay.
-pub fn retire(root: &std::path::Path, project: &str) -> Result<Retired, NetError> {
+/// until the next `up` puts it back (`ensure_network`). Only networks whose every lease is one
+/// of `leaving` (the containers being removed) are taken down: another project's containers
+/// may be on one as an external network, and such a network waits for `prune`, which removes
+/// nothing that still has a container. External networks belong to another project and stay.
+pub fn retire(
+    root: &std::path::Path,
+    project: &str,
+    leaving: &[String],
+) -> Result<Retired, NetError> {
     // Read under the lock, taken down without it: the containers being stopped meanwhile take
     // it to give their leases back. The forwarding guard is `prune`'s, under the lock.
     let nets: Vec<NetState> = {
@@ -719,6 +725,7 @@ pub fn retire(root: &std::path::Path, project: &str) -> Result<Retired, NetError
         ipam::all(root)
             .into_iter()
             .filter(|st| st.project == project)
+            .filter(|st| st.leases.keys().all(|c| leaving.contains(c)))
             .collect()
     };
     let ports = nets
