@@ -2,6 +2,7 @@
 //! (dependents first), and the project's state. Nothing of another project is touched.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -9,6 +10,7 @@ use clap::Args;
 
 use super::Global;
 use super::project::{Display, Progress, name_only_unchecked, runtime, stop_supervisor, tokio};
+use crate::plan::State;
 use crate::reconcile::{Options, Target, teardown};
 use crate::runtime::Runtime;
 use crate::state::ProjectState;
@@ -63,11 +65,28 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         timeout: a.timeout.map(Duration::from_secs),
         ..Options::default()
     };
-    // The project's networks are taken down while its containers stop (see `net::retire`).
+    // The project's networks are taken down as soon as their containers have exited, while the
+    // rest of the removal goes on (see `net::retire`): a pidfd of each running one, from now.
+    // With `-t 0` they are killed at once, with no time to use a network: no wait then.
+    let killed = a.timeout == Some(0);
+    let leaving: Vec<crate::net::Leaving> = containers
+        .iter()
+        .map(|c| {
+            let running = !killed && matches!(c.state, State::Running | State::Paused);
+            let fd = c
+                .pid
+                .filter(|_| running)
+                .and_then(rustix::process::Pid::from_raw)
+                .and_then(|p| {
+                    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+                });
+            (c.name.clone(), fd)
+        })
+        .collect();
+    let stopped = Arc::new(AtomicBool::new(false));
     let retiring = {
-        let (root, name) = (super::image::state_root(), name.clone());
-        let leaving: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
-        std::thread::spawn(move || crate::net::retire(&root, &name, &leaving))
+        let (root, name, stopped) = (super::image::state_root(), name.clone(), stopped.clone());
+        std::thread::spawn(move || crate::net::retire(&root, &name, leaving, &stopped))
     };
     let failures = tk.block_on(teardown(
         rt.clone(),
@@ -77,6 +96,7 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         opts,
         display.sink.clone(),
     ));
+    stopped.store(true, Ordering::Release);
     display.finish();
     for f in &failures {
         eprintln!("berth: {f}");

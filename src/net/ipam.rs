@@ -27,6 +27,9 @@ pub struct NetState {
     pub gateway6: Option<std::net::Ipv6Addr>,
     #[serde(default)]
     pub leases: BTreeMap<String, Lease>,
+    /// Being taken down by `berth down` (`net::retire`): nothing may join it any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +256,7 @@ mod tests {
             subnet6: None,
             gateway6: None,
             leases: BTreeMap::new(),
+            retiring: false,
         }
     }
 

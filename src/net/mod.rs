@@ -442,6 +442,30 @@ pub fn ifname(parts: &[&str]) -> String {
 pub(crate) mod tests {
     use super::*;
 
+    #[test]
+    fn a_network_s_link_group_comes_from_its_bridge_s_name() {
+        let mut st = NetState {
+            name: "p_default".into(),
+            project: "p".into(),
+            bridge: "bt0123456789".into(),
+            subnet: Subnet::parse("10.0.0.0/29").unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            internal: false,
+            subnet6: None,
+            gateway6: None,
+            leases: Default::default(),
+            retiring: false,
+        };
+        assert_eq!(link_group(&st), 0x0123_4567);
+        st.bridge = "bt0000000000".into();
+        assert_eq!(link_group(&st), 1, "group 0 is every link's default");
+        st.bridge = "other".into();
+        let g = link_group(&st);
+        assert!(g != 0);
+        st.bridge = "otherb".into();
+        assert_ne!(link_group(&st), g);
+    }
+
     pub(crate) fn project(yaml: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("compose.yml"), yaml).unwrap();
@@ -583,6 +607,23 @@ pub fn join(
 
 fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, NetError> {
     if let Some(mut st) = ipam::read(root, &att.network) {
+        if st.retiring {
+            // Its project's `down` is taking it away: another project cannot join it now.
+            if att.external {
+                return Err(NetError::ExternalMissing(att.network.clone()));
+            }
+            // Its own project's `up` after a `down` that failed halfway: it is put back.
+            st.retiring = false;
+            ipam::write(root, &st)?;
+            link::ensure_bridge(
+                &st.bridge,
+                link_group(&st),
+                st.gateway,
+                st.subnet.prefix,
+                v6_of(&st),
+            )?;
+            nft::install(&st)?;
+        }
         // IPv6 turned on since the network was made: it gets its IPv6 subnet now.
         let mut changed = false;
         if att.ipv6 && st.subnet6.is_none() {
@@ -623,6 +664,7 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
         subnet6: None,
         gateway6: None,
         leases: Default::default(),
+        retiring: false,
     };
     if att.ipv6 {
         add_ipv6(root, att, &mut st)?;
@@ -690,11 +732,23 @@ fn bridge_ports(bridge: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The link group of a network's bridge and of its containers' veths on the host: its IPv4
-/// subnet's address, unique among the host's berth networks (no two overlap), in a space that
-/// hosts rarely use (groups default to 0). One request then deletes them all (`retire`).
+/// The link group of a network's bridge and of its containers' veths on the host: 32 bits of
+/// the bridge's name, which hashes the state root and the network's name (a subnet would not
+/// do: one whose bridge is gone can be picked again by another state root). Hosts rarely use
+/// groups (they default to 0). One request then deletes them all (`retire`).
 pub fn link_group(st: &NetState) -> u32 {
-    u32::from(st.subnet.addr)
+    let hashed = st
+        .bridge
+        .strip_prefix("bt")
+        .and_then(|h| h.get(..8))
+        .and_then(|h| u32::from_str_radix(h, 16).ok());
+    // A bridge named otherwise (none is): the name's FNV-1a hash.
+    let g = hashed.unwrap_or_else(|| {
+        st.bridge.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    });
+    g.max(1)
 }
 
 /// What `retire` took down: the networks, and the ports their bridges had.
@@ -704,29 +758,78 @@ pub struct Retired {
     ports: Vec<String>,
 }
 
+/// A container `down` is removing, and a pidfd of its init while it runs.
+pub type Leaving = (String, Option<std::os::fd::OwnedFd>);
+
 /// Takes down the bridges and packet-filter tables of `project`'s own networks ahead of their
-/// state. `berth down` runs this while it stops the containers: deleting a bridge waits out the
-/// kernel's RCU grace periods whether or not ports are still attached (measured here: 38 ms
-/// with 50 ports, 41 ms empty), the ports' veths go with the containers' namespaces anyway, and
-/// `nft` is a process of its own. A network left with a container (a stop failed) has no bridge
-/// until the next `up` puts it back (`ensure_network`). Only networks whose every lease is one
-/// of `leaving` (the containers being removed) are taken down: another project's containers
-/// may be on one as an external network, and such a network waits for `prune`, which removes
-/// nothing that still has a container. External networks belong to another project and stay.
+/// state, while `berth down` removes the containers: a network goes once every container on it
+/// has exited (a service keeps its network for its whole stop grace period), and while the
+/// containers' cgroups and directories are still being removed. Deleting a bridge waits out
+/// the kernel's RCU grace periods whether or not ports are still attached (measured here:
+/// 38 ms with 50 ports, 41 ms empty), deleting veths one by one costs 23 ms each, and `nft` is a
+/// process of its own: one request deletes the bridge and its veths (their link group), one
+/// `nft` run drops every table. Only networks whose every lease is one of `leaving` go (another
+/// project's container may be on one as an external network), and none with a container that
+/// has not exited when `stopped` is set (its stop failed): those wait for `prune`, which
+/// removes nothing that still has a container. External networks belong to another project
+/// and stay.
 pub fn retire(
     root: &std::path::Path,
     project: &str,
-    leaving: &[String],
+    leaving: Vec<Leaving>,
+    stopped: &std::sync::atomic::AtomicBool,
 ) -> Result<Retired, NetError> {
-    // Read under the lock, taken down without it: the containers being stopped meanwhile take
-    // it to give their leases back. The forwarding guard is `prune`'s, under the lock.
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let names: Vec<String> = leaving.iter().map(|(n, _)| n.clone()).collect();
+    let mut running: Vec<(String, std::os::fd::OwnedFd)> = leaving
+        .into_iter()
+        .filter_map(|(n, fd)| fd.map(|fd| (n, fd)))
+        .collect();
+    loop {
+        let ended: Vec<bool> = {
+            let mut fds: Vec<PollFd> = running
+                .iter()
+                .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if !fds.is_empty() {
+                let _ = poll(&mut fds, PollTimeout::from(20u8));
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let mut i = 0;
+        running.retain(|_| {
+            i += 1;
+            !ended[i - 1]
+        });
+        let over = stopped.load(std::sync::atomic::Ordering::Acquire);
+        if running.is_empty() || over {
+            break;
+        }
+    }
+    // The containers left running keep their networks.
+    let kept: Vec<&String> = running.iter().map(|(n, _)| n).collect();
+    // Chosen and marked under the lock, so that no other project joins a network from now on;
+    // taken down without it (the containers being removed take it to give their leases back).
     let nets: Vec<NetState> = {
         let _lock = ipam::lock()?;
-        ipam::all(root)
-            .into_iter()
-            .filter(|st| st.project == project)
-            .filter(|st| st.leases.keys().all(|c| leaving.contains(c)))
-            .collect()
+        let mut nets = Vec::new();
+        for mut st in ipam::all(root) {
+            if st.project != project
+                || !st
+                    .leases
+                    .keys()
+                    .all(|c| names.contains(c) && !kept.contains(&c))
+            {
+                continue;
+            }
+            st.retiring = true;
+            ipam::write(root, &st)?;
+            nets.push(st);
+        }
+        nets
     };
     let ports = nets
         .iter()

@@ -165,6 +165,7 @@ mod tests {
             subnet6: None,
             gateway6: None,
             leases: Default::default(),
+            retiring: false,
         };
         let r = ruleset(&st);
         assert!(r.contains("table inet berth_bt0123456789"));

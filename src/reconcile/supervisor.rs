@@ -169,8 +169,8 @@ pub fn release_cold_code() {
             continue;
         };
         let path = header.split_whitespace().nth(5).unwrap_or_default();
-        // Only private read-only mappings of files: berth's, and the C libraries' (libm and
-        // the unwinder serve the start-up only).
+        // Only private read-only mappings of files: berth's, and the C libraries' code (libm
+        // and the unwinder serve the start-up only).
         if !path.starts_with('/') || perms.contains('w') || perms.contains('s') {
             continue;
         }
@@ -192,11 +192,11 @@ pub fn release_cold_code() {
                 libc::madvise(start, len, libc::MADV_RANDOM);
                 libc::madvise(start, len, libc::MADV_PAGEOUT);
             }
-        } else if anon_kb == Some(0) {
+        } else if perms.contains('x') && anon_kb == Some(0) {
             // Code: unmapped only. Paging it out would gain nothing (a fault in code reads
             // ahead 2 MiB whatever the advice), and the pages stay in the page cache, where the
-            // next berth command finds them. A written page (a RELRO's) would revert to the
-            // file's bytes: mappings with one are left.
+            // next berth command finds them. Only code, never written: a written page (a
+            // RELRO's, even swapped out) would revert to the file's bytes.
             // SAFETY: the range is one whole private read-only mapping of a file in which no
             // page was ever written (smaps counts none anonymous, and a read-only mapping
             // cannot gain one); a page used again is faulted back from the page cache or the
@@ -206,13 +206,22 @@ pub fn release_cold_code() {
     }
 }
 
-/// Each mapping of an smaps text: its header line and its `Anonymous:` size in kB.
+/// Each mapping of an smaps text: its header line and its written pages in kB (`Anonymous:`
+/// plus `Swap:`: a written page swapped out is no longer counted as anonymous).
 fn mappings(smaps: &str) -> Vec<(&str, Option<u64>)> {
     let mut out: Vec<(&str, Option<u64>)> = Vec::new();
     for line in smaps.lines() {
-        if let Some(v) = line.strip_prefix("Anonymous:") {
+        let field = line
+            .strip_prefix("Anonymous:")
+            .or_else(|| line.strip_prefix("Swap:"));
+        if let Some(v) = field {
             if let Some(last) = out.last_mut() {
-                last.1 = v.trim().trim_end_matches("kB").trim().parse().ok();
+                let kb: Option<u64> = v.trim().trim_end_matches("kB").trim().parse().ok();
+                last.1 = match (last.1, kb) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (None, b) => b,
+                    (a, None) => a,
+                };
             }
         } else if line.split_whitespace().next().is_some_and(|r| {
             r.contains('-') && r.split('-').all(|h| u64::from_str_radix(h, 16).is_ok())
@@ -793,12 +802,13 @@ mod tests {
         let text = "00200000-00600000 r--p 00000000 fd:01 12 /bin/berth\nSize:  4096 kB\n\
                     Anonymous:             0 kB\nVmFlags: rd mr mw me\n\
                     01401000-01497000 r--p 011ff000 fd:01 12 /bin/berth\nRss:  40 kB\n\
-                    Anonymous:            40 kB\n7ffe0000-7fff0000 rw-p 00000000 00:00 0 [stack]\n";
+                    Anonymous:            40 kB\nSwap:      8 kB\n\
+                    7ffe0000-7fff0000 rw-p 00000000 00:00 0 [stack]\n";
         let m = super::mappings(text);
         assert_eq!(m.len(), 3);
         assert_eq!(m[0].1, Some(0));
         assert!(m[1].0.starts_with("01401000-01497000 r--p"));
-        assert_eq!(m[1].1, Some(40));
+        assert_eq!(m[1].1, Some(48));
         assert_eq!(m[2].1, None);
     }
 }
