@@ -131,6 +131,30 @@ fn assert_nothing_left(o: &Objects) {
 }
 
 #[test]
+fn a_service_keeps_its_network_while_it_stops() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = Env::new();
+    // On SIGTERM the service waits a little, then records its interface's state.
+    let p = env.project(
+        "grace",
+        "name: ngrace\nservices:\n  s:\n    image: host\n    volumes: ['./out:/out']\n    command: [sh, -c, 'trap \"sleep 0.5; cat /sys/class/net/eth0/operstate > /out/state; exit 0\" TERM; sleep 300 & wait']\n",
+    );
+    std::fs::create_dir_all(p.join("out")).expect("out");
+    let (_down, objs) = up(&env, &p);
+    env.ok(&p, &["down", "--progress", "quiet"]);
+    let state = std::fs::read_to_string(p.join("out/state")).unwrap_or_default();
+    assert_eq!(
+        state.trim(),
+        "up",
+        "the network went before the service had stopped"
+    );
+    assert_nothing_left(&objs);
+}
+
+#[test]
 fn a_network_another_project_is_on_outlives_its_owners_down() {
     if !root() {
         eprintln!("skipped: needs root");
