@@ -24,9 +24,12 @@ if [ "$PODMAN" = 1 ] && command -v podman-compose >/dev/null && [ -f "$PEER/comm
   fi
   set -e
 fi
+# podman's netavark turns the host's IPv4 forwarding on and leaves it so: put it back after.
+FORWARD_BEFORE=$(cat /proc/sys/net/ipv4/ip_forward)
 cleanup() {
   for d in "$WORK"/p*; do [ -d "$d" ] && (cd "$d" && "$BERTH" down -t 0 --progress quiet >/dev/null 2>&1 || true); done
   [ "$have_podman" = 1 ] && hugetlb_v1_off 2>/dev/null || true
+  [ "$have_podman" = 1 ] && echo "$FORWARD_BEFORE" > /proc/sys/net/ipv4/ip_forward || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
