@@ -607,6 +607,7 @@ pub fn join(
 
 fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, NetError> {
     if let Some(mut st) = ipam::read(root, &att.network) {
+        let mut changed = false;
         if st.retiring {
             // Its project's `down` is taking it away: another project cannot join it now.
             if att.external {
@@ -615,17 +616,9 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
             // Its own project's `up` after a `down` that failed halfway: it is put back.
             st.retiring = false;
             ipam::write(root, &st)?;
-            link::ensure_bridge(
-                &st.bridge,
-                link_group(&st),
-                st.gateway,
-                st.subnet.prefix,
-                v6_of(&st),
-            )?;
-            nft::install(&st)?;
+            changed = true;
         }
         // IPv6 turned on since the network was made: it gets its IPv6 subnet now.
-        let mut changed = false;
         if att.ipv6 && st.subnet6.is_none() {
             add_ipv6(root, att, &mut st)?;
             ipam::write(root, &st)?;
@@ -799,11 +792,11 @@ pub fn retire(
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect()
         };
-        let mut i = 0;
-        running.retain(|_| {
-            i += 1;
-            !ended[i - 1]
-        });
+        running = running
+            .into_iter()
+            .zip(ended)
+            .filter_map(|(r, ended)| (!ended).then_some(r))
+            .collect();
         let over = stopped.load(std::sync::atomic::Ordering::Acquire);
         if running.is_empty() || over {
             break;

@@ -215,13 +215,11 @@ fn mappings(smaps: &str) -> Vec<(&str, Option<u64>)> {
             .strip_prefix("Anonymous:")
             .or_else(|| line.strip_prefix("Swap:"));
         if let Some(v) = field {
-            if let Some(last) = out.last_mut() {
-                let kb: Option<u64> = v.trim().trim_end_matches("kB").trim().parse().ok();
-                last.1 = match (last.1, kb) {
-                    (Some(a), Some(b)) => Some(a + b),
-                    (None, b) => b,
-                    (a, None) => a,
-                };
+            if let (Some(last), Ok(kb)) = (
+                out.last_mut(),
+                v.trim().trim_end_matches("kB").trim().parse::<u64>(),
+            ) {
+                last.1 = Some(last.1.unwrap_or(0) + kb);
             }
         } else if line.split_whitespace().next().is_some_and(|r| {
             r.contains('-') && r.split('-').all(|h| u64::from_str_radix(h, 16).is_ok())
