@@ -242,10 +242,10 @@ pub fn lease_address6(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn st() -> NetState {
+    pub(crate) fn st() -> NetState {
         NetState {
             name: "p_default".into(),
             project: "p".into(),

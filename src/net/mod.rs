@@ -444,18 +444,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_network_s_link_group_comes_from_its_bridge_s_name() {
-        let mut st = NetState {
-            name: "p_default".into(),
-            project: "p".into(),
-            bridge: "bt0123456789".into(),
-            subnet: Subnet::parse("10.0.0.0/29").unwrap(),
-            gateway: "10.0.0.1".parse().unwrap(),
-            internal: false,
-            subnet6: None,
-            gateway6: None,
-            leases: Default::default(),
-            retiring: false,
-        };
+        let mut st = ipam::tests::st();
+        st.bridge = "bt0123456789".into();
         assert_eq!(link_group(&st), 0x0123_4567);
         st.bridge = "bt0000000000".into();
         assert_eq!(link_group(&st), 1, "group 0 is every link's default");
