@@ -17,6 +17,7 @@ use super::logs::{Style, follow};
 use super::project::{Display, Progress, load, runtime, stop_supervisor, tokio};
 use crate::net::ports;
 use crate::plan::{Action, State, diff};
+use crate::reconcile::idle;
 use crate::reconcile::supervisor::{Supervisor, load_in_supervisor, log};
 use crate::reconcile::{Options, Target, apply, teardown};
 use crate::runtime::Runtime;
@@ -666,6 +667,24 @@ pub struct SuperviseArgs {
     /// A published port's bound socket, in the order of the project's ports.json (inherited)
     #[arg(long)]
     pub port_fd: Vec<i32>,
+    /// What the supervisor handed over to itself before an idle spell (a memfd, inherited
+    /// through berth-idle)
+    #[arg(long)]
+    pub resume_fd: Option<i32>,
+}
+
+/// How long a detached supervisor stays awake without work before it waits in berth-idle:
+/// `BERTH_IDLE_AFTER_MS` (`off` never), 2 s by default. Never after berth-idle could not be
+/// executed here (it then came back as berth, with BERTH_IDLE_FAILED set).
+fn idle_after() -> Option<Duration> {
+    if std::env::var_os("BERTH_IDLE_FAILED").is_some() {
+        return None;
+    }
+    match std::env::var("BERTH_IDLE_AFTER_MS") {
+        Ok(v) if v == "off" => None,
+        Ok(v) => v.parse().ok().map(Duration::from_millis),
+        Err(_) => Some(Duration::from_secs(2)),
+    }
 }
 
 /// The supervisor's process: `berth -p NAME __supervise`.
@@ -686,6 +705,16 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
     };
     // SAFETY: as for the lock: inherited for this process alone.
     let ready = a.ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let handoff = match a.resume_fd {
+        Some(fd) => Some(idle::read_handoff(fd).context("resuming after an idle spell")?),
+        None => None,
+    };
+    // The DNS listeners' sockets, inherited through berth-idle.
+    let dns: Vec<(std::net::Ipv4Addr, OwnedFd)> = handoff
+        .iter()
+        .flat_map(|h| &h.dns)
+        .filter_map(|&(gw, fd)| ports::adopt(fd).map(|s| (gw, s)))
+        .collect();
     let bound: Vec<ports::Bound> = ports::recorded(st.dir())
         .into_iter()
         .zip(&a.port_fd)
@@ -693,17 +722,41 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
             ports::adopt(fd).map(|socket| ports::Bound { binding, socket })
         })
         .collect();
-    st.write_supervisor(std::process::id() as i32)?;
-    let target = match load_in_supervisor(&record) {
-        Ok(t) => t,
-        Err(e) => {
-            st.write_status(&Status {
-                invalid: Some(e.clone()),
-                ..st.status()
-            })?;
-            bail!("the project file does not load: {e}");
+    if handoff.is_some() && idle::stop_pending() {
+        // `down` (or a Ctrl-C) woke berth-idle: stop as a supervisor that was awake would,
+        // letting the ports go before saying so.
+        drop((bound, dns));
+        log("supervisor stopped; the containers keep running");
+        if st.supervisor() == Some(std::process::id() as i32) {
+            st.clear_supervisor();
         }
+        return Ok(0);
+    }
+    st.write_supervisor(std::process::id() as i32)?;
+    let target = match handoff {
+        Some(h) => {
+            let graph = crate::graph::Graph::new(&h.project)
+                .map_err(|_| anyhow::anyhow!("the handed-over project has a dependency cycle"))?;
+            let t = crate::reconcile::Target {
+                project: h.project.clone(),
+                dir: h.dir.clone(),
+                graph,
+            };
+            (t, Some(h))
+        }
+        None => match load_in_supervisor(&record) {
+            Ok(t) => (t, None),
+            Err(e) => {
+                st.write_status(&Status {
+                    invalid: Some(e.clone()),
+                    ..st.status()
+                })?;
+                bail!("the project file does not load: {e}");
+            }
+        },
     };
+    let (target, handoff) = target;
+    let lock_fd = _lock.fd.as_raw_fd();
     let rt = runtime()?;
     // One thread: the supervisor waits far more than it works, and every worker thread costs
     // memory for as long as the project runs.
@@ -711,27 +764,47 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    log(format!(
-        "supervising project {name} (pid {})",
-        std::process::id()
-    ));
+    if handoff.is_none() {
+        log(format!(
+            "supervising project {name} (pid {})",
+            std::process::id()
+        ));
+    }
     tk.block_on(async {
-        let sup = Supervisor::new(rt, st.clone(), record, Arc::new(target))
+        use tokio::signal::unix::{SignalKind, signal};
+        // Listening before the signals an idle spell blocked are let through: a `down` that
+        // came meanwhile is then delivered here.
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        idle::unblock_signals();
+        let mut sup = Supervisor::new(rt, st.clone(), record, Arc::new(target))
             .with_ports(bound)
             .on_ready(move || {
                 if let Some(fd) = ready {
                     let _ = nix::unistd::write(&fd, b"r");
                 }
             });
-        sup.run(async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
+        if let Some(h) = handoff {
+            sup = sup.resume(h, dns);
+        }
+        if let Some(after) = idle_after() {
+            let project = name.clone();
+            sup = sup.idle_after(
+                after,
+                Box::new(move |sleep| {
+                    // Its zygote would be left a zombie that nobody reaps.
+                    crate::runtime::linux::launch::stop_zygote();
+                    idle::sleep(sleep, lock_fd, &project)
+                }),
+            );
+        }
+        sup.run(async move {
+            let (Ok(mut term), Ok(mut int)) = (term, int) else {
+                return std::future::pending().await;
+            };
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
         })
         .await;

@@ -28,8 +28,12 @@ pub struct Dns {
     root: PathBuf,
     project: String,
     upstream: Vec<SocketAddr>,
-    listeners: Mutex<BTreeMap<Ipv4Addr, tokio::task::JoinHandle<()>>>,
+    /// Each gateway's listener task, and a duplicate of its socket (handed over when the
+    /// supervisor goes idle).
+    listeners: Mutex<BTreeMap<Ipv4Addr, (tokio::task::JoinHandle<()>, std::os::fd::OwnedFd)>>,
     turn: AtomicUsize,
+    /// Queries being forwarded upstream.
+    forwarding: Arc<AtomicUsize>,
 }
 
 /// The host's resolvers, from /etc/resolv.conf.
@@ -51,6 +55,7 @@ impl Dns {
             upstream: host_resolvers(),
             listeners: Mutex::new(BTreeMap::new()),
             turn: AtomicUsize::new(0),
+            forwarding: Arc::default(),
         })
     }
 
@@ -65,7 +70,7 @@ impl Dns {
             .map(|n| n.gateway)
             .collect();
         let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        l.retain(|gw, task| {
+        l.retain(|gw, (task, _)| {
             let keep = gateways.contains(gw) && !task.is_finished();
             if !keep {
                 task.abort();
@@ -83,20 +88,51 @@ impl Dns {
                     continue;
                 }
             };
-            let _ = std_sock.set_nonblocking(true);
-            let Ok(sock) = UdpSocket::from_std(std_sock) else {
-                continue;
-            };
-            let me = self.clone();
-            l.insert(gw, tokio::spawn(async move { me.serve(sock).await }));
+            if let Some(entry) = self.listen(std_sock) {
+                l.insert(gw, entry);
+            }
         }
         errors
+    }
+
+    fn listen(
+        self: &Arc<Self>,
+        std_sock: std::net::UdpSocket,
+    ) -> Option<(tokio::task::JoinHandle<()>, std::os::fd::OwnedFd)> {
+        let dup = std::os::fd::OwnedFd::from(std_sock.try_clone().ok()?);
+        let _ = std_sock.set_nonblocking(true);
+        let sock = UdpSocket::from_std(std_sock).ok()?;
+        let me = self.clone();
+        Some((tokio::spawn(async move { me.serve(sock).await }), dup))
+    }
+
+    /// Serves sockets a supervisor had before its idle spell (call before `refresh`).
+    pub fn adopt(self: &Arc<Self>, socks: Vec<(Ipv4Addr, std::os::fd::OwnedFd)>) {
+        let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (gw, fd) in socks {
+            if let Some(entry) = self.listen(std::net::UdpSocket::from(fd)) {
+                l.insert(gw, entry);
+            }
+        }
+    }
+
+    /// Duplicates of the listeners' sockets, for an idle spell.
+    pub fn sockets(&self) -> Vec<(Ipv4Addr, std::os::fd::OwnedFd)> {
+        let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        l.iter()
+            .filter_map(|(gw, (_, fd))| Some((*gw, fd.try_clone().ok()?)))
+            .collect()
+    }
+
+    /// Whether a query is being forwarded upstream (its answer would be lost in an idle spell).
+    pub fn busy(&self) -> bool {
+        self.forwarding.load(Ordering::Relaxed) > 0
     }
 
     /// Stops every listener.
     pub fn stop(&self) {
         let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, t) in std::mem::take(&mut *l) {
+        for (_, (t, _)) in std::mem::take(&mut *l) {
             t.abort();
         }
     }
@@ -120,7 +156,9 @@ impl Dns {
                 Reply::Forward => {
                     let me = self.clone();
                     let sock = sock.clone();
+                    self.forwarding.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
+                        let _done = Count(me.forwarding.clone());
                         if let Some(bytes) = me.forward(&query).await {
                             let _ = sock.send_to(&bytes, from).await;
                         }
@@ -240,6 +278,15 @@ impl Dns {
         let mut r = Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::ServFail);
         r.queries = q.queries;
         r.to_vec().ok()
+    }
+}
+
+/// Takes one off a count of work in flight when dropped (the task ended or was aborted).
+pub struct Count(pub Arc<AtomicUsize>);
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -437,7 +437,11 @@ pub struct Publisher {
     state_dir: PathBuf,
     project: String,
     addrs: Arc<Mutex<BTreeMap<String, Ipv4Addr>>>,
-    served: Vec<(Binding, tokio::task::JoinHandle<()>)>,
+    /// Each port served: its binding, its task and a duplicate of its socket (handed over when
+    /// the supervisor goes idle).
+    served: Vec<(Binding, tokio::task::JoinHandle<()>, OwnedFd)>,
+    /// Connections (TCP) and flows (UDP) being proxied.
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Publisher {
@@ -448,6 +452,7 @@ impl Publisher {
             project,
             addrs: Arc::default(),
             served: Vec::new(),
+            active: Arc::default(),
         };
         p.refresh();
         p
@@ -459,7 +464,20 @@ impl Publisher {
     }
 
     pub fn bindings(&self) -> Vec<Binding> {
-        self.served.iter().map(|(b, _)| b.clone()).collect()
+        self.served.iter().map(|(b, _, _)| b.clone()).collect()
+    }
+
+    /// Duplicates of the served sockets, in the order of ports.json, for an idle spell.
+    pub fn sockets(&self) -> Vec<OwnedFd> {
+        self.served
+            .iter()
+            .filter_map(|(_, _, fd)| fd.try_clone().ok())
+            .collect()
+    }
+
+    /// Whether a connection or a UDP flow is being proxied (an idle spell would cut it).
+    pub fn busy(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Serves sockets bound by `claim` (here or in `berth up`). Returns errors for the log.
@@ -472,6 +490,14 @@ impl Publisher {
                 addrs: self.addrs.clone(),
                 container: b.binding.container.clone(),
                 target: b.binding.target,
+                active: self.active.clone(),
+            };
+            let Ok(dup) = b.socket.try_clone() else {
+                errors.push(format!(
+                    "port {}: cannot duplicate its socket",
+                    b.binding.shown()
+                ));
+                continue;
             };
             let task = match b.binding.proto {
                 Proto::Tcp => {
@@ -495,7 +521,7 @@ impl Publisher {
                     }
                 }
             };
-            self.served.push((b.binding, task));
+            self.served.push((b.binding, task, dup));
         }
         if let Err(e) = record(&self.state_dir, &self.bindings()) {
             errors.push(format!("cannot record the published ports: {e}"));
@@ -511,7 +537,7 @@ impl Publisher {
         locate: &dyn Fn(&str, &Port) -> String,
     ) -> Vec<String> {
         let mut gone = Vec::new();
-        self.served.retain(|(b, t)| {
+        self.served.retain(|(b, t, _)| {
             let keep = wants.iter().any(|w| b.serves(w));
             if !keep {
                 t.abort();
@@ -540,7 +566,7 @@ impl Publisher {
     }
 
     pub fn stop(&mut self) {
-        for (_, t) in self.served.drain(..) {
+        for (_, t, _) in self.served.drain(..) {
             t.abort();
         }
     }
@@ -563,9 +589,17 @@ struct Ctx {
     addrs: Arc<Mutex<BTreeMap<String, Ipv4Addr>>>,
     container: String,
     target: u16,
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ctx {
+    /// Counts a connection or flow as active until the returned guard drops.
+    fn busy(&self) -> crate::net::dns::Count {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::net::dns::Count(self.active.clone())
+    }
+
     /// The container's address; one that is not known yet (a container created since the
     /// last refresh) is looked up again.
     fn backend(&self) -> Option<SocketAddr> {
@@ -600,7 +634,9 @@ async fn serve_tcp(l: tokio::net::TcpListener, ctx: Ctx) {
             }
         };
         let ctx = ctx.clone();
+        let busy = ctx.busy();
         tokio::spawn(async move {
+            let _busy = busy;
             let Some(to) = ctx.backend() else { return };
             let connect = tokio::net::TcpStream::connect(to);
             let Ok(Ok(mut out)) = tokio::time::timeout(Duration::from_secs(10), connect).await
@@ -646,7 +682,9 @@ async fn serve_udp(sock: Arc<tokio::net::UdpSocket>, ctx: Ctx) {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(client, up.clone());
                 let (sock, flows, up2) = (sock.clone(), flows.clone(), up.clone());
+                let busy = ctx.busy();
                 tokio::spawn(async move {
+                    let _busy = busy;
                     let mut buf = vec![0u8; 65536];
                     while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, up2.recv(&mut buf)).await {
                         let _ = sock.send_to(&buf[..n], client).await;

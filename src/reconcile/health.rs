@@ -49,6 +49,20 @@ impl Tracker {
         }
     }
 
+    /// A tracker as it was before an idle spell (its counters, and when its watch began).
+    pub fn resumed(status: Status, failing_streak: u32, started: Instant) -> Tracker {
+        Tracker {
+            status,
+            failing_streak,
+            last_output: String::new(),
+            started,
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     fn in_start_period(&self, spec: &HealthSpec, now: Instant) -> bool {
         now.saturating_duration_since(self.started) < spec.start_period
     }

@@ -5,6 +5,7 @@
 //! everything else still converges, and the next plan repairs what was left half done.
 
 pub mod health;
+pub mod idle;
 pub mod restart;
 pub mod supervisor;
 

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::health::{Status as Health, Tracker};
+use super::idle::{self, Handoff, HealthState, IdleError, Sleep, WatchState};
 use super::restart::{Policy, RESET_AFTER};
 use super::{Event, Options, Sink, Target, apply};
 use crate::plan::{Action, State, diff};
@@ -70,7 +71,50 @@ struct Watch {
     /// seen ended in another run ended unwatched (started by the CLI, it died before the
     /// supervisor looked), and the policy still decides for it.
     pid: Option<i32>,
+    /// The end of run `pid` has been handled: the policy decided.
+    done: bool,
+    /// A restart waiting out its backoff: when it is due.
+    restart_due: Option<Instant>,
+    /// The health check's schedule, shared with the task that probes.
+    health: Option<Arc<std::sync::Mutex<HealthRun>>>,
 }
+
+/// A health check's state between probes.
+struct HealthRun {
+    tracker: Tracker,
+    due: Instant,
+    probing: bool,
+}
+
+impl Watch {
+    /// What an idle spell keeps of it.
+    fn state(&self) -> WatchState {
+        WatchState {
+            pid: self.pid,
+            done: self.done,
+            attempts: self.attempts,
+            started: self.started.map(idle::to_mono),
+            restart_due: self.restart_due.map(idle::to_mono),
+            health: self.health.as_ref().map(|h| {
+                let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                HealthState {
+                    status: h.tracker.status,
+                    failing_streak: h.tracker.failing_streak,
+                    started: idle::to_mono(h.tracker.started()),
+                    due: idle::to_mono(h.due),
+                }
+            }),
+        }
+    }
+}
+
+/// Makes an idle supervisor of this process (see `idle`); returns only if it could not.
+pub type GoIdle = Box<dyn FnMut(Sleep) -> IdleError + Send>;
+
+/// The shortest wait worth an idle spell, in quiet spells before one: berth is executed again
+/// when it ends, and stays awake for a quiet spell after (a health check due every 3 s keeps it
+/// awake; Docker's default of 30 s lets it sleep 26 s of every 30).
+const MIN_IDLE_SPELLS: u32 = 2;
 
 pub struct Supervisor<R> {
     rt: Arc<R>,
@@ -90,6 +134,15 @@ pub struct Supervisor<R> {
     /// The published ports it serves, and those `berth up` bound for it to serve.
     ports: crate::net::ports::Publisher,
     bound: Vec<crate::net::ports::Bound>,
+    /// After how long without work it goes idle, and how (None: it never does).
+    idle: Option<(Duration, GoIdle)>,
+    /// Taken over from the supervisor this process was before an idle spell.
+    resumed: BTreeMap<String, WatchState>,
+    resumed_dns: Vec<(std::net::Ipv4Addr, std::os::fd::OwnedFd)>,
+    resumed_files: Option<String>,
+    /// It handled a trigger since it started or last resumed (so its log says when it goes
+    /// idle).
+    worked: bool,
 }
 
 /// How often the supervisor looks at its containers when no event said to.
@@ -260,7 +313,33 @@ impl<R: Runtime + 'static> Supervisor<R> {
             ready: None,
             ports,
             bound: Vec::new(),
+            idle: None,
+            resumed: BTreeMap::new(),
+            resumed_dns: Vec::new(),
+            resumed_files: None,
+            worked: true,
         }
+    }
+
+    /// Goes idle after `after` without work, through `go` (a detached supervisor only: the
+    /// foreground `berth up` streams logs and stays).
+    pub fn idle_after(mut self, after: Duration, go: GoIdle) -> Self {
+        self.idle = Some((after, go));
+        self
+    }
+
+    /// Carries on from an idle spell: the restart counts, backoffs and health schedules it
+    /// handed over, and its DNS sockets (`dns`: the handoff's descriptors, now owned here).
+    pub fn resume(
+        mut self,
+        h: Handoff,
+        dns: Vec<(std::net::Ipv4Addr, std::os::fd::OwnedFd)>,
+    ) -> Self {
+        self.resumed = h.watches;
+        self.resumed_dns = dns;
+        self.resumed_files = Some(h.files);
+        self.worked = false;
+        self
     }
 
     /// The published ports `berth up` bound, for this supervisor to serve.
@@ -282,12 +361,20 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
     }
 
-    /// Runs until `shutdown` resolves. Containers are left as they are.
+    /// Runs until `shutdown` resolves, or until it goes idle (this process then becomes
+    /// berth-idle: `idle_after`). Containers are left as they are.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let _watcher = self.watch_files();
+        if let Some(before) = self.resumed_files.take()
+            && idle::fingerprint(&self.record.watched()) != before
+        {
+            // Saved while it was idle: berth-idle woke it for this.
+            let _ = self.tx.send(Trigger::FileChanged);
+        }
         // The project's names, on each of its networks (containers come and go: refreshed
         // whenever the events file says something happened).
         let dns = crate::net::dns::Dns::new(self.state.root(), self.target.project.name.clone());
+        dns.adopt(std::mem::take(&mut self.resumed_dns));
         for e in dns.refresh() {
             log(e);
         }
@@ -304,6 +391,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         // After a burst of work (the start, an edit, a restart) has been quiet for a few
         // seconds, the code it ran is given back (see `release_cold_code`).
         let mut busy_since: Option<Instant> = Some(Instant::now());
+        let mut quiet_since = Instant::now();
         let mut last_resync = Instant::now();
         loop {
             let t = tokio::select! {
@@ -327,6 +415,19 @@ impl<R: Runtime + 'static> Supervisor<R> {
                         // Reading every container's record runs code too: give it back after.
                         busy_since.get_or_insert_with(Instant::now);
                     }
+                    if self
+                        .idle
+                        .as_ref()
+                        .is_some_and(|(after, _)| quiet_since.elapsed() >= *after)
+                        && let Some(sleep) = self.sleep(&dns)
+                        && let Some((_, go)) = self.idle.as_mut()
+                    {
+                        // Returns only if this process could not become berth-idle.
+                        let e = go(sleep);
+                        log(format!("cannot go idle, staying awake: {e}"));
+                        idle::unblock_signals();
+                        self.idle = None;
+                    }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
                         release_cold_code();
                         busy_since = None;
@@ -337,7 +438,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
             };
             let Some(t) = t else { break };
             self.handle(t).await;
+            self.worked = true;
             busy_since = Some(Instant::now());
+            quiet_since = Instant::now();
         }
         for w in self.watches.values() {
             for t in &w.tasks {
@@ -346,6 +449,102 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
         dns.stop();
         self.ports.stop();
+    }
+
+    /// What an idle spell needs, if this is a good time for one: nothing in flight (a probe,
+    /// a proxied connection, a DNS query forwarded, a trigger queued) and nothing due within
+    /// `MIN_IDLE`.
+    fn sleep(&self, dns: &crate::net::dns::Dns) -> Option<Sleep> {
+        if !self.rx.is_empty() || self.resync_due || self.ports.busy() || dns.busy() {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        for w in self.watches.values() {
+            if let Some(h) = &w.health {
+                let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                if h.probing {
+                    return None;
+                }
+                next = Some(next.map_or(h.due, |n| n.min(h.due)));
+            }
+            if let Some(d) = w.restart_due {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        let quiet = self
+            .idle
+            .as_ref()
+            .map_or(Duration::ZERO, |(after, _)| *after);
+        let min = (quiet * MIN_IDLE_SPELLS).max(Duration::from_secs(1));
+        if next.is_some_and(|d| d < Instant::now() + min) {
+            return None;
+        }
+        let mut wake = Vec::new();
+        for w in self.watches.values() {
+            let (Some(pid), false) = (w.pid, w.done) else {
+                continue;
+            };
+            // A run whose end is not handled yet must still be there to wait on.
+            let fd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            })?;
+            wake.push(fd);
+        }
+        if let Some(d) = next {
+            match idle::timer(idle::to_mono(d)) {
+                Ok(t) => wake.push(t),
+                Err(e) => {
+                    log(format!("cannot go idle: {e}"));
+                    return None;
+                }
+            }
+        }
+        let files = self.record.watched();
+        let events = crate::state::events_path(&self.state.root(), &self.target.project.name);
+        let (inotify, names) = match idle::watch(&files, &events, self.state.dir()) {
+            Ok(w) => w,
+            Err(e) => {
+                log(format!("cannot go idle: {e}"));
+                return None;
+            }
+        };
+        let dns_socks = dns.sockets();
+        let handoff = Handoff {
+            project: self.target.project.clone(),
+            dir: self.target.dir.clone(),
+            files: idle::fingerprint(&files),
+            watches: self
+                .watches
+                .iter()
+                .map(|(n, w)| (n.clone(), w.state()))
+                .collect(),
+            dns: dns_socks
+                .iter()
+                .map(|(gw, fd)| (*gw, std::os::fd::AsRawFd::as_raw_fd(fd)))
+                .collect(),
+        };
+        // Said once per burst of work, not after each health check.
+        if self.worked {
+            log(format!(
+                "idle: waiting in berth-idle on {} container(s){}",
+                wake.len() - usize::from(next.is_some()),
+                match next {
+                    Some(d) => format!(
+                        ", next timer in {:.1} s",
+                        d.saturating_duration_since(Instant::now()).as_secs_f64()
+                    ),
+                    None => String::new(),
+                }
+            ));
+        }
+        Some(Sleep {
+            handoff,
+            ports: self.ports.sockets(),
+            dns: dns_socks.into_iter().map(|(_, fd)| fd).collect(),
+            wake,
+            inotify,
+            names,
+        })
     }
 
     fn watch_files(&self) -> Option<notify::RecommendedWatcher> {
@@ -407,9 +606,30 @@ impl<R: Runtime + 'static> Supervisor<R> {
         let names: Vec<String> = observed.containers.iter().map(|c| c.name.clone()).collect();
         self.watches.retain(|n, _| names.contains(n));
         self.status.containers.retain(|n, _| names.contains(n));
+        let mut resumed = std::mem::take(&mut self.resumed);
         for c in observed.containers {
+            // What this process knew of it before an idle spell, if it was the same run.
+            let r = resumed.remove(&c.name).filter(|r| r.pid == c.pid);
+            if let Some(r) = &r {
+                let w = self.watches.entry(c.name.clone()).or_default();
+                w.pid = r.pid;
+                w.done = r.done;
+                w.attempts = r.attempts;
+                w.started = r.started.map(idle::from_mono);
+            }
+            let w = self.watches.get(&c.name).filter(|w| w.pid == c.pid);
+            // Its restart was waiting out the backoff (before an idle spell or an edit).
+            let due = r
+                .as_ref()
+                .and_then(|r| r.restart_due.map(idle::from_mono))
+                .or(w.and_then(|w| w.restart_due));
+            // Its end was handled already: the policy left it down.
+            let handled = w.is_some_and(|w| w.done);
             if c.state == State::Running {
-                self.arm(&c.name, c.pid);
+                self.arm_with(&c.name, c.pid, r.and_then(|r| r.health));
+            } else if let Some(due) = due {
+                self.schedule_restart(&c.name, due);
+            } else if handled {
             } else if !matches!(c.state, State::Created) {
                 // Ended while nobody watched (between two supervisors): the policy decides,
                 // counting the restarts it already had (a crash loop that gave up stays down).
@@ -480,14 +700,22 @@ impl<R: Runtime + 'static> Supervisor<R> {
             t.abort();
         }
         w.generation = g;
+        w.health = None;
+        w.restart_due = None;
         g
     }
 
     /// Waits for the end of the container's run `pid` and runs its health checks.
     fn arm(&mut self, name: &str, pid: Option<i32>) {
+        self.arm_with(name, pid, None);
+    }
+
+    /// As `arm`, with the health check's schedule and counters of before an idle spell.
+    fn arm_with(&mut self, name: &str, pid: Option<i32>, health: Option<HealthState>) {
         let generation = self.fresh_gen(name);
         if let Some(w) = self.watches.get_mut(name) {
             w.pid = pid;
+            w.done = false;
         }
         let mut tasks = Vec::new();
         let rt = self.rt.clone();
@@ -505,6 +733,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
             })
             .abort_handle(),
         );
+        let mut shared = None;
         if let Ok(Some(spec)) = self.rt.healthcheck(name) {
             let rt = self.rt.clone();
             let tx = self.tx.clone();
@@ -513,17 +742,45 @@ impl<R: Runtime + 'static> Supervisor<R> {
             // replaces) stands until a probe says otherwise; an exit clears it.
             let entry = self.status.containers.entry(n.clone()).or_default();
             let known = *entry.health.get_or_insert(Health::Starting);
+            let now = Instant::now();
+            let (tracker, due) = match health {
+                Some(h) => (
+                    Tracker::resumed(h.status, h.failing_streak, idle::from_mono(h.started)),
+                    idle::from_mono(h.due),
+                ),
+                None => {
+                    let mut t = Tracker::new(now);
+                    t.status = known;
+                    let due = now + t.next_delay(&spec, now);
+                    (t, due)
+                }
+            };
+            let mut last = tracker.status;
+            let run = Arc::new(std::sync::Mutex::new(HealthRun {
+                tracker,
+                due,
+                probing: false,
+            }));
+            shared = Some(run.clone());
+            let lock = |r: &std::sync::Mutex<HealthRun>| {
+                // Held for a few assignments only, never across an await.
+                r.lock().unwrap_or_else(|e| e.into_inner()).due
+            };
             tasks.push(
                 tokio::spawn(async move {
-                    let mut t = Tracker::new(Instant::now());
-                    t.status = known;
-                    let mut last = known;
                     loop {
-                        tokio::time::sleep(t.next_delay(&spec, Instant::now())).await;
-                        let Ok((code, out)) = rt.probe(&n, &spec.argv, spec.timeout).await else {
+                        tokio::time::sleep_until(lock(&run).into()).await;
+                        run.lock().unwrap_or_else(|e| e.into_inner()).probing = true;
+                        let probed = rt.probe(&n, &spec.argv, spec.timeout).await;
+                        let mut r = run.lock().unwrap_or_else(|e| e.into_inner());
+                        r.probing = false;
+                        let Ok((code, out)) = probed else {
                             return;
                         };
-                        let s = t.record(&spec, Instant::now(), code, &out);
+                        let now = Instant::now();
+                        let s = r.tracker.record(&spec, now, code, &out);
+                        r.due = now + r.tracker.next_delay(&spec, now);
+                        drop(r);
                         if s != last {
                             last = s;
                             let _ = tx.send(Trigger::Health {
@@ -539,6 +796,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
         if let Some(w) = self.watches.get_mut(name) {
             w.tasks = tasks;
+            w.health = shared;
             if w.started.is_none() {
                 w.started = Some(Instant::now());
             }
@@ -635,6 +893,8 @@ impl<R: Runtime + 'static> Supervisor<R> {
             self.policy(name)
         };
         let w = self.watches.entry(name.to_string()).or_default();
+        w.done = true;
+        w.health = None;
         if w.started.is_some_and(|s| s.elapsed() >= RESET_AFTER) {
             w.attempts = 0;
         }
@@ -658,11 +918,16 @@ impl<R: Runtime + 'static> Supervisor<R> {
             "{name}: exited with {code}; restart {} in {delay:?}",
             attempts + 1
         ));
+        self.schedule_restart(name, Instant::now() + delay);
+    }
+
+    /// Restarts `name` at `due` (the end of its backoff).
+    fn schedule_restart(&mut self, name: &str, due: Instant) {
         let generation = self.fresh_gen(name);
         let tx = self.tx.clone();
         let n = name.to_string();
         let h = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(due.into()).await;
             let _ = tx.send(Trigger::RestartDue {
                 name: n,
                 generation,
@@ -670,6 +935,8 @@ impl<R: Runtime + 'static> Supervisor<R> {
         });
         if let Some(w) = self.watches.get_mut(name) {
             w.tasks.push(h.abort_handle());
+            w.restart_due = Some(due);
+            w.done = true;
         }
     }
 

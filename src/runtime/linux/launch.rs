@@ -98,7 +98,7 @@ fn memfd_copy(source: &std::path::Path) -> Result<OwnedFd, String> {
 
 /// A memfd named `name`, filled by `fill`, then sealed against writing, growing and shrinking
 /// (and further sealing): an executable that no process can change (CVE-2019-5736).
-pub(super) fn sealed_memfd(
+pub fn sealed_memfd(
     name: &std::ffi::CStr,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<OwnedFd, String> {
@@ -197,9 +197,21 @@ impl Running {
 /// fraction of executing berth again for every container.
 struct Zygote {
     sock: OwnedFd,
+    pid: i32,
 }
 
 static ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
+
+/// Ends this process's zygote, if it has one, and reaps it: before the process executes
+/// something else (an idle supervisor), which would leave it a zombie nobody reaps.
+pub fn stop_zygote() {
+    let z = ZYGOTE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(z) = z {
+        // Its end of the socket reads end-of-file, and it exits at once.
+        drop(z.sock);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(z.pid), None);
+    }
+}
 
 fn spawn_helper(
     exe: &OwnedFd,
@@ -272,8 +284,9 @@ fn via_zygote(exe: &OwnedFd, tag: &[u8], fds: &[&OwnedFd]) -> bool {
             ) {
                 // The zygote is reaped by nobody until berth exits; it lives as long as berth.
                 Ok(child) => {
+                    let pid = child.id() as i32;
                     std::mem::forget(child);
-                    *guard = Some(Zygote { sock: ours });
+                    *guard = Some(Zygote { sock: ours, pid });
                 }
                 Err(_) => return false,
             }
