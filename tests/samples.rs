@@ -96,3 +96,34 @@ fn schema_accepts_every_file_as_written() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// An idle supervisor hands its project over to itself as JSON (`reconcile::idle::Handoff`):
+/// every sample comes back the same project, with the same configuration hashes (a service
+/// whose hash changed across an idle spell would be recreated for nothing).
+#[test]
+fn every_sample_survives_an_idle_spell() {
+    for dir in sample_dirs() {
+        let Ok(loaded) = berth::load_project(&opts_for(&dir)) else {
+            continue; // every_sample_loads_and_round_trips reports it
+        };
+        let project = &loaded.loaded.project;
+        let h = berth::reconcile::idle::Handoff {
+            project: project.clone(),
+            dir: loaded.loaded.project_dir.clone(),
+            files: String::new(),
+            watches: Default::default(),
+            dns: Vec::new(),
+        };
+        let json = serde_json::to_vec(&h).expect("serialise");
+        let back: berth::reconcile::idle::Handoff =
+            serde_json::from_slice(&json).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert_eq!(&back.project, project, "{}", dir.display());
+        assert_eq!(
+            berth::plan::config_hashes(&back.project, &back.dir),
+            berth::plan::config_hashes(project, &loaded.loaded.project_dir),
+            "{}",
+            dir.display()
+        );
+        berth::graph::Graph::new(&back.project).expect("the same graph");
+    }
+}

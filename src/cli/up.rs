@@ -703,6 +703,12 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         },
         None => st.lock(Duration::from_secs(60))?,
     };
+    // Inherited open across exec; nothing this process starts may hold it (an idle spell
+    // passes it on explicitly).
+    let _ = nix::fcntl::fcntl(
+        &_lock.fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     // SAFETY: as for the lock: inherited for this process alone.
     let ready = a.ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let handoff = match a.resume_fd {

@@ -701,14 +701,19 @@ async fn serve_udp(sock: Arc<tokio::net::UdpSocket>, ctx: Ctx) {
     }
 }
 
-/// Takes ownership of a socket inherited by number from `berth up`.
+/// Takes ownership of a socket inherited by number (from `berth up`, or through berth-idle).
 pub fn adopt(fd: i32) -> Option<OwnedFd> {
     // SAFETY: F_GETFD only reads the descriptor's flags; it tells whether `fd` is open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return None;
     }
+    // Inherited without close-on-exec; it must not be inherited again (a supervisor that goes
+    // idle passes on duplicates of the sockets it serves, and only those).
+    // SAFETY: F_SETFD changes only the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: `fd` is open and was handed to this process for it alone by `berth up` (see
-    // `cli::up::spawn_supervisor`); from here on the OwnedFd is its only owner.
+    // `cli::up::spawn_supervisor`) or by itself before an idle spell; from here on the OwnedFd
+    // is its only owner.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -372,7 +372,7 @@ fn prepare(s: Sleep, lock: RawFd, project: &str) -> Result<Exec, IdleError> {
         inherit(fd)?;
     }
     let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"BERTH_IDLE"))
+        .filter(|(k, _)| k != "BERTH_IDLE" && k != "BERTH_IDLE_NAMES")
         .filter_map(|(k, v)| {
             let mut kv = k.into_encoded_bytes();
             kv.push(b'=');
