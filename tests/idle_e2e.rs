@@ -185,6 +185,14 @@ services:
         c("keep"),
         env.supervisor_log("e2e-idle")
     );
+    // The service the supervisor started again has no signal blocked (the supervisor keeps
+    // its stop signals blocked, and a child would inherit that).
+    let restarted = service_of(pid(&c("keep")));
+    let status = std::fs::read_to_string(format!("/proc/{restarted}/status")).unwrap_or_default();
+    assert!(
+        status.contains("SigBlk:\t0000000000000000"),
+        "{restarted}: {status}"
+    );
     assert!(eventually(Duration::from_secs(10), || idle(sup)));
 
     // Health checks go on across idle spells, and a status said once is not said again.

@@ -112,6 +112,7 @@ fn every_sample_survives_an_idle_spell() {
             dir: loaded.loaded.project_dir.clone(),
             files: String::new(),
             watches: Default::default(),
+            ports: Vec::new(),
             dns: Vec::new(),
         };
         let json = serde_json::to_vec(&h).expect("serialise");

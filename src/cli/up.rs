@@ -693,6 +693,8 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         .project_name
         .clone()
         .context("__supervise needs -p PROJECT")?;
+    // Before any thread exists, so that every thread has them blocked (see idle::stop_set).
+    idle::block_stop_signals();
     let st = ProjectState::new(&super::image::state_root(), &name);
     let record = st.record()?;
     let _lock = match a.lock_fd {
@@ -721,7 +723,13 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         .flat_map(|h| &h.dns)
         .filter_map(|&(gw, fd)| ports::adopt(fd).map(|s| (gw, s)))
         .collect();
-    let bound: Vec<ports::Bound> = ports::recorded(st.dir())
+    // The bindings of the sockets handed over: those of before the idle spell, or ports.json's
+    // (as `berth up` bound them).
+    let bindings = match &handoff {
+        Some(h) => h.ports.clone(),
+        None => ports::recorded(st.dir()),
+    };
+    let bound: Vec<ports::Bound> = bindings
         .into_iter()
         .zip(&a.port_fd)
         .filter_map(|(binding, &fd)| {
@@ -739,6 +747,8 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     st.write_supervisor(std::process::id() as i32)?;
+    // Before the load: a save during it shows as a change after it.
+    let files_read = idle::fingerprint(&record.watched());
     let target = match handoff {
         Some(h) => {
             let graph = crate::graph::Graph::new(&h.project)
@@ -776,14 +786,10 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
             std::process::id()
         ));
     }
+    let stop = idle::stop_signals().context("reading the stop signals")?;
     tk.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Listening before the signals an idle spell blocked are let through: a `down` that
-        // came meanwhile is then delivered here.
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        idle::unblock_signals();
         let mut sup = Supervisor::new(rt, st.clone(), record, Arc::new(target))
+            .files_read(files_read)
             .with_ports(bound)
             .on_ready(move || {
                 if let Some(fd) = ready {
@@ -805,12 +811,25 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
             );
         }
         sup.run(async move {
-            let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            // SAFETY: the SignalFd is moved into the AsyncFd, which owns it (and so keeps the
+            // descriptor open and the same) for its whole life.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    stop,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            let Ok(stop) = registered else {
                 return std::future::pending().await;
             };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            loop {
+                let Ok(mut ready) = stop.readable().await else {
+                    return std::future::pending().await;
+                };
+                if let Ok(Some(_)) = stop.get_ref().read_signal() {
+                    return;
+                }
+                ready.clear_ready();
             }
         })
         .await;

@@ -116,11 +116,11 @@ impl Dns {
         }
     }
 
-    /// Duplicates of the listeners' sockets, for an idle spell.
-    pub fn sockets(&self) -> Vec<(Ipv4Addr, std::os::fd::OwnedFd)> {
+    /// Duplicates of the listeners' sockets, for an idle spell (None if one cannot be made).
+    pub fn sockets(&self) -> Option<Vec<(Ipv4Addr, std::os::fd::OwnedFd)>> {
         let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         l.iter()
-            .filter_map(|(gw, (_, fd))| Some((*gw, fd.try_clone().ok()?)))
+            .map(|(gw, (_, fd))| Some((*gw, fd.try_clone().ok()?)))
             .collect()
     }
 

@@ -467,11 +467,12 @@ impl Publisher {
         self.served.iter().map(|(b, _, _)| b.clone()).collect()
     }
 
-    /// Duplicates of the served sockets, in the order of ports.json, for an idle spell.
-    pub fn sockets(&self) -> Vec<OwnedFd> {
+    /// Duplicates of the served sockets, in the order of `bindings`, for an idle spell (None
+    /// if one cannot be made).
+    pub fn sockets(&self) -> Option<Vec<OwnedFd>> {
         self.served
             .iter()
-            .filter_map(|(_, _, fd)| fd.try_clone().ok())
+            .map(|(_, _, fd)| fd.try_clone().ok())
             .collect()
     }
 

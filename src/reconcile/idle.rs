@@ -40,6 +40,8 @@ pub enum IdleError {
     Handoff(#[from] serde_json::Error),
     #[error("{0}")]
     Memfd(String),
+    #[error("berth-idle waits on at most {IDLE_MAX_FDS} descriptors of a kind, not {0}")]
+    TooMany(usize),
 }
 
 fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> IdleError {
@@ -78,9 +80,12 @@ pub struct Handoff {
     /// The last good version of the project (the file may have been broken since).
     pub project: Project,
     pub dir: PathBuf,
-    /// The project files' fingerprint when it went idle: a change since is an edit to apply.
+    /// The project files' fingerprint when they were last read: a change since is an edit to
+    /// apply.
     pub files: String,
     pub watches: BTreeMap<String, WatchState>,
+    /// The published ports, in the order of their sockets (`--port-fd`).
+    pub ports: Vec<crate::net::ports::Binding>,
     /// The DNS listeners' sockets, by gateway (descriptor numbers kept across the exec).
     pub dns: Vec<(Ipv4Addr, RawFd)>,
 }
@@ -238,17 +243,24 @@ pub fn timer(due: u64) -> Result<OwnedFd, IdleError> {
     Ok(fd)
 }
 
-fn inherit(fd: RawFd) -> Result<(), IdleError> {
+/// Sets or clears close-on-exec on each of `fds`; false if one refused.
+fn cloexec(fds: &[RawFd], on: bool) -> bool {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
     // SAFETY: F_SETFD changes only the descriptor's flags.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-        return Err(io("fcntl(F_SETFD)")(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    fds.iter()
+        .all(|&fd| unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } == 0)
 }
 
-/// The signals berth-idle reads from a signalfd, blocked across the exec (a `down` in between
-/// is then found pending, never lost): SIGHUP, SIGINT, SIGQUIT, SIGTERM.
-fn wait_signals() -> nix::sys::signal::SigSet {
+/// What berth-idle can wait on (`MAX_FDS` in init/idle.rs), for each of `wake` and `hold`.
+const IDLE_MAX_FDS: usize = 2048;
+
+/// The signals that stop a supervisor: SIGHUP, SIGINT, SIGQUIT, SIGTERM. A detached supervisor
+/// keeps them blocked in every thread, from its first instruction to its last, and reads them
+/// from a signalfd (`stop_signals`): a signal is then either read by the loop that stops, or
+/// still pending when the process executes berth-idle, which reads it from its own signalfd
+/// and executes berth again, which finds it pending (`stop_pending`). None is ever caught by a
+/// handler and lost in an exec.
+pub fn stop_set() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut s = SigSet::empty();
     for sig in [
@@ -262,8 +274,20 @@ fn wait_signals() -> nix::sys::signal::SigSet {
     s
 }
 
-/// Whether `down` (or a Ctrl-C) asked this process to stop while it was idle: the signal is
-/// pending, still blocked.
+/// Blocks the stop signals in this thread (and the threads it starts from now on).
+pub fn block_stop_signals() {
+    let _ = stop_set().thread_block();
+}
+
+/// A non-blocking signalfd for the stop signals (close-on-exec).
+pub fn stop_signals() -> Result<nix::sys::signalfd::SignalFd, IdleError> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    SignalFd::with_flags(&stop_set(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| io("signalfd")(e.into()))
+}
+
+/// Whether a stop signal is pending (it came while the process was idle, or while it was
+/// executing berth again).
 pub fn stop_pending() -> bool {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigpending writes one sigset_t.
@@ -276,11 +300,6 @@ pub fn stop_pending() -> bool {
         .into_iter()
         // SAFETY: `set` is an initialised sigset_t.
         .any(|sig| unsafe { libc::sigismember(&set, sig) } == 1)
-}
-
-/// Unblocks the signals an idle spell blocked (once their handlers are installed).
-pub fn unblock_signals() {
-    let _ = wait_signals().thread_unblock();
 }
 
 /// Writes the handoff into a memfd (not close-on-exec) and returns it.
@@ -322,6 +341,15 @@ pub fn sleep(s: Sleep, lock: RawFd, project: &str) -> IdleError {
 type Exec = Box<dyn FnOnce() -> IdleError>;
 
 fn prepare(s: Sleep, lock: RawFd, project: &str) -> Result<Exec, IdleError> {
+    let hold: Vec<RawFd> = s
+        .ports
+        .iter()
+        .chain(&s.dns)
+        .map(|f| f.as_raw_fd())
+        .collect();
+    if hold.len() > IDLE_MAX_FDS || s.wake.len() > IDLE_MAX_FDS {
+        return Err(IdleError::TooMany(hold.len().max(s.wake.len())));
+    }
     let exe = std::fs::File::open("/proc/self/exe").map_err(io("open /proc/self/exe"))?;
     let exe = OwnedFd::from(exe);
     let idle =
@@ -342,35 +370,32 @@ fn prepare(s: Sleep, lock: RawFd, project: &str) -> Result<Exec, IdleError> {
     }
     args.push("--resume-fd".into());
     args.push(handoff.as_raw_fd().to_string());
-    let join = |v: &[OwnedFd]| {
+    let list = |v: &[RawFd]| {
         v.iter()
-            .map(|f| f.as_raw_fd().to_string())
+            .map(|f| f.to_string())
             .collect::<Vec<_>>()
             .join(",")
     };
-    let hold: Vec<&OwnedFd> = s.ports.iter().chain(&s.dns).collect();
+    let wake: Vec<RawFd> = s.wake.iter().map(|f| f.as_raw_fd()).collect();
     let params = format!(
         "exe={} inotify={} wake={} hold={}",
         exe.as_raw_fd(),
         s.inotify.as_raw_fd(),
-        join(&s.wake),
-        hold.iter()
-            .map(|f| f.as_raw_fd().to_string())
-            .collect::<Vec<_>>()
-            .join(","),
+        list(&wake),
+        list(&hold),
     );
-    for fd in [
-        lock,
-        exe.as_raw_fd(),
-        handoff.as_raw_fd(),
-        s.inotify.as_raw_fd(),
-    ]
-    .into_iter()
-    .chain(hold.iter().map(|f| f.as_raw_fd()))
-    .chain(s.wake.iter().map(|f| f.as_raw_fd()))
-    {
-        inherit(fd)?;
-    }
+    // berth-idle's own: closed when it executes berth again (it marks them close-on-exec).
+    let own: Vec<RawFd> = wake
+        .iter()
+        .copied()
+        .chain([exe.as_raw_fd(), s.inotify.as_raw_fd()])
+        .collect();
+    // Berth's, taken back when it comes back.
+    let kept: Vec<RawFd> = hold
+        .iter()
+        .copied()
+        .chain([lock, handoff.as_raw_fd()])
+        .collect();
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != "BERTH_IDLE" && k != "BERTH_IDLE_NAMES")
         .filter_map(|(k, v)| {
@@ -384,25 +409,28 @@ fn prepare(s: Sleep, lock: RawFd, project: &str) -> Result<Exec, IdleError> {
         .into_iter()
         .filter_map(|a| CString::new(a).ok())
         .collect();
-    let fallback_env = env.clone();
-    env.push(
-        CString::new(format!("BERTH_IDLE={params}"))
-            .map_err(|e| io("env")(std::io::Error::other(e)))?,
-    );
-    env.push(
-        CString::new(format!("BERTH_IDLE_NAMES={}", s.names))
-            .map_err(|e| io("env")(std::io::Error::other(e)))?,
-    );
+    let mut fallback_env = env.clone();
+    fallback_env.push(c"BERTH_IDLE_FAILED=1".to_owned());
+    let bad = |e: std::ffi::NulError| io("environment")(std::io::Error::other(e));
+    env.push(CString::new(format!("BERTH_IDLE={params}")).map_err(bad)?);
+    env.push(CString::new(format!("BERTH_IDLE_NAMES={}", s.names)).map_err(bad)?);
     Ok(Box::new(move || {
-        // Kept open across the exec: they are what the idle process holds.
-        let _keep = (&s.ports, &s.dns, &s.wake, &s.inotify, &handoff);
-        let _ = wait_signals().thread_block();
+        // Open until the exec, then in berth-idle.
+        let _open = (&s, &handoff);
+        block_stop_signals();
+        // Inherited from here on, and only here: a failure puts close-on-exec back.
+        if !cloexec(&own, false) || !cloexec(&kept, false) {
+            let e = io("fcntl(F_SETFD)")(std::io::Error::last_os_error());
+            cloexec(&own, true);
+            cloexec(&kept, true);
+            return e;
+        }
         let e = execveat(&idle, &argv, &env);
-        // berth-idle cannot be executed here (a memfd may not be executable on this host): berth
-        // comes back at once instead, and stays awake.
-        let mut env = fallback_env;
-        env.push(c"BERTH_IDLE_FAILED=1".to_owned());
-        let _ = execveat(&exe, &argv, &env);
+        // berth-idle cannot be executed here (a memfd may not be executable on this host):
+        // berth comes back at once instead, and stays awake.
+        cloexec(&own, true);
+        let _ = execveat(&exe, &argv, &fallback_env);
+        cloexec(&kept, true);
         e
     }))
 }

@@ -140,6 +140,11 @@ pub struct Supervisor<R> {
     resumed: BTreeMap<String, WatchState>,
     resumed_dns: Vec<(std::net::Ipv4Addr, std::os::fd::OwnedFd)>,
     resumed_files: Option<String>,
+    /// The project files' fingerprint when they were last read (before the load, so that a
+    /// save during the load shows as a change after it).
+    files_read: String,
+    /// No idle spell before then (one could not be prepared: say so once a minute at most).
+    idle_not_before: Instant,
     /// It handled a trigger since it started or last resumed (so its log says when it goes
     /// idle).
     worked: bool,
@@ -179,6 +184,15 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
         cmd.args(["config", "-q"])
             .current_dir(&record.working_dir)
             .stdin(std::process::Stdio::null());
+        // Not the supervisor's blocked stop signals (see idle::stop_set).
+        // SAFETY: sigprocmask is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let empty = nix::sys::signal::SigSet::empty();
+                libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+                Ok(())
+            });
+        }
         if let Ok(out) = cmd.output()
             && !out.status.success()
         {
@@ -317,8 +331,16 @@ impl<R: Runtime + 'static> Supervisor<R> {
             resumed: BTreeMap::new(),
             resumed_dns: Vec::new(),
             resumed_files: None,
+            files_read: String::new(),
+            idle_not_before: Instant::now(),
             worked: true,
         }
+    }
+
+    /// The fingerprint (`idle::fingerprint`) of the project files read for `target`.
+    pub fn files_read(mut self, fingerprint: String) -> Self {
+        self.files_read = fingerprint;
+        self
     }
 
     /// Goes idle after `after` without work, through `go` (a detached supervisor only: the
@@ -337,7 +359,10 @@ impl<R: Runtime + 'static> Supervisor<R> {
     ) -> Self {
         self.resumed = h.watches;
         self.resumed_dns = dns;
+        self.files_read = h.files.clone();
         self.resumed_files = Some(h.files);
+        // A broken edit read before the idle spell is still what the file holds.
+        self.status.invalid = self.state.status().invalid;
         self.worked = false;
         self
     }
@@ -395,6 +420,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
         let mut last_resync = Instant::now();
         loop {
             let t = tokio::select! {
+                // A stop comes first: never an idle spell while one waits.
+                biased;
+                _ = &mut shutdown => None,
                 t = self.rx.recv() => t,
                 _ = tick.tick() => {
                     // A state root deleted under it (a test's temporary one, or wiped by hand):
@@ -419,13 +447,13 @@ impl<R: Runtime + 'static> Supervisor<R> {
                         .idle
                         .as_ref()
                         .is_some_and(|(after, _)| quiet_since.elapsed() >= *after)
+                        && Instant::now() >= self.idle_not_before
                         && let Some(sleep) = self.sleep(&dns)
                         && let Some((_, go)) = self.idle.as_mut()
                     {
                         // Returns only if this process could not become berth-idle.
                         let e = go(sleep);
                         log(format!("cannot go idle, staying awake: {e}"));
-                        idle::unblock_signals();
                         self.idle = None;
                     }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
@@ -434,7 +462,6 @@ impl<R: Runtime + 'static> Supervisor<R> {
                     }
                     continue;
                 }
-                _ = &mut shutdown => None,
             };
             let Some(t) = t else { break };
             self.handle(t).await;
@@ -454,7 +481,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
     /// What an idle spell needs, if this is a good time for one: nothing in flight (a probe,
     /// a proxied connection, a DNS query forwarded, a trigger queued) and nothing due within
     /// `MIN_IDLE`.
-    fn sleep(&self, dns: &crate::net::dns::Dns) -> Option<Sleep> {
+    fn sleep(&mut self, dns: &crate::net::dns::Dns) -> Option<Sleep> {
         if !self.rx.is_empty() || self.resync_due || self.ports.busy() || dns.busy() {
             return None;
         }
@@ -490,29 +517,29 @@ impl<R: Runtime + 'static> Supervisor<R> {
             })?;
             wake.push(fd);
         }
-        if let Some(d) = next {
-            match idle::timer(idle::to_mono(d)) {
-                Ok(t) => wake.push(t),
-                Err(e) => {
-                    log(format!("cannot go idle: {e}"));
-                    return None;
-                }
-            }
-        }
         let files = self.record.watched();
         let events = crate::state::events_path(&self.state.root(), &self.target.project.name);
-        let (inotify, names) = match idle::watch(&files, &events, self.state.dir()) {
-            Ok(w) => w,
+        let prepared = next
+            .map(|d| idle::timer(idle::to_mono(d)))
+            .transpose()
+            .and_then(|t| Ok((t, idle::watch(&files, &events, self.state.dir())?)));
+        let (timer, (inotify, names)) = match prepared {
+            Ok(p) => p,
             Err(e) => {
-                log(format!("cannot go idle: {e}"));
+                log(format!("cannot go idle (trying again in a minute): {e}"));
+                self.idle_not_before = Instant::now() + Duration::from_secs(60);
                 return None;
             }
         };
-        let dns_socks = dns.sockets();
+        wake.extend(timer);
+        // A socket that cannot be duplicated would be left behind: no idle spell then.
+        let dns_socks = dns.sockets()?;
+        let ports = self.ports.sockets()?;
         let handoff = Handoff {
             project: self.target.project.clone(),
             dir: self.target.dir.clone(),
-            files: idle::fingerprint(&files),
+            files: self.files_read.clone(),
+            ports: self.ports.bindings(),
             watches: self
                 .watches
                 .iter()
@@ -539,7 +566,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
         Some(Sleep {
             handoff,
-            ports: self.ports.sockets(),
+            ports,
             dns: dns_socks.into_iter().map(|(_, fd)| fd).collect(),
             wake,
             inotify,
@@ -895,6 +922,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         let w = self.watches.entry(name.to_string()).or_default();
         w.done = true;
         w.health = None;
+        w.restart_due = None;
         if w.started.is_some_and(|s| s.elapsed() >= RESET_AFTER) {
             w.attempts = 0;
         }
@@ -941,6 +969,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
     }
 
     async fn restart_now(&mut self, name: &str) {
+        if let Some(w) = self.watches.get_mut(name) {
+            w.restart_due = None;
+        }
         let r = self.rt.start(name).await;
         let w = self.watches.entry(name.to_string()).or_default();
         w.attempts += 1;
@@ -985,6 +1016,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 break;
             }
         }
+        self.files_read = idle::fingerprint(&self.record.watched());
         let target = match load_in_supervisor(&self.record) {
             Ok(t) => Arc::new(t),
             Err(msg) => {

@@ -234,10 +234,15 @@ fn spawn_helper(
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    // SAFETY: only dup2/fcntl run between fork and exec (async-signal-safe); they place the
-    // socket at fd 3 without close-on-exec.
+    // SAFETY: only dup2/fcntl/sigprocmask run between fork and exec (async-signal-safe); they
+    // place the socket at fd 3 without close-on-exec and unblock every signal.
     unsafe {
         cmd.pre_exec(move || {
+            // A supervisor blocks its stop signals in every thread (reconcile::idle::stop_set),
+            // and a child inherits the mask through exec (std's Command leaves it): the setup
+            // process, and so the container's service, would start with them blocked.
+            let empty = nix::sys::signal::SigSet::empty();
+            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
             // dup2 onto itself would keep close-on-exec set: clear the flag instead.
             let r = if theirs_raw == SOCKET_FD {
                 libc::fcntl(SOCKET_FD, libc::F_SETFD, 0)
