@@ -1191,3 +1191,81 @@ fn cpu_period_quota_cpuset_swappiness_groups_oom_score_and_devices_apply() {
         String::from_utf8_lossy(&found.stdout)
     );
 }
+
+/// A run started by another berth command (`start`, `restart`) is watched by the supervisor,
+/// and restarted by policy when it dies: also when the service has a health check, whose
+/// prober of the run before must not make the supervisor think it still watches (it did, and
+/// a `kill -9` of the new run was never answered), and also when the supervisor sees the old
+/// run's end only after the new run began.
+#[test]
+fn a_run_started_by_another_command_is_watched_and_restarted_by_policy() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "rk",
+        "name: e2e-rk
+services:
+  keep:
+    image: host
+    command: [sleep, '1000']
+    restart: always
+    healthcheck:
+      test: [CMD, 'true']
+      interval: 30s
+",
+    );
+    let _d = Down(&env, p.clone());
+    // Awake: an idle supervisor learns of a new run from berth-idle instead.
+    let o = env
+        .command(&p, &["up", "-d", "--progress", "quiet"])
+        .env("BERTH_IDLE_AFTER_MS", "off")
+        .output()
+        .expect("run berth");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sup = env.supervisor_pid("e2e-rk").expect("supervisor");
+    let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), s).expect("signal");
+    let killed_and_back = |round: &str| {
+        let init = pid(&env.container(&p, "e2e-rk-keep-1"));
+        assert!(init > 0);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let c = env.container(&p, "e2e-rk-keep-1");
+                c["State"] == "running" && pid(&c) != init && alive(pid(&c))
+            }),
+            "{round}: {:?}\n{}",
+            env.container(&p, "e2e-rk-keep-1"),
+            env.supervisor_log("e2e-rk")
+        );
+    };
+    // stop, then start: the supervisor picks the new run up from the events file.
+    env.ok(&p, &["stop", "-t", "0", "keep"]);
+    env.ok(&p, &["start", "keep"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    killed_and_back("after stop and start");
+    // restart, with the supervisor seeing the old end after the new start (stopped meanwhile).
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let restarted = env.berth(&p, &["restart", "-t", "0", "keep"]);
+    signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(restarted.status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    // `berth restart` is the user's, not a restart by policy: the count stays (the old run's
+    // end, answered by policy, "restarted" the running container and counted it).
+    let c = env.container(&p, "e2e-rk-keep-1");
+    assert_eq!(
+        c["RestartCount"],
+        1,
+        "{c:?}\n{}",
+        env.supervisor_log("e2e-rk")
+    );
+    killed_and_back("after restart");
+    let pids = vec![pid(&env.container(&p, "e2e-rk-keep-1"))];
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(&env, "e2e-rk", &["e2e-rk-keep-1"], &pids);
+}

@@ -872,7 +872,26 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 name,
                 state,
                 generation,
-            } if self.current(&name, generation) => self.exited(&name, state),
+            } if self.current(&name, generation) => {
+                // Another berth process may have started a new run already (`berth restart`
+                // stops and starts at once): that run is what to watch, and the end of the one
+                // before is not a crash for the policy to answer (its restart would start a
+                // running container, and nobody would watch the new run).
+                let watched = self.watches.get(&name).and_then(|w| w.pid);
+                if let Ok(o) = self.rt.observe(&self.target.project.name).await
+                    && let Some(c) = o.containers.iter().find(|c| c.name == name)
+                    && c.state == State::Running
+                    && c.pid != watched
+                {
+                    log(format!(
+                        "{name}: running again (started by another berth command)"
+                    ));
+                    self.arm(&name, c.pid);
+                    self.save();
+                    return;
+                }
+                self.exited(&name, state)
+            }
             Trigger::Health {
                 name,
                 status,
@@ -919,10 +938,12 @@ impl<R: Runtime + 'static> Supervisor<R> {
         } else {
             self.policy(name)
         };
+        // The run is over: so is its health check (a prober left sleeping until its next probe
+        // made `resync` think the container still watched, and a run started by `berth start`
+        // then went unwatched), and a late trigger of the run is stale.
+        self.fresh_gen(name);
         let w = self.watches.entry(name.to_string()).or_default();
         w.done = true;
-        w.health = None;
-        w.restart_due = None;
         if w.started.is_some_and(|s| s.elapsed() >= RESET_AFTER) {
             w.attempts = 0;
         }
