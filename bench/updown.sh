@@ -47,7 +47,7 @@ for N in $NS; do
   for r in $(seq "$RUNS"); do
     t0=$EPOCHREALTIME; (cd "$D" && "$BERTH" up -d --progress quiet); t1=$EPOCHREALTIME
     ups+=("$(ms "$t0" "$t1")")
-    sleep "$SETTLE"   # idle: after the supervisor has settled (it gives back its start-up code after 3 s)
+    sleep "$SETTLE"   # idle: the supervisor waits in berth-idle after 2 s without work
     sup=$(cut -d' ' -f1 "$BERTH_ROOT/projects/bench$N/supervisor.pid")
     inits=$(cd "$D" && "$BERTH" ps --format json | python3 -c 'import sys,json; print(" ".join(str(json.loads(l)["Pid"]) for l in sys.stdin))')
     kids=$(ps -o pid= --ppid "$sup" | tr "\n" " " || true)
