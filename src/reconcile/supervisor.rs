@@ -886,6 +886,9 @@ impl<R: Runtime + 'static> Supervisor<R> {
                     log(format!(
                         "{name}: running again (started by another berth command)"
                     ));
+                    // The run before ended all the same: its end is recorded, its health gone
+                    // (the new run's starts afresh).
+                    self.record_end(&name, state, false);
                     self.arm(&name, c.pid);
                     self.save();
                     return;
@@ -927,12 +930,26 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
     }
 
-    fn exited(&mut self, name: &str, state: State) {
+    /// What every end of a run records: its events, its exit code, no health any more.
+    fn record_end(&mut self, name: &str, state: State, restarting: bool) -> i32 {
         let code = match state {
             State::Exited(c) => c,
             State::OomKilled => 137,
             _ => 0,
         };
+        self.event(name, "die", &[("exitCode", code.to_string())]);
+        if state == State::OomKilled {
+            self.event(name, "oom", &[]);
+        }
+        let st = self.status.containers.entry(name.to_string()).or_default();
+        st.last_exit = Some(code);
+        st.health = None;
+        st.restarting = restarting;
+        self.save();
+        code
+    }
+
+    fn exited(&mut self, name: &str, state: State) {
         let policy = if self.state.is_stopped(name) {
             None
         } else {
@@ -949,15 +966,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
         let attempts = w.attempts;
         let again = policy.as_ref().is_some_and(|p| p.restarts(state, attempts));
-        self.event(name, "die", &[("exitCode", code.to_string())]);
-        if state == State::OomKilled {
-            self.event(name, "oom", &[]);
-        }
-        let st = self.status.containers.entry(name.to_string()).or_default();
-        st.last_exit = Some(code);
-        st.health = None;
-        st.restarting = again;
-        self.save();
+        let code = self.record_end(name, state, again);
         let Some(policy) = policy.filter(|_| again) else {
             log(format!("{name}: exited with {code}; not restarted"));
             return;
@@ -992,6 +1001,22 @@ impl<R: Runtime + 'static> Supervisor<R> {
     async fn restart_now(&mut self, name: &str) {
         if let Some(w) = self.watches.get_mut(name) {
             w.restart_due = None;
+        }
+        // Started meanwhile by another berth command (`berth start`, `restart`): watched, not
+        // started again nor counted as a restart.
+        if let Ok(o) = self.rt.observe(&self.target.project.name).await
+            && let Some(c) = o.containers.iter().find(|c| c.name == name)
+            && c.state == State::Running
+        {
+            log(format!(
+                "{name}: running again (started by another berth command)"
+            ));
+            if let Some(st) = self.status.containers.get_mut(name) {
+                st.restarting = false;
+            }
+            self.arm(name, c.pid);
+            self.save();
+            return;
         }
         let r = self.rt.start(name).await;
         let w = self.watches.entry(name.to_string()).or_default();
