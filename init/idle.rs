@@ -135,44 +135,6 @@ fn inotify_wakes(fd: i32, names: &[u8]) -> bool {
     }
 }
 
-/// The initial stack: (argc, argv, envp).
-///
-/// # Safety
-/// `sp` must be the stack pointer the kernel started the process with.
-unsafe fn stack(sp: *const usize) -> (*const *const u8, *const *const u8) {
-    // SAFETY: the kernel's initial stack layout: argc, argv[argc], NULL, envp..., NULL.
-    unsafe {
-        let argc = *sp;
-        let argv = sp.add(1) as *const *const u8;
-        (argv, sp.add(argc + 2) as *const *const u8)
-    }
-}
-
-/// The value of the environment variable `key` (with its `=`).
-///
-/// # Safety
-/// `envp` must be a NULL-terminated array of NUL-terminated strings that live as long as the
-/// process (the initial stack's).
-unsafe fn env(envp: *const *const u8, key: &[u8]) -> &'static [u8] {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let mut e = envp;
-        while !(*e).is_null() {
-            let s = *e;
-            let mut len = 0;
-            while *s.add(len) != 0 {
-                len += 1;
-            }
-            let v = core::slice::from_raw_parts(s, len);
-            if let Some(rest) = v.strip_prefix(key) {
-                return rest;
-            }
-            e = e.add(1);
-        }
-        &[]
-    }
-}
-
 static mut PARAMS: Params = Params {
     exe: 0,
     inotify: 0,
@@ -191,7 +153,7 @@ unsafe extern "C" fn start(sp: *const usize) -> ! {
     const PR_SET_NAME: usize = 15;
     sys::prctl(PR_SET_NAME, c"berth-idle".as_ptr() as usize);
     // SAFETY: sp is the initial stack pointer (the caller's contract).
-    let (argv, envp) = unsafe { stack(sp) };
+    let (argv, envp) = unsafe { rt::stack(sp) };
     // SAFETY: the only references to PARAMS and POLL in this single-threaded program.
     let (p, fds) = unsafe {
         (
@@ -203,9 +165,9 @@ unsafe extern "C" fn start(sp: *const usize) -> ! {
     p.exe = -1;
     p.inotify = -1;
     // SAFETY: envp is the initial stack's environment.
-    parse(unsafe { env(envp, b"BERTH_IDLE=") }, p);
+    parse(unsafe { rt::env(envp, b"BERTH_IDLE=") }, p);
     // SAFETY: as above.
-    let names = unsafe { env(envp, b"BERTH_IDLE_NAMES=") };
+    let names = unsafe { rt::env(envp, b"BERTH_IDLE_NAMES=") };
     // SIGHUP, SIGINT, SIGQUIT, SIGTERM (bits 0, 1, 2, 14): the ones berth blocked.
     let sfd = sys::signalfd((1 << 0) | (1 << 1) | (1 << 2) | (1 << 14)) as i32;
     let mut n = 0;

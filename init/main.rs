@@ -242,32 +242,6 @@ fn status_code(raw: i32) -> i32 {
     }
 }
 
-/// BERTH_INIT's value from the initial stack (argc, argv..., NULL, envp..., NULL).
-///
-/// # Safety
-/// `sp` must be the stack pointer the kernel started the process with.
-unsafe fn params_from_stack(sp: *const usize) -> &'static [u8] {
-    // SAFETY: the kernel's initial stack layout; every pointer there is a NUL-terminated
-    // string that lives as long as the process.
-    unsafe {
-        let argc = *sp;
-        let mut env = sp.add(argc + 2) as *const *const u8;
-        while !(*env).is_null() {
-            let s = *env;
-            let mut len = 0;
-            while *s.add(len) != 0 {
-                len += 1;
-            }
-            let v = core::slice::from_raw_parts(s, len);
-            if let Some(rest) = v.strip_prefix(b"BERTH_INIT=") {
-                return rest;
-            }
-            env = env.add(1);
-        }
-        &[]
-    }
-}
-
 /// # Safety
 /// Called once, by `_start`, with the initial stack pointer.
 unsafe extern "C" fn start(sp: *const usize) -> ! {
@@ -277,7 +251,7 @@ unsafe extern "C" fn start(sp: *const usize) -> ! {
     sys::prctl(PR_SET_DUMPABLE, 0);
     sys::prctl(PR_SET_NAME, c"berth-init".as_ptr() as usize);
     // SAFETY: sp is the initial stack pointer (the caller's contract).
-    let p = parse(unsafe { params_from_stack(sp) });
+    let p = parse(unsafe { rt::env(rt::stack(sp).1, b"BERTH_INIT=") });
     // The service may exec now.
     if p.gate >= 0 {
         sys::close(p.gate);

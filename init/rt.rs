@@ -242,6 +242,44 @@ pub mod sys {
     }
 }
 
+/// The initial stack: (argc, argv, envp).
+///
+/// # Safety
+/// `sp` must be the stack pointer the kernel started the process with.
+pub unsafe fn stack(sp: *const usize) -> (*const *const u8, *const *const u8) {
+    // SAFETY: the kernel's initial stack layout: argc, argv[argc], NULL, envp..., NULL.
+    unsafe {
+        let argc = *sp;
+        let argv = sp.add(1) as *const *const u8;
+        (argv, sp.add(argc + 2) as *const *const u8)
+    }
+}
+
+/// The value of the environment variable `key` (with its `=`).
+///
+/// # Safety
+/// `envp` must be a NULL-terminated array of NUL-terminated strings that live as long as the
+/// process (the initial stack's).
+pub unsafe fn env(envp: *const *const u8, key: &[u8]) -> &'static [u8] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut e = envp;
+        while !(*e).is_null() {
+            let s = *e;
+            let mut len = 0;
+            while *s.add(len) != 0 {
+                len += 1;
+            }
+            let v = core::slice::from_raw_parts(s, len);
+            if let Some(rest) = v.strip_prefix(key) {
+                return rest;
+            }
+            e = e.add(1);
+        }
+        &[]
+    }
+}
+
 // The compiler may call these for copies and comparisons; there is no libc to provide them.
 // Volatile accesses keep it from turning the loops back into calls to themselves.
 

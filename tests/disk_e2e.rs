@@ -8,11 +8,7 @@ use berth::image::testutil::{self, DockerLayout, LayerBuilder, TestImage};
 
 #[path = "support/env.rs"]
 mod env;
-use env::Env;
-
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
+use env::{Env, root};
 
 /// `sh -c script` in service `svc`: (exit status, stdout + stderr).
 fn sh(env: &Env, p: &Path, svc: &str, script: &str) -> (bool, String) {

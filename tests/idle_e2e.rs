@@ -9,19 +9,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, eventually};
-
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-fn alive(pid: i64) -> bool {
-    berth::runtime::linux::process_starttime(pid as i32).is_some()
-}
-
-fn pid(c: &serde_json::Value) -> i64 {
-    c["Pid"].as_i64().unwrap_or(0)
-}
+use env::{Env, alive, eventually, pid, root};
 
 /// `up -d` with a supervisor that goes idle after 300 ms without work.
 fn up(env: &Env, p: &Path) {

@@ -6,11 +6,7 @@ use std::time::Duration;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{DownOnDrop, Env, eventually};
-
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
+use env::{DownOnDrop, Env, eventually, root};
 
 /// A TCP sink on port 5001 that reads every connection to its end.
 const SINK: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('',5001))\ns.listen()\nwhile True:\n  c,_=s.accept()\n  while c.recv(1<<16): pass\n  c.close()\n";

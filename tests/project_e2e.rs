@@ -10,19 +10,7 @@ use berth::runtime::linux::cgroup::Cgroup;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, eventually};
-
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-fn alive(pid: i64) -> bool {
-    berth::runtime::linux::process_starttime(pid as i32).is_some()
-}
-
-fn pid(c: &serde_json::Value) -> i64 {
-    c["Pid"].as_i64().unwrap_or(0)
-}
+use env::{Env, alive, eventually, pid, root};
 
 /// After `down`: no container, cgroup, init process, mount or state of the project remains.
 fn assert_gone(env: &Env, project: &str, names: &[&str], pids: &[i64]) {

@@ -6,6 +6,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// Whether this test runs as root (the end-to-end tests need it, and pass as skipped without).
+pub fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Whether process `pid` is alive (not a zombie).
+pub fn alive(pid: i64) -> bool {
+    berth::runtime::linux::process_starttime(pid as i32).is_some()
+}
+
+/// A container's init pid, from a `ps --format json` object (0 when it has none).
+pub fn pid(c: &serde_json::Value) -> i64 {
+    c["Pid"].as_i64().unwrap_or(0)
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub state: PathBuf,
