@@ -749,7 +749,7 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
     st.write_supervisor(std::process::id() as i32)?;
     // Before the load: a save during it shows as a change after it.
     let files_read = idle::fingerprint(&record.watched());
-    let target = match handoff {
+    let (target, handoff) = match handoff {
         Some(h) => {
             let graph = crate::graph::Graph::new(&h.project)
                 .map_err(|_| anyhow::anyhow!("the handed-over project has a dependency cycle"))?;
@@ -771,7 +771,6 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
             }
         },
     };
-    let (target, handoff) = target;
     let lock_fd = _lock.fd.as_raw_fd();
     let rt = runtime()?;
     // One thread: the supervisor waits far more than it works, and every worker thread costs

@@ -156,9 +156,9 @@ impl Dns {
                 Reply::Forward => {
                     let me = self.clone();
                     let sock = sock.clone();
-                    self.forwarding.fetch_add(1, Ordering::Relaxed);
+                    let busy = super::InFlight::start(&self.forwarding);
                     tokio::spawn(async move {
-                        let _done = Count(me.forwarding.clone());
+                        let _busy = busy;
                         if let Some(bytes) = me.forward(&query).await {
                             let _ = sock.send_to(&bytes, from).await;
                         }
@@ -278,15 +278,6 @@ impl Dns {
         let mut r = Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::ServFail);
         r.queries = q.queries;
         r.to_vec().ok()
-    }
-}
-
-/// Takes one off a count of work in flight when dropped (the task ended or was aborted).
-pub struct Count(pub Arc<AtomicUsize>);
-
-impl Drop for Count {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -18,6 +18,24 @@ use serde::{Deserialize, Serialize};
 use crate::spec::model::{Project, Service};
 use ipam::NetState;
 
+/// One piece of work in flight (a proxied connection, a forwarded DNS query), counted in a
+/// shared counter until dropped, whether its task ends or is aborted: the supervisor does not
+/// go idle while the count is not zero.
+pub struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub fn start(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("network {network}: {step}: {message}")]

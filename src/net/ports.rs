@@ -595,10 +595,8 @@ struct Ctx {
 
 impl Ctx {
     /// Counts a connection or flow as active until the returned guard drops.
-    fn busy(&self) -> crate::net::dns::Count {
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::net::dns::Count(self.active.clone())
+    fn busy(&self) -> super::InFlight {
+        super::InFlight::start(&self.active)
     }
 
     /// The container's address; one that is not known yet (a container created since the

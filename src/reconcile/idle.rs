@@ -261,17 +261,8 @@ const IDLE_MAX_FDS: usize = 2048;
 /// and executes berth again, which finds it pending (`stop_pending`). None is ever caught by a
 /// handler and lost in an exec.
 pub fn stop_set() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut s = SigSet::empty();
-    for sig in [
-        Signal::SIGHUP,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGTERM,
-    ] {
-        s.add(sig);
-    }
-    s
+    use nix::sys::signal::Signal::*;
+    [SIGHUP, SIGINT, SIGQUIT, SIGTERM].into_iter().collect()
 }
 
 /// Blocks the stop signals in this thread (and the threads it starts from now on).

@@ -184,12 +184,11 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
         cmd.args(["config", "-q"])
             .current_dir(&record.working_dir)
             .stdin(std::process::Stdio::null());
-        // Not the supervisor's blocked stop signals (see idle::stop_set).
-        // SAFETY: sigprocmask is async-signal-safe.
+        // Not the supervisor's blocked stop signals.
+        // SAFETY: only sigprocmask runs between fork and exec (async-signal-safe).
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                let empty = nix::sys::signal::SigSet::empty();
-                libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+                crate::runtime::linux::launch::unblock_all_signals();
                 Ok(())
             });
         }
@@ -789,14 +788,13 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 probing: false,
             }));
             shared = Some(run.clone());
-            let lock = |r: &std::sync::Mutex<HealthRun>| {
-                // Held for a few assignments only, never across an await.
-                r.lock().unwrap_or_else(|e| e.into_inner()).due
-            };
+            // The lock is held for a few assignments only, never across an await.
+            let due_of =
+                |r: &std::sync::Mutex<HealthRun>| r.lock().unwrap_or_else(|e| e.into_inner()).due;
             tasks.push(
                 tokio::spawn(async move {
                     loop {
-                        tokio::time::sleep_until(lock(&run).into()).await;
+                        tokio::time::sleep_until(due_of(&run).into()).await;
                         run.lock().unwrap_or_else(|e| e.into_inner()).probing = true;
                         let probed = rt.probe(&n, &spec.argv, spec.timeout).await;
                         let mut r = run.lock().unwrap_or_else(|e| e.into_inner());
@@ -878,22 +876,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 // before is not a crash for the policy to answer (its restart would start a
                 // running container, and nobody would watch the new run).
                 let watched = self.watches.get(&name).and_then(|w| w.pid);
-                if let Ok(o) = self.rt.observe(&self.target.project.name).await
-                    && let Some(c) = o.containers.iter().find(|c| c.name == name)
-                    && c.state == State::Running
-                    && c.pid != watched
-                {
-                    log(format!(
-                        "{name}: running again (started by another berth command)"
-                    ));
-                    // The run before ended all the same: its end is recorded, its health gone
-                    // (the new run's starts afresh).
-                    self.record_end(&name, state, false);
-                    self.arm(&name, c.pid);
-                    self.save();
-                    return;
+                match running(&*self.rt, &self.target.project.name, &name).await {
+                    Some(pid) if pid != watched => {
+                        // The run before ended all the same: its end is recorded, its health
+                        // gone (the new run's starts afresh).
+                        self.record_end(&name, state, false);
+                        self.watch_new_run(&name, pid);
+                    }
+                    _ => self.exited(&name, state),
                 }
-                self.exited(&name, state)
             }
             Trigger::Health {
                 name,
@@ -928,6 +919,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
             Trigger::Activity => self.resync_due = true,
             _ => {} // a trigger from a watch that has been replaced
         }
+    }
+
+    /// Watches a run that another berth command started.
+    fn watch_new_run(&mut self, name: &str, pid: Option<i32>) {
+        log(format!(
+            "{name}: running again (started by another berth command)"
+        ));
+        self.arm(name, pid);
+        self.save();
     }
 
     /// What every end of a run records: its events, its exit code, no health any more.
@@ -1004,18 +1004,11 @@ impl<R: Runtime + 'static> Supervisor<R> {
         }
         // Started meanwhile by another berth command (`berth start`, `restart`): watched, not
         // started again nor counted as a restart.
-        if let Ok(o) = self.rt.observe(&self.target.project.name).await
-            && let Some(c) = o.containers.iter().find(|c| c.name == name)
-            && c.state == State::Running
-        {
-            log(format!(
-                "{name}: running again (started by another berth command)"
-            ));
+        if let Some(pid) = running(&*self.rt, &self.target.project.name, name).await {
             if let Some(st) = self.status.containers.get_mut(name) {
                 st.restarting = false;
             }
-            self.arm(name, c.pid);
-            self.save();
+            self.watch_new_run(name, pid);
             return;
         }
         let r = self.rt.start(name).await;
@@ -1136,6 +1129,15 @@ impl<R: Runtime + 'static> Supervisor<R> {
             log(format!("ports: {e}"));
         }
     }
+}
+
+/// The pid of `name`'s run if it is running now.
+async fn running<R: Runtime>(rt: &R, project: &str, name: &str) -> Option<Option<i32>> {
+    let o = rt.observe(project).await.ok()?;
+    o.containers
+        .into_iter()
+        .find(|c| c.name == name && c.state == State::Running)
+        .map(|c| c.pid)
 }
 
 #[cfg(test)]

@@ -202,6 +202,15 @@ struct Zygote {
 
 static ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
 
+/// Unblocks every signal in this thread. For a child between fork and exec (async-signal-safe):
+/// a supervisor blocks its stop signals in every thread (reconcile::idle::stop_set), and a
+/// child inherits the mask through exec (std's `Command` leaves it as it is).
+pub fn unblock_all_signals() {
+    let empty = nix::sys::signal::SigSet::empty();
+    // SAFETY: sigprocmask reads one sigset_t and writes nothing (no old set asked for).
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut()) };
+}
+
 /// Ends this process's zygote, if it has one, and reaps it: before the process executes
 /// something else (an idle supervisor), which would leave it a zombie nobody reaps.
 pub fn stop_zygote() {
@@ -238,11 +247,9 @@ fn spawn_helper(
     // place the socket at fd 3 without close-on-exec and unblock every signal.
     unsafe {
         cmd.pre_exec(move || {
-            // A supervisor blocks its stop signals in every thread (reconcile::idle::stop_set),
-            // and a child inherits the mask through exec (std's Command leaves it): the setup
-            // process, and so the container's service, would start with them blocked.
-            let empty = nix::sys::signal::SigSet::empty();
-            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+            // The setup process, and so the container's service, must not start with the
+            // supervisor's stop signals blocked.
+            unblock_all_signals();
             // dup2 onto itself would keep close-on-exec set: clear the flag instead.
             let r = if theirs_raw == SOCKET_FD {
                 libc::fcntl(SOCKET_FD, libc::F_SETFD, 0)
