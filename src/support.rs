@@ -36,7 +36,12 @@ pub fn service_key(key: &str) -> Support {
         | "pids_limit" | "privileged" | "read_only" | "security_opt" | "shm_size"
         | "stdin_open" | "stop_grace_period" | "stop_signal" | "sysctls" | "tty" | "ulimits"
         | "user" | "working_dir" => Acted,
-        "cpu_period" | "cpu_quota" | "devices" | "group_add" | "mem_swappiness"
+        "cpu_period"
+        | "cpu_quota"
+        | "devices"
+        | "device_cgroup_rules"
+        | "group_add"
+        | "mem_swappiness"
         | "oom_score_adj" => Acted,
         // `host`, `private`, `shareable`; joining another container's is refused by name.
         "ipc" | "uts" => Acted,
@@ -64,12 +69,9 @@ pub fn service_key(key: &str) -> Support {
         "isolation" | "credential_spec" => Ignored("Windows-only"),
         "userns_mode" => Ignored("user namespaces are not supported yet"),
         "cgroup_parent" => Ignored("berth places cgroups under berth/<project>/"),
-        "blkio_config"
-        | "device_cgroup_rules"
-        | "cpu_count"
-        | "cpu_percent"
-        | "cpu_rt_period"
-        | "cpu_rt_runtime" => Ignored("not enforced by berth"),
+        "blkio_config" | "cpu_count" | "cpu_percent" | "cpu_rt_period" | "cpu_rt_runtime" => {
+            Ignored("not enforced by berth")
+        }
         "models" | "provider" | "use_api_socket" => Ignored("Docker Desktop features"),
         k if k.starts_with("x-") => Acted,
         _ => Ignored("unknown to berth"),

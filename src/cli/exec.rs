@@ -1,7 +1,11 @@
 //! `berth exec`: a command inside a running container of a service, in its namespaces and
 //! cgroup, with the service's credentials and security setup. On a terminal (unless `-T`), the
 //! command gets a terminal of the container's own devpts and this one is put in raw mode and
-//! relayed; otherwise its stdio is this process's. The exit status is the command's.
+//! relayed; otherwise it gets pipes that this process copies to and from its own stdio, as
+//! `docker exec` does. Either way the command never holds a descriptor of the caller's
+//! terminal or files: a process it leaves behind in the container cannot read what is typed
+//! after `exec` returned, nor write where the caller's output goes. The exit status is the
+//! command's.
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -92,6 +96,8 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
         tty,
         privileged: a.privileged,
     };
+    // Without a terminal: pipes, relayed by `relay_pipes` while the command runs.
+    let mut pipes = None;
     let stdio = if a.detach {
         let null = || -> anyhow::Result<OwnedFd> {
             Ok(std::fs::OpenOptions::new()
@@ -103,14 +109,15 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
         };
         [null()?, null()?, null()?]
     } else {
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| -> anyhow::Result<OwnedFd> {
-            fd.try_clone_to_owned().context("duplicate stdio")
-        };
-        [
-            dup(std::io::stdin().as_fd())?,
-            dup(std::io::stdout().as_fd())?,
-            dup(std::io::stderr().as_fd())?,
-        ]
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe");
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        if !tty {
+            pipes = Some((in_w, out_r, err_r));
+        }
+        // With a terminal these go unused (the command's stdio is the terminal).
+        [in_r, out_w, err_w]
     };
     // Signals to forward are blocked before any thread starts, so the forwarding thread is
     // the only one that receives them.
@@ -141,7 +148,12 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
             drop(_raw);
             ex.wait()
         }
-        None => ex.wait(),
+        None => {
+            if let Some((i, o, e)) = pipes {
+                relay_pipes(i, o, e, &ex);
+            }
+            ex.wait()
+        }
     };
     match code {
         Ok(code) => Ok(code),
@@ -287,6 +299,119 @@ fn relay(master: &OwnedFd, ex: &crate::runtime::linux::launch::Exec) {
         }
         if ready[1] && !ready[0] {
             // The command has ended and the terminal has nothing more to give.
+            return;
+        }
+    }
+}
+
+/// Copies our stdin into the command's stdin pipe and its stdout and stderr pipes to ours,
+/// until the command's status arrives; then takes what it wrote before it ended and returns.
+/// Our ends close with it: a process the command left behind reads end-of-file and its writes
+/// fail. Our stdin is read only while the command runs, so no line typed after `exec` returned
+/// is taken from the shell that ran it.
+fn relay_pipes(
+    stdin_w: OwnedFd,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    ex: &crate::runtime::linux::launch::Exec,
+) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    for fd in [&stdin_w, &out_r, &err_r] {
+        let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    }
+    let stdin = std::io::stdin();
+    let mut to_cmd = Some(stdin_w);
+    let mut stdin_open = true;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut outs = [Some((out_r, 1)), Some((err_r, 2))];
+    let mut buf = [0u8; 16384];
+    // Copies what a pipe holds now to our descriptor `to`; false at end-of-file.
+    let copy = |from: &OwnedFd, to: i32, buf: &mut [u8]| -> bool {
+        loop {
+            match nix::unistd::read(from, buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    // SAFETY: `to` is our stdout or stderr, open for the life of the process.
+                    let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(to) };
+                    if nix::unistd::write(out, &buf[..n]).is_err() {
+                        // Our reader is gone: keep draining so the command is not blocked.
+                        continue;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return true, // EAGAIN: nothing more for now
+            }
+        }
+    };
+    loop {
+        let mut fds = vec![PollFd::new(ex.status_fd(), PollFlags::POLLIN)];
+        let mut slots = Vec::new();
+        for (i, o) in outs.iter().enumerate() {
+            if let Some((fd, _)) = o {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                slots.push(i);
+            }
+        }
+        let stdin_at = (stdin_open && pending.is_empty() && to_cmd.is_some()).then(|| {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let cmd_at = match (&to_cmd, pending.is_empty()) {
+            (Some(w), false) => {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (k, i) in slots.iter().enumerate() {
+            if ready[k + 1]
+                && let Some((fd, to)) = &outs[*i]
+                && !copy(fd, *to, &mut buf)
+            {
+                outs[*i] = None;
+            }
+        }
+        if stdin_at.is_some_and(|k| ready[k]) {
+            match nix::unistd::read(&stdin, &mut buf) {
+                Ok(0) | Err(_) => {
+                    // End of our input: the command reads end-of-file too.
+                    stdin_open = false;
+                    to_cmd = None;
+                }
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+        if cmd_at.is_some_and(|k| ready[k])
+            && let Some(w) = &to_cmd
+        {
+            match nix::unistd::write(w, &pending) {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                // The command closed its stdin: nothing more goes to it.
+                Err(_) => {
+                    to_cmd = None;
+                    pending.clear();
+                }
+            }
+        }
+        if ready[0] {
+            // The command has ended: what it wrote before is in the pipes.
+            for (fd, to) in outs.iter().flatten() {
+                copy(fd, *to, &mut buf);
+            }
             return;
         }
     }

@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 use super::spec::Limits;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// The v1 controllers berth places containers in. `freezer` is for `pause`. Each is a
-/// hierarchy the setup process must join, and on v1 every join waits for the kernel's
-/// threadgroup lock: `cpuset` is used only by a container that sets `cpuset:`.
-const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "freezer", "cpuset"];
+/// The v1 controllers berth places containers in. `freezer` is for `pause`, `devices` keeps
+/// the host's device nodes out of reach (see `devices`). Each is a hierarchy the setup process
+/// must join, and on v1 every join waits for the kernel's threadgroup lock: `cpuset` is used
+/// only by a container that sets `cpuset:`.
+const V1_CONTROLLERS: [&str; 7] = [
+    "cpu", "cpuacct", "memory", "pids", "freezer", "devices", "cpuset",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -49,6 +52,8 @@ pub enum CgroupError {
     NoController(&'static str),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Devices(#[from] super::devices::DeviceError),
 }
 
 /// Which cgroup version the host runs.
@@ -341,8 +346,12 @@ impl Cgroup {
                     };
                     write(&d.join("pids.max"), &v)?;
                 }
+                super::devices::apply_v2(d, &l.devices)?;
             }
             Version::V1 { .. } => {
+                // First, so that no other limit's failure leaves a cgroup without it. A v1 host
+                // without the devices hierarchy gets an error, not an open door.
+                super::devices::apply_v1(self.dir_of("devices")?, &l.devices)?;
                 if l.cpus.is_some()
                     || l.cpu_shares.is_some()
                     || l.cpu_quota.is_some()

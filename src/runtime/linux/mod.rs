@@ -5,7 +5,9 @@
 //! fork of the container's PID 1, which builds the root (`rootfs`), forks the service and stays
 //! as its init. Limits live in the container's cgroup (`cgroup`).
 
+pub mod apparmor;
 pub mod cgroup;
+pub mod devices;
 pub mod error;
 pub mod launch;
 pub mod logs;

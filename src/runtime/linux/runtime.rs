@@ -209,7 +209,9 @@ impl LinuxRuntime {
             (rootfs, img.config.clone(), roots, Some(img.id.clone()))
         };
         let process = process_for(name, svc, &config, &passwd_root)?;
-        let limits = limits_for(svc);
+        let (devices, device_rules) = devices_of(name, svc)?;
+        let mut limits = limits_for(svc);
+        limits.devices = device_policy(name, svc, device_rules)?;
         Ok(Record {
             project: spec.project.clone(),
             service: spec.service.clone(),
@@ -240,7 +242,7 @@ impl LinuxRuntime {
                 log: Some(log_spec(svc)),
                 mounts: Vec::new(),
                 rw_device: None,
-                devices: devices_of(svc),
+                devices,
                 host_ipc: ns_mode(name, svc, "ipc")?,
                 host_uts: ns_mode(name, svc, "uts")?,
                 sysctls: svc
@@ -541,6 +543,7 @@ fn process_for(
             .get("oom_score_adj")
             .and_then(|v| v.as_i64())
             .map(|n| n.clamp(-1000, 1000) as i32),
+        apparmor: None,
     };
     // `group_add`: more supplementary groups, by number or by name in the image's /etc/group.
     if let Some(serde_json::Value::Array(extra)) = svc.extra.get("group_add") {
@@ -577,6 +580,8 @@ fn process_for(
         p.default_seccomp()
             .map_err(|e| step(name, "compile seccomp filter", e))?;
     }
+    p.apparmor = super::apparmor::choose(&svc.security_opt, p.privileged)
+        .map_err(|e| step(name, "choose the AppArmor profile", e))?;
     Ok(p)
 }
 
@@ -595,40 +600,111 @@ fn ns_mode(name: &str, svc: &Service, key: &'static str) -> Result<bool, Runtime
     }
 }
 
-/// `devices:` as (host node, path in the container): `/dev/fuse`, `/dev/sda:/dev/xvda[:rwm]`
-/// or the long form `{source, target, permissions}`. berth does not restrict a container's
-/// devices through the cgroup, so the permissions are accepted and not enforced.
-fn devices_of(svc: &Service) -> Vec<(PathBuf, String)> {
-    let Some(serde_json::Value::Array(items)) = svc.extra.get("devices") else {
-        return Vec::new();
+/// The `devices:` nodes to make (host node, path in the container) and the rules that open them.
+type DevicesOf = (Vec<(PathBuf, String)>, Vec<super::devices::Rule>);
+
+/// `devices:` as (host node, path in the container), with the access each grants in the
+/// container's device cgroup: `/dev/fuse`, `/dev/sda:/dev/xvda[:rwm]`, `/dev/sda:rwm` or the
+/// long form `{source, target, permissions}`; `rwm` when no permissions are given, as in Docker.
+/// A host path that is not a device node is refused here, before anything is made.
+fn devices_of(name: &str, svc: &Service) -> Result<DevicesOf, RuntimeError> {
+    use super::devices::{Kind, Rule, parse_access};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    let bad = |why: String| step(name, "devices", why);
+    let items = match svc.extra.get("devices") {
+        None | Some(serde_json::Value::Null) => &Vec::new(),
+        Some(serde_json::Value::Array(items)) => items,
+        Some(other) => return Err(bad(format!("expected a list, found `{other}`"))),
     };
-    items
-        .iter()
-        .filter_map(|d| {
-            let (src, dst) = match d {
-                serde_json::Value::String(s) => {
-                    let mut parts = s.splitn(3, ':');
-                    let src = parts.next()?.to_string();
+    for d in items {
+        let (src, dst, perms) = match d {
+            serde_json::Value::String(s) => {
+                let parts: Vec<&str> = s.split(':').collect();
+                match parts.as_slice() {
+                    [src] => (src.to_string(), src.to_string(), None),
                     // `/dev/x:rwm`: the second part is the permissions, not a path.
-                    let dst = parts
-                        .next()
-                        .filter(|d| d.starts_with('/'))
-                        .map_or_else(|| src.clone(), str::to_string);
-                    (src, dst)
+                    [src, p] if !p.starts_with('/') => {
+                        (src.to_string(), src.to_string(), Some(p.to_string()))
+                    }
+                    [src, dst] => (src.to_string(), dst.to_string(), None),
+                    [src, dst, p] => (src.to_string(), dst.to_string(), Some(p.to_string())),
+                    _ => return Err(bad(format!("`{s}` is not HOST[:CONTAINER][:PERMISSIONS]"))),
                 }
-                serde_json::Value::Object(m) => {
-                    let src = m.get("source")?.as_str()?.to_string();
-                    let dst = m
-                        .get("target")
-                        .and_then(|t| t.as_str())
-                        .map_or_else(|| src.clone(), str::to_string);
-                    (src, dst)
-                }
-                _ => return None,
-            };
-            Some((PathBuf::from(src), dst))
-        })
-        .collect()
+            }
+            serde_json::Value::Object(m) => {
+                let Some(src) = m.get("source").and_then(|v| v.as_str()) else {
+                    return Err(bad("an entry in the long form needs `source`".into()));
+                };
+                let dst = m.get("target").and_then(|t| t.as_str()).unwrap_or(src);
+                let perms = m
+                    .get("permissions")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                (src.to_string(), dst.to_string(), perms)
+            }
+            other => return Err(bad(format!("`{other}` is not a device"))),
+        };
+        let access = match &perms {
+            Some(p) => parse_access(p).map_err(|e| bad(format!("{src}: {e}")))?,
+            None => super::devices::MKNOD | super::devices::READ | super::devices::WRITE,
+        };
+        let md = fs::metadata(&src).map_err(|e| bad(format!("{src}: {e}")))?;
+        let kind = if md.file_type().is_block_device() {
+            Kind::Block
+        } else if md.file_type().is_char_device() {
+            Kind::Char
+        } else {
+            return Err(bad(format!(
+                "{src} is not a device node (list each device of a directory)"
+            )));
+        };
+        let dev = md.rdev();
+        rules.push(Rule {
+            kind,
+            major: Some(nix::sys::stat::major(dev) as u32),
+            minor: Some(nix::sys::stat::minor(dev) as u32),
+            access,
+        });
+        nodes.push((PathBuf::from(src), dst));
+    }
+    Ok((nodes, rules))
+}
+
+/// The container's device policy: the default list, its `devices:` and its
+/// `device_cgroup_rules`; every device when it is privileged.
+fn device_policy(
+    name: &str,
+    svc: &Service,
+    device_rules: Vec<super::devices::Rule>,
+) -> Result<super::devices::Policy, RuntimeError> {
+    let mut extra = device_rules;
+    match svc.extra.get("device_cgroup_rules") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Array(items)) => {
+            for r in items {
+                let text = r.as_str().ok_or_else(|| {
+                    step(name, "device_cgroup_rules", format!("`{r}` is not a rule"))
+                })?;
+                extra.push(
+                    super::devices::parse_rule(text)
+                        .map_err(|e| step(name, "device_cgroup_rules", e))?,
+                );
+            }
+        }
+        Some(other) => {
+            return Err(step(
+                name,
+                "device_cgroup_rules",
+                format!("expected a list, found `{other}`"),
+            ));
+        }
+    }
+    Ok(super::devices::Policy {
+        allow_all: svc.privileged.unwrap_or(false),
+        extra,
+    })
 }
 
 /// `logging.options.max-size` / `max-file` (Docker's json-file options), bounded by default.
@@ -681,6 +757,7 @@ fn limits_for(svc: &Service) -> Limits {
         memory_reservation: svc.mem_reservation.or(rsv.and_then(|r| r.memory)),
         swappiness: int("mem_swappiness").and_then(|n| u64::try_from(n).ok()),
         pids: svc.pids_limit.or(lim.and_then(|l| l.pids)),
+        devices: Default::default(),
     }
 }
 

@@ -542,6 +542,17 @@ fn pid1(spec: LaunchSpec, sock: OwnedFd, procs: Vec<std::fs::File>) -> i32 {
             1
         }
         Ok((service, mut exit_file, logs, stdin_keep, gate)) => {
+            // The init runs under the container's AppArmor profile too: its own processes
+            // may signal it, and nothing in the container is left unconfined.
+            if let Some(name) = &spec.process.apparmor
+                && let Err(e) = super::apparmor::set_exec_profile(name)
+            {
+                send(
+                    &sock,
+                    &Message::Failed(SetupError::io("set the AppArmor profile", Some(name), &e)),
+                );
+                return 1;
+            }
             send(&sock, &Message::Ready);
             // Init keeps no descriptor of berth's, and as little memory as it can: it lives as
             // long as the container, once per container (the density target).
@@ -942,6 +953,11 @@ fn exec_service(
             nix::unistd::setsid().map_err(|e| SetupError::sys("setsid", None, e))?;
         }
         set_rlimits(&p.rlimits)?;
+        // Entered at the exec below, with the root's credentials still held.
+        if let Some(name) = &p.apparmor {
+            super::apparmor::set_exec_profile(name)
+                .map_err(|e| SetupError::io("set the AppArmor profile", Some(name), &e))?;
+        }
         if let Some(adj) = p.oom_score_adj {
             // Raising it is always allowed; lowering it needs CAP_SYS_RESOURCE in the bounding
             // set of the process that starts berth.

@@ -67,6 +67,10 @@ pub struct Process {
     /// `oom_score_adj` (-1000..1000): how readily the OOM killer picks the service.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// The AppArmor profile the process enters when it executes its program (None: unconfined,
+    /// or a host without AppArmor).
+    #[serde(default)]
+    pub apparmor: Option<String>,
 }
 
 impl Process {
@@ -115,6 +119,10 @@ pub struct Limits {
     #[serde(default)]
     pub swappiness: Option<u64>,
     pub pids: Option<i64>,
+    /// Which devices the container's processes may make, read and write (the default allow
+    /// list unless the file adds to it; everything for `privileged`).
+    #[serde(default)]
+    pub devices: super::devices::Policy,
 }
 
 /// One container, as the setup process needs it.
