@@ -681,6 +681,148 @@ services:
     );
 }
 
+/// What every process of a container has open, as `/proc/<pid>/fd` links, from the host.
+fn open_files(project: &str, container: &str) -> Vec<(u32, String)> {
+    let cg = Cgroup::open(&format!("{project}/{container}"))
+        .unwrap()
+        .expect("cgroup");
+    let mut out = Vec::new();
+    for p in cg.procs() {
+        for e in std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(l) = std::fs::read_link(e.unwrap().path()) {
+                out.push((p, l.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_process_left_behind_by_exec_cannot_reach_the_callers_terminal_or_files() {
+    if !root() {
+        return;
+    }
+    // The emulated VM of CI is several times slower.
+    let scale = if std::env::var_os("VM_RUN").is_some() {
+        4
+    } else {
+        1
+    };
+    let env = Env::new();
+    let p = env.project(
+        "x",
+        "name: e2e-leak
+services:
+  web:
+    image: host
+    command: [sleep, '1000']
+    network_mode: none
+",
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--progress", "quiet"]);
+    // Keeps the descriptors exec gave it on 3-5 (a background job's stdin would be /dev/null),
+    // waits until exec has returned, then reads what the caller types next and writes where
+    // the caller's output goes.
+    let left_behind = format!(
+        "exec 3<&0 4>&1 5>&2; (sleep {}; cat <&3 > /tmp/typed-$0; echo LEAK-OUT >&4; \
+         echo LEAK-ERR >&5) & echo started",
+        scale
+    );
+    let out_path = env.dir.path().join("caller-output");
+
+    // 1. `exec -T` from a terminal: stdin is the caller's terminal (a pty of the test's).
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave_path = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
+    ))
+    .unwrap();
+    let out = std::fs::File::create(&out_path).unwrap();
+    let o = env
+        .command(&p, &["exec", "-T", "web", "sh", "-c", &left_behind, "tty"])
+        .stdin(std::fs::File::from(pty.slave.try_clone().unwrap()))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    // 2. `exec` with stdin redirected from a pipe (no terminal) and output to a file.
+    let mut child = env
+        .command(&p, &["exec", "web", "sh", "-c", &left_behind, "pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&out_path)
+                .unwrap(),
+        )
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&out_path)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let mut caller_stdin = child.stdin.take().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap(),
+        "started\nstarted\n"
+    );
+
+    // Both have returned; what they left behind is still there, and holds no descriptor of
+    // the caller's: not the terminal, not the output file, not the stdin pipe.
+    let pipe_ino = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&caller_stdin)
+    ))
+    .unwrap();
+    let files = open_files("e2e-leak", "e2e-leak-web-1");
+    assert!(
+        files.iter().any(|(_, l)| l.starts_with("pipe:")),
+        "{files:?}"
+    );
+    for (pid, l) in &files {
+        let l = std::path::Path::new(l);
+        assert!(
+            l != slave_path && l != out_path && l != pipe_ino,
+            "process {pid} of the container holds the caller's {}",
+            l.display()
+        );
+    }
+    // The caller types on: nothing of it reaches the container, and nothing it writes reaches
+    // the caller's output.
+    {
+        use std::io::Write;
+        nix::unistd::write(&pty.master, b"secret-typed\n").unwrap();
+        let _ = caller_stdin.write_all(b"secret-piped\n");
+    }
+    std::thread::sleep(Duration::from_millis(2500 * scale));
+    let typed = env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "cat /tmp/typed-tty /tmp/typed-pipe",
+        ],
+    );
+    assert!(!typed.contains("secret"), "the container read: {typed}");
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap(),
+        "started\nstarted\n",
+        "the container wrote to the caller's file"
+    );
+    env.ok(&p, &["down", "-t", "0"]);
+}
+
 #[test]
 fn enable_writes_a_valid_boot_unit_and_ls_shows_it() {
     if !root() {
