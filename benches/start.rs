@@ -394,6 +394,65 @@ fn main() {
         println!("{name:<38} {med:>8.2} {p95:>8.2} {min:>8.2}");
     }
 
+    // What device access control adds to a start (every row above includes it): loading the
+    // program (what a runtime that caches nothing pays per start; berth loads it once per
+    // process and rule set) and putting the policy in force on a new cgroup.
+    {
+        use berth::runtime::linux::devices::{Policy, load};
+        let rules = Policy::default().rules();
+        let mut loads = Vec::new();
+        let mut applies = Vec::new();
+        let v2 = matches!(
+            berth::runtime::linux::cgroup::detect(),
+            Ok(berth::runtime::linux::cgroup::Version::V2)
+        );
+        for i in 0..runs {
+            if v2 {
+                let t = Instant::now();
+                let fd = load(&rules).expect("load the device program");
+                loads.push(ms(t.elapsed()) * 1000.0);
+                drop(fd);
+            }
+            let open = Policy {
+                allow_all: true,
+                extra: Vec::new(),
+            };
+            let cg = CgGuard(
+                Cgroup::create(
+                    &format!("bench-{}/keep/dev{i}", std::process::id()),
+                    &Limits {
+                        devices: open,
+                        ..Limits::default()
+                    },
+                )
+                .expect("cgroup"),
+            );
+            let t = Instant::now();
+            cg.0.apply_devices(&Policy::default())
+                .expect("device policy");
+            applies.push(ms(t.elapsed()) * 1000.0);
+        }
+        println!(
+            "
+device access control, per start ({runs} runs, microseconds):"
+        );
+        println!("{:<38} {:>8} {:>8} {:>8}", "", "median", "p95", "min");
+        if v2 {
+            let (med, p95, min) = stats(loads);
+            println!(
+                "{:<38} {med:>8.1} {p95:>8.1} {min:>8.1}",
+                "load the program (uncached)"
+            );
+        }
+        let (med, p95, min) = stats(applies);
+        let what = if v2 {
+            "attach the cached program"
+        } else {
+            "write devices.deny/allow (v1)"
+        };
+        println!("{what:<38} {med:>8.1} {p95:>8.1} {min:>8.1}");
+    }
+
     // Memory of idle containers beyond their service: each init's PSS.
     let n: usize = std::env::var("IDLE")
         .ok()

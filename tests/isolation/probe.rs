@@ -122,8 +122,10 @@ fn usage(msg: &str) -> Fail {
     Fail::Usage(msg.to_string())
 }
 
+/// One detail line on stderr, written with a single write so that it does not interleave
+/// with stdout when a container runtime merges the two streams.
 fn note(msg: &str) {
-    eprintln!("# {msg}");
+    let _ = std::io::stderr().write_all(format!("# {msg}\n").as_bytes());
 }
 
 fn last_errno() -> i32 {

@@ -346,12 +346,11 @@ impl Cgroup {
                     };
                     write(&d.join("pids.max"), &v)?;
                 }
-                super::devices::apply_v2(d, &l.devices)?;
+                self.apply_devices(&l.devices)?;
             }
             Version::V1 { .. } => {
-                // First, so that no other limit's failure leaves a cgroup without it. A v1 host
-                // without the devices hierarchy gets an error, not an open door.
-                super::devices::apply_v1(self.dir_of("devices")?, &l.devices)?;
+                // First, so that no other limit's failure leaves a cgroup without it.
+                self.apply_devices(&l.devices)?;
                 if l.cpus.is_some()
                     || l.cpu_shares.is_some()
                     || l.cpu_quota.is_some()
@@ -408,6 +407,16 @@ impl Cgroup {
                     write(&d.join("pids.max"), &v)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Puts the device policy in force: the v2 program attached, or v1's lists written. A v1
+    /// host without the devices hierarchy gets an error, not an open door.
+    pub fn apply_devices(&self, p: &super::devices::Policy) -> Result<(), CgroupError> {
+        match self.version {
+            Version::V2 => super::devices::apply_v2(self.dir_of("")?, p)?,
+            Version::V1 { .. } => super::devices::apply_v1(self.dir_of("devices")?, p)?,
         }
         Ok(())
     }

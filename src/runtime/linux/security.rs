@@ -66,8 +66,12 @@ pub fn effective_set(
     drop: &[String],
     privileged: bool,
 ) -> Result<CapsHashSet, SetupError> {
+    // Every capability berth itself may hold: a host that keeps one out of the bounding set
+    // (this development host lacks CAP_SYS_RESOURCE) cannot grant it, and asking for it would
+    // fail the whole capset.
+    let everything = || caps::read(None, CapSet::Bounding).unwrap_or_else(|_| caps::all());
     if privileged {
-        return Ok(caps::all());
+        return Ok(everything());
     }
     let parse = |n: &str| -> Result<Capability, SetupError> {
         let canon = caps::to_canonical(n);
@@ -83,7 +87,7 @@ pub fn effective_set(
         set.remove(&parse(d)?);
     }
     if add.iter().any(|a| a.eq_ignore_ascii_case("all")) {
-        return Ok(caps::all());
+        return Ok(everything());
     }
     for a in add {
         set.insert(parse(a)?);
