@@ -281,6 +281,27 @@ fn probes(disk: Option<(&str, u32, u32)>) -> Vec<Probe> {
             AppArmor,
         ),
         p(
+            "apparmor_refuses_the_release_agent_mount_with_cap_sys_admin",
+            "sysadmin",
+            &["userns-release-agent"],
+            Refused,
+            AppArmor,
+        ),
+        p(
+            "read_proc_kcore",
+            "default",
+            &["open-read", "/proc/kcore"],
+            Refused,
+            Always,
+        ),
+        p(
+            "umount_proc_sys",
+            "default",
+            &["umount", "/proc/sys"],
+            eperm,
+            Always,
+        ),
+        p(
             "proc_sys_write_with_cap_sys_admin",
             "sysadmin",
             &["write-same", "/proc/sys/kernel/core_pattern"],

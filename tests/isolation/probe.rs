@@ -51,6 +51,7 @@ const SYS_GETTIMEOFDAY: c_long = 96;
 const SYS_PTRACE: c_long = 101;
 const SYS_GETUID: c_long = 102;
 const SYS_GETGID: c_long = 104;
+const SYS_STATFS: c_long = 137;
 const SYS_PIVOT_ROOT: c_long = 155;
 const SYS_CHROOT: c_long = 161;
 const SYS_SETTIMEOFDAY: c_long = 164;
@@ -93,6 +94,8 @@ const WALL: c_long = 0x4000_0000;
 const LINUX_REBOOT_MAGIC1: c_long = 0xfee1_dead;
 const KEXEC_ARCH_ARM: c_long = 40 << 16;
 const FILEID_INO32_GEN: u32 = 1;
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
@@ -646,11 +649,62 @@ fn write_same(path: &str) -> Res {
     Ok(())
 }
 
+/// The f_type statfs() reports for `path`.
+fn fs_type(path: &str) -> Result<i64, i32> {
+    let c = CString::new(path).map_err(|_| EINVAL)?;
+    // struct statfs is 120 bytes on x86_64; f_type is its first field.
+    let mut buf = [0i64; 16];
+    // SAFETY: `c` is a NUL-terminated path and `buf` a writable buffer larger than struct
+    // statfs, both outliving the call.
+    unsafe { sys(SYS_STATFS, &[p(&c), buf.as_mut_ptr() as c_long]) }?;
+    Ok(buf[0])
+}
+
+/// Creates (and removes) a cgroup: under /sys/fs/cgroup when that is a cgroup file system
+/// (v2, or v1 with a cgroup namespace), else under each v1 hierarchy below it. A directory in a
+/// tmpfs that is not a cgroup file system does not count.
 fn cgroup_write() -> Res {
-    let dir = format!("/sys/fs/cgroup/berth-probe-{}", std::process::id());
-    fs::create_dir(&dir).map_err(|e| io_err(&e, "mkdir"))?;
-    let _ = fs::remove_dir(&dir);
-    Ok(())
+    let base = "/sys/fs/cgroup";
+    let is_cgroup = |t: i64| t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC;
+    let mut dirs = Vec::new();
+    match fs_type(base) {
+        Ok(t) if is_cgroup(t) => dirs.push(base.to_string()),
+        Ok(t) => {
+            note(&format!(
+                "{base} is not a cgroup file system (f_type {t:#x}): trying below it"
+            ));
+            let mut subs: Vec<String> = fs::read_dir(base)
+                .map_err(|e| io_err(&e, "opendir"))?
+                .flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path().to_string_lossy().into_owned())
+                .filter(|d| fs_type(d).map(is_cgroup).unwrap_or(false))
+                .collect();
+            subs.sort();
+            dirs.extend(subs);
+        }
+        Err(e) => return Err(refused(e, "statfs")),
+    }
+    if dirs.is_empty() {
+        return Err(refused(ENOENT, "no cgroup file system"));
+    }
+    let mut first = None;
+    for d in &dirs {
+        let dir = format!("{d}/berth-probe-{}", std::process::id());
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                let _ = fs::remove_dir(&dir);
+                note(&format!("created (and removed) the cgroup {dir}"));
+                return Ok(());
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(EIO);
+                note(&format!("mkdir {dir}: {}", errno_name(errno)));
+                first.get_or_insert(errno);
+            }
+        }
+    }
+    Err(refused(first.unwrap_or(EPERM), "mkdir"))
 }
 
 fn mount_tmpfs(target: &str) -> Result<(), i32> {
