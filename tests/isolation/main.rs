@@ -477,6 +477,57 @@ fn main() -> ExitCode {
         }
     }
 
+    // The device policy is in the kernel: on v2 one program on the default container's
+    // cgroup and none on the privileged one's; on v1 the default list in `devices.list`.
+    if filter.is_empty() {
+        ran += 1;
+        let cg = |s: &str| {
+            berth::runtime::linux::cgroup::Cgroup::open(&format!("{project}/{project}-{s}-1"))
+                .ok()
+                .flatten()
+                .expect("the container's cgroup")
+        };
+        let (def, prv) = (cg("default"), cg("priv"));
+        let seen = match def.version {
+            berth::runtime::linux::cgroup::Version::V2 => {
+                let n = |c: &berth::runtime::linux::cgroup::Cgroup| {
+                    berth::runtime::linux::devices::programs_at(&c.dirs[0].1)
+                        .map_err(|e| e.to_string())
+                };
+                format!("programs: default {:?}, privileged {:?}", n(&def), n(&prv))
+            }
+            berth::runtime::linux::cgroup::Version::V1 { .. } => {
+                let list = |c: &berth::runtime::linux::cgroup::Cgroup| {
+                    c.dirs
+                        .iter()
+                        .find(|(k, _)| k == "devices")
+                        .and_then(|(_, d)| std::fs::read_to_string(d.join("devices.list")).ok())
+                        .unwrap_or_default()
+                };
+                format!("default:\n{}privileged:\n{}", list(&def), list(&prv))
+            }
+        };
+        let want = match def.version {
+            berth::runtime::linux::cgroup::Version::V2 => {
+                "programs: default Ok(1), privileged Ok(0)".to_string()
+            }
+            berth::runtime::linux::cgroup::Version::V1 { .. } => {
+                let rules: String = berth::runtime::linux::devices::Policy::default()
+                    .rules()
+                    .iter()
+                    .map(|r| r.v1_line() + "\n")
+                    .collect();
+                format!("default:\n{rules}privileged:\na *:* rwm\n")
+            }
+        };
+        if seen == want {
+            println!("test device_policy_is_in_the_containers_cgroup ... ok");
+        } else {
+            println!("test device_policy_is_in_the_containers_cgroup ... FAILED");
+            failed.push(format!("device policy: expected {want:?}, found {seen:?}"));
+        }
+    }
+
     // Nothing is left: the containers' cgroups (and with them the device programs the kernel
     // attached to them) and every mount under the state root.
     let pids: Vec<String> = String::from_utf8_lossy(&berth(&dir, &state, &["ps", "-q"]).stdout)

@@ -520,6 +520,15 @@ fn attached(cg: &OwnedFd, dir: &Path) -> Result<Vec<u32>, DeviceError> {
     Ok(ids[..(q.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
+/// How many device programs are attached to the cgroup v2 directory `dir` itself (`berth
+/// inspect`-style checks and the isolation suite).
+pub fn programs_at(dir: &Path) -> Result<usize, DeviceError> {
+    let cg: OwnedFd = std::fs::File::open(dir)
+        .map_err(|e| attach_err("open the cgroup for", dir, e))?
+        .into();
+    Ok(attached(&cg, dir)?.len())
+}
+
 /// Applies `policy` to the cgroup v2 directory `dir`: its program attached, any other device
 /// program of the directory (left by an earlier run in a reused cgroup) detached after it, so
 /// there is never a moment without one. `allow_all` detaches them all.
