@@ -409,9 +409,10 @@ fn main() {
         // Beside the containers' parent, not below it: on v1 a cgroup cannot allow more devices
         // than its parent, and that parent carries the default list.
         for i in 0..runs {
-            if v2 {
-                let t = Instant::now();
-                let fd = load(&rules).expect("load the device program");
+            // Loading needs only bpf(2), so it is timed on a v1 host too (where berth itself
+            // uses the devices controller instead).
+            let t = Instant::now();
+            if let Ok(fd) = load(&rules) {
                 loads.push(ms(t.elapsed()) * 1000.0);
                 drop(fd);
             }
@@ -439,7 +440,7 @@ fn main() {
 device access control, per start ({runs} runs, microseconds):"
         );
         println!("{:<38} {:>8} {:>8} {:>8}", "", "median", "p95", "min");
-        if v2 {
+        if !loads.is_empty() {
             let (med, p95, min) = stats(loads);
             println!(
                 "{:<38} {med:>8.1} {p95:>8.1} {min:>8.1}",
