@@ -192,7 +192,7 @@ services:
             .count()
     };
     let before = probes(&env);
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(env::scaled(Duration::from_secs(5)));
     let after = probes(&env);
     assert!(
         after >= before + 2,
@@ -226,7 +226,7 @@ services:
         env.supervisor_log("e2e-idle")
     );
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < env::scaled(Duration::from_secs(2)),
         "took {:?}",
         t.elapsed()
     );

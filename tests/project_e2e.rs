@@ -10,7 +10,7 @@ use berth::runtime::linux::cgroup::Cgroup;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, alive, eventually, pid, root};
+use env::{Env, alive, eventually, pid, root, scaled, slowdown};
 
 /// After `down`: no container, cgroup, init process, mount or state of the project remains.
 fn assert_gone(env: &Env, project: &str, names: &[&str], pids: &[i64]) {
@@ -144,7 +144,7 @@ services:
         env.container(&p, "e2e-restart-crash-1"),
         env.supervisor_log("e2e-restart")
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     let c = env.container(&p, "e2e-restart-crash-1");
     assert_eq!(
         (c["RestartCount"].as_i64(), c["ExitCode"].as_i64()),
@@ -222,7 +222,7 @@ fn an_edit_recreates_only_what_changed_and_a_bad_edit_changes_nothing() {
         env.supervisor_log("e2e-watch")
     );
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < scaled(Duration::from_secs(2)),
         "took {:?}",
         t.elapsed()
     );
@@ -371,7 +371,7 @@ services:
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -705,12 +705,7 @@ fn a_process_left_behind_by_exec_cannot_reach_the_callers_terminal_or_files() {
     if !root() {
         return;
     }
-    // The emulated VM of CI is several times slower.
-    let scale = if std::env::var_os("VM_RUN").is_some() {
-        4
-    } else {
-        1
-    };
+    let scale = slowdown();
     let env = Env::new();
     let p = env.project(
         "x",
@@ -802,7 +797,7 @@ services:
         nix::unistd::write(&pty.master, b"secret-typed\n").unwrap();
         let _ = caller_stdin.write_all(b"secret-piped\n");
     }
-    std::thread::sleep(Duration::from_millis(2500 * scale));
+    std::thread::sleep(scaled(Duration::from_millis(2500)));
     let typed = env.ok(
         &p,
         &[
@@ -916,7 +911,7 @@ services:
     let _d = Down(&env, p.clone());
     env.ok(&p, &["up", "-d", "--progress", "quiet"]);
     let busy = pid(&env.container(&p, "e2e-stats-busy-1"));
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(scaled(Duration::from_millis(500)));
     let out = env.ok(&p, &["stats", "--no-stream", "--format", "json"]);
     let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(row["Name"], "e2e-stats-busy-1");
@@ -961,7 +956,7 @@ services:
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(scaled(Duration::from_millis(300)));
     env.ok(&p, &["up", "-d", "--progress", "quiet"]);
     env.ok(&p, &["exec", "-T", "web", "true"]);
     env.ok(&p, &["pause", "web"]);
@@ -972,7 +967,7 @@ services:
             .is_ok_and(|t| t.contains("\"die\""))
     }));
     env.ok(&p, &["down", "-t", "0"]);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(scaled(Duration::from_millis(300)));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -1093,7 +1088,7 @@ fn create_makes_containers_that_start_later() {
     );
     // The supervisor is there for what `start` will start, and leaves them created meanwhile.
     assert!(env.supervisor_pid("e2e-create").is_some());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(scaled(Duration::from_millis(500)));
     let ps = env.ps(&p);
     assert!(ps.iter().all(|c| c["State"] == "created"), "{ps:?}");
     env.ok(&p, &["start"]);
@@ -1377,14 +1372,14 @@ services:
     // stop, then start: the supervisor picks the new run up from the events file.
     env.ok(&p, &["stop", "-t", "0", "keep"]);
     env.ok(&p, &["start", "keep"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     killed_and_back("after stop and start");
     // restart, with the supervisor seeing the old end after the new start (stopped meanwhile).
     signal(nix::sys::signal::Signal::SIGSTOP);
     let restarted = env.berth(&p, &["restart", "-t", "0", "keep"]);
     signal(nix::sys::signal::Signal::SIGCONT);
     assert!(restarted.status.success());
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     // `berth restart` is the user's, not a restart by policy: the count stays (the old run's
     // end, answered by policy, "restarted" the running container and counted it).
     let c = env.container(&p, "e2e-rk-keep-1");

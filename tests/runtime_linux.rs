@@ -8,6 +8,9 @@ use berth::runtime::linux::cgroup::Cgroup;
 use berth::runtime::linux::launch::{LaunchError, launch, set_setup_exe};
 use berth::runtime::linux::spec::{LaunchSpec, Limits, Process, Rootfs};
 
+#[path = "support/env.rs"]
+mod env;
+
 fn root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
@@ -424,7 +427,7 @@ fn sigterm_reaches_the_service_and_stubborn_ones_are_killed() {
         )
         .expect("stop");
     assert_eq!(code, 3);
-    assert!(t.elapsed().as_secs() < 2);
+    assert!(t.elapsed() < env::scaled(std::time::Duration::from_secs(2)));
     assert!(
         std::fs::read_to_string(d.join("out"))
             .unwrap_or_default()
@@ -545,7 +548,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     now(rt.start(&svc.name)).expect("start svc");
     // Wait for the job to finish. (No reaping here: waitpid(-1) would steal the children of
     // tests running in parallel; observe sees an exited init as a zombie already.)
-    for _ in 0..200 {
+    for _ in 0..200 * env::slowdown() {
         let o = now(rt.observe(&project)).expect("observe");
         if o.containers
             .iter()
@@ -559,7 +562,7 @@ fn runtime_trait_runs_a_busybox_image_from_the_store() {
     let state_of = |n: &str| o.containers.iter().find(|c| c.name == n).map(|c| c.state);
     assert_eq!(state_of(&job.name), Some(State::Exited(4)), "{o:?}");
     assert_eq!(state_of(&svc.name), Some(State::Running), "{o:?}");
-    for _ in 0..200 {
+    for _ in 0..200 * env::slowdown() {
         let o = now(rt.observe(&project)).expect("observe");
         if o.containers
             .iter()

@@ -107,9 +107,30 @@ impl Env {
     }
 }
 
-/// Polls `f` until it holds or `limit` passes.
+/// How many times slower than this development machine the tests run here:
+/// `BERTH_TEST_SLOWDOWN`, or 6 in the emulated VM of `.ci/` (it sets `VM_RUN`), 1 otherwise.
+/// Every deadline a test waits for goes through `scaled`; a deadline is an upper bound, so a
+/// generous factor costs only time when something is wrong.
+pub fn slowdown() -> u32 {
+    std::env::var("BERTH_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(if std::env::var_os("VM_RUN").is_some() {
+            6
+        } else {
+            1
+        })
+}
+
+/// A deadline measured on this development machine, for the machine the tests run on.
+pub fn scaled(d: Duration) -> Duration {
+    d * slowdown()
+}
+
+/// Polls `f` until it holds or `limit` (scaled to this machine's speed) passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
+    let end = Instant::now() + scaled(limit);
     while Instant::now() < end {
         if f() {
             return true;
