@@ -8,7 +8,8 @@ use berth::image::testutil::{self, DockerLayout, LayerBuilder, TestImage};
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, root};
+use env::{Env, eventually, root};
+use std::time::Duration;
 
 /// `sh -c script` in service `svc`: (exit status, stdout + stderr).
 fn sh(env: &Env, p: &Path, svc: &str, script: &str) -> (bool, String) {
@@ -241,6 +242,15 @@ fn a_private_disk_keeps_its_data_holds_its_size_and_grows() {
     assert!(
         !o.status.success() && err.contains("shrinking a private disk is refused"),
         "{err}"
+    );
+    // The supervisor sees the same edit, and refuses it the same way: the last good version
+    // keeps running (it used to remove the container, then fail to make the new one).
+    let status = env.state.join("projects/dpriv/status.json");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&status)
+            .is_ok_and(|t| t.contains("shrinking a private disk is refused"))),
+        "the supervisor did not refuse the edit: {}",
+        env.supervisor_log("dpriv")
     );
     assert_eq!(
         env.container(&p, "dpriv-db-1")["Pid"],

@@ -118,9 +118,7 @@ pub struct LsArgs {
 
 /// berth's state root: `BERTH_ROOT`, else /var/lib/berth.
 pub fn state_root() -> PathBuf {
-    std::env::var_os("BERTH_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/berth"))
+    crate::state::default_root()
 }
 
 fn runtime() -> anyhow::Result<LinuxRuntime> {

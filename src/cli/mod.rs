@@ -20,6 +20,7 @@ mod run;
 mod stats;
 mod up;
 mod version;
+mod warn;
 mod watch;
 
 use std::path::PathBuf;
@@ -166,6 +167,7 @@ pub enum Verb {
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    warn::install();
     if !matches!(cli.verb, Verb::Supervise(_)) {
         // `berth ps | head` should end quietly, as any Unix tool does, instead of panicking on
         // a write to a closed pipe (Rust ignores SIGPIPE by default). The supervisor keeps it

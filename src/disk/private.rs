@@ -245,11 +245,39 @@ fn grow(name: &str, img: &Path, size: u64) -> Result<(), DiskError> {
 /// Attaches `img` to a free loop device with autoclear; the device goes when its last user
 /// (the descriptor returned, then the container's mount) lets it go.
 pub fn attach(name: &str, img: &Path) -> Result<(PathBuf, OwnedFd), DiskError> {
-    let ctl = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/loop-control")
-        .map_err(|e| fail(name, "open /dev/loop-control", e))?;
+    let open_ctl = || {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+    };
+    let ctl = match open_ctl() {
+        // The loop module is not loaded yet (a host where udev has not loaded it, a fresh VM):
+        // load it, as losetup's users would, and say how when that fails.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let loaded = Command::new("modprobe")
+                .arg("loop")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            open_ctl().map_err(|e| {
+                fail(
+                    name,
+                    "open /dev/loop-control",
+                    if loaded {
+                        e.to_string()
+                    } else {
+                        format!(
+                            "{e}: the kernel's loop driver is not loaded, and `modprobe loop` \
+                             failed (private disks and size limits need it)"
+                        )
+                    },
+                )
+            })?
+        }
+        r => r.map_err(|e| fail(name, "open /dev/loop-control", e))?,
+    };
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)

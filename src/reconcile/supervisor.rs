@@ -205,6 +205,11 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
     let mut p = r?;
     crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
     crate::disk::secrets::stamp(&mut p.loaded.project, &p.loaded.project_dir);
+    // What `up` refuses before it changes anything, the supervisor refuses too: an edit that
+    // shrinks a private disk keeps the last good version running (it took the container down
+    // once the old one was removed).
+    crate::disk::private::check_sizes(&crate::state::default_root(), &p.loaded.project)
+        .map_err(|e| e.to_string())?;
     Ok(Target {
         project: p.loaded.project,
         dir: p.loaded.project_dir,

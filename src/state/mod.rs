@@ -119,6 +119,13 @@ pub struct Lock {
     pub fd: OwnedFd,
 }
 
+/// berth's state root: `BERTH_ROOT`, else /var/lib/berth.
+pub fn default_root() -> PathBuf {
+    std::env::var_os("BERTH_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth"))
+}
+
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     // The temporary name is the writer's own: `berth up` and the supervisor it starts write
     // the same files at the same moment, and a shared name let one rename the other's away.
