@@ -477,10 +477,19 @@ fn bandwidth_limits_hold_both_ways() {
     // While the limited transfer runs, `stats` shows its rate and its limit.
     let (egress, sample) = std::thread::scope(|sc| {
         let probe = sc.spawn(|| {
-            std::thread::sleep(Duration::from_millis(1500));
-            let o = env.ok(&p, &["stats", "--no-stream", "--format", "json", "tx"]);
-            serde_json::from_str::<serde_json::Value>(o.lines().next().unwrap_or_default())
-                .expect("stats JSON")
+            let sample = || {
+                let o = env.ok(&p, &["stats", "--no-stream", "--format", "json", "tx"]);
+                serde_json::from_str::<serde_json::Value>(o.lines().next().unwrap_or_default())
+                    .expect("stats JSON")
+            };
+            // Once the transfer is under way (starting it takes longer on a slower machine),
+            // with most of its 4 MB still to go.
+            let mut last = serde_json::Value::Null;
+            eventually(Duration::from_secs(10), || {
+                last = sample();
+                last["NetTx"].as_u64().unwrap_or(0) > 300_000
+            });
+            sample()
         });
         let t = secs("tx", "sink");
         (t, probe.join().expect("stats probe"))

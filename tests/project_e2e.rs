@@ -159,9 +159,12 @@ services:
     ] {
         assert!(log.contains(d), "{log}");
     }
+    let logs = env.ok(&p, &["logs", "crash"]);
     assert_eq!(
-        env.ok(&p, &["logs", "crash"]).matches("crashing").count(),
-        4
+        logs.matches("crashing").count(),
+        4,
+        "{logs}\n{}",
+        env.supervisor_log("e2e-restart")
     );
 
     // restart: always survives kill -9 of its process.

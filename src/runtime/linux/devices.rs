@@ -540,21 +540,20 @@ pub fn apply_v2(dir: &Path, policy: &Policy) -> Result<(), DeviceError> {
     let mut ours = None;
     if !policy.allow_all {
         let prog = cached(&policy.rules())?;
-        let mut a = AttachAttr {
-            target_fd: cg.as_raw_fd() as u32,
-            attach_bpf_fd: prog.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_DEVICE,
-            attach_flags: BPF_F_ALLOW_MULTI,
-            ..Default::default()
-        };
-        match bpf(BPF_PROG_ATTACH, &mut a) {
-            Ok(_) => {}
-            // Already attached (this process started a container in this cgroup before): a
-            // program is attached once per cgroup, not stacked.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(attach_err("attach", dir, e)),
+        let id = prog_id(&prog).map_err(|e| attach_err("identify", dir, e))?;
+        // A cgroup kept from the container's previous run (a restart) may hold this very
+        // program already: the kernel refuses to attach a program twice (EINVAL).
+        if !before.contains(&id) {
+            let mut a = AttachAttr {
+                target_fd: cg.as_raw_fd() as u32,
+                attach_bpf_fd: prog.as_raw_fd() as u32,
+                attach_type: BPF_CGROUP_DEVICE,
+                attach_flags: BPF_F_ALLOW_MULTI,
+                ..Default::default()
+            };
+            bpf(BPF_PROG_ATTACH, &mut a).map_err(|e| attach_err("attach", dir, e))?;
         }
-        ours = Some(prog_id(&prog).map_err(|e| attach_err("identify", dir, e))?);
+        ours = Some(id);
     }
     for id in before.into_iter().filter(|id| Some(*id) != ours) {
         let mut g = GetFdAttr {

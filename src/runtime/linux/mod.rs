@@ -9,6 +9,7 @@ pub mod apparmor;
 pub mod cgroup;
 pub mod devices;
 pub mod error;
+pub mod kernel;
 pub mod launch;
 pub mod logs;
 pub mod mounts;

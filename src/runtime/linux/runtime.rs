@@ -119,6 +119,9 @@ pub(super) fn starttime(pid: i32) -> Option<u64> {
 impl LinuxRuntime {
     /// A runtime whose state lives under `root` (berth's state root, `BERTH_ROOT`).
     pub fn new(root: &Path) -> Result<LinuxRuntime, RuntimeError> {
+        if let Some(why) = super::kernel::missing() {
+            return Err(step("-", "check the kernel", why));
+        }
         fs::create_dir_all(root.join("containers"))
             .map_err(|e| step("-", "create state root", e))?;
         let images = ImageStore::open(root).map_err(|e| step("-", "open image store", e))?;
