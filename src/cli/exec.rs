@@ -256,7 +256,7 @@ impl Drop for RawMode {
 /// Copies our stdin to the terminal and the terminal to our stdout until the command's side
 /// of the terminal closes (EIO on the master) or the command's status arrives.
 fn relay(master: &OwnedFd, ex: &crate::runtime::linux::launch::Exec) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::poll::{PollFd, PollFlags};
     use std::io::Write;
     let mut buf = [0u8; 8192];
     let mut stdin_open = true;
@@ -269,15 +269,9 @@ fn relay(master: &OwnedFd, ex: &crate::runtime::linux::launch::Exec) {
         if stdin_open {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let Some(ready) = poll_ready(&mut fds) else {
+            return;
+        };
         drop(fds);
         if ready[0] {
             match nix::unistd::read(master, &mut buf) {
@@ -316,7 +310,7 @@ fn relay_pipes(
     ex: &crate::runtime::linux::launch::Exec,
 ) {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::poll::{PollFd, PollFlags};
     for fd in [&stdin_w, &out_r, &err_r] {
         let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     }
@@ -364,15 +358,9 @@ fn relay_pipes(
             }
             _ => None,
         };
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let Some(ready) = poll_ready(&mut fds) else {
+            return;
+        };
         drop(fds);
         for (k, i) in slots.iter().enumerate() {
             if ready[k + 1]
@@ -415,4 +403,22 @@ fn relay_pipes(
             return;
         }
     }
+}
+
+/// Waits until one of `fds` is ready (a signal's interruption is waited out) and says which
+/// are; None when poll fails.
+fn poll_ready(fds: &mut [nix::poll::PollFd<'_>]) -> Option<Vec<bool>> {
+    use nix::poll::{PollTimeout, poll};
+    loop {
+        match poll(fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(
+        fds.iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect(),
+    )
 }
