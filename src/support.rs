@@ -38,6 +38,7 @@ pub fn service_key(key: &str) -> Support {
         | "user" | "working_dir" => Acted,
         "cpu_period"
         | "cpu_quota"
+        | "blkio_config"
         | "devices"
         | "device_cgroup_rules"
         | "group_add"
@@ -69,7 +70,7 @@ pub fn service_key(key: &str) -> Support {
         "isolation" | "credential_spec" => Ignored("Windows-only"),
         "userns_mode" => Ignored("user namespaces are not supported yet"),
         "cgroup_parent" => Ignored("berth places cgroups under berth/<project>/"),
-        "blkio_config" | "cpu_count" | "cpu_percent" | "cpu_rt_period" | "cpu_rt_runtime" => {
+        "cpu_count" | "cpu_percent" | "cpu_rt_period" | "cpu_rt_runtime" => {
             Ignored("not enforced by berth")
         }
         "models" | "provider" | "use_api_socket" => Ignored("Docker Desktop features"),

@@ -1397,3 +1397,187 @@ services:
     env.ok(&p, &["down", "-t", "0"]);
     assert_gone(&env, "e2e-rk", &["e2e-rk-keep-1"], &pids);
 }
+
+/// A loop device over a file, with an ext4 file system mounted: a block device of the test's
+/// own for `blkio_config`. Detached and unmounted on drop.
+struct LoopDisk {
+    dev: String,
+    mnt: PathBuf,
+}
+
+impl LoopDisk {
+    fn new(dir: &std::path::Path) -> LoopDisk {
+        let img = dir.join("blk.img");
+        let mnt = dir.join("blk");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let disk = LoopDisk { dev, mnt };
+        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(Command::new("mkfs.ext4").args(["-q", "-F", &disk.dev]));
+        ok(Command::new("mount").args([&disk.dev, disk.mnt.to_str().unwrap()]));
+        disk
+    }
+
+    fn numbers(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(&self.dev).unwrap().rdev();
+        format!(
+            "{}:{}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        )
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// Every limit a user sets lands in the cgroup file of the host's version, spelled as that
+/// version spells it (v2: `cpu.weight` converted from `cpu_shares` as runc 1.3 converts it,
+/// `memory.low`, `memory.swap.max` as swap alone, `io.max`; v1: `cpu.shares`,
+/// `memory.soft_limit_in_bytes`, `memsw` as memory plus swap, `blkio.throttle.*`), the block
+/// I/O throttle holds a writer to its rate, `pause` freezes the cgroup, and `down` empties it.
+#[test]
+fn each_limit_reaches_the_cgroup_file_of_the_hosts_version_and_blkio_holds() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let disk = LoopDisk::new(env.dir.path());
+    let p = env.project(
+        "cgfiles",
+        &format!(
+            "name: e2e-cgfiles\nservices:\n  app:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    cpu_shares: 512\n    mem_limit: 64m\n    mem_reservation: 32m\n    memswap_limit: 96m\n    pids_limit: 40\n    volumes: ['{mnt}:/data']\n    blkio_config:\n      device_write_bps: [{{path: {dev}, rate: 1mb}}]\n      device_read_iops: [{{path: {dev}, rate: 500}}]\n",
+            mnt = disk.mnt.display(),
+            dev = disk.dev
+        ),
+    );
+    let _d = Down(&env, p.clone());
+    env.ok(&p, &["up", "-d", "--wait"]);
+    let pid = pid(&env.container(&p, "e2e-cgfiles-app-1"));
+    let read = |ctrl: &str, f: &str| {
+        cgroup_dir(pid, ctrl)
+            .and_then(|d| std::fs::read_to_string(d.join(f)).ok())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let has = |ctrl: &str, f: &str| cgroup_dir(pid, ctrl).is_some_and(|d| d.join(f).exists());
+    let nums = disk.numbers();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if v2 {
+        // runc 1.3's curve: 1024 -> 100, 512 -> 59.
+        assert_eq!(read("", "cpu.weight"), "59");
+        assert_eq!(read("", "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("", "memory.low"), (32u64 << 20).to_string());
+        if has("", "memory.swap.max") {
+            assert_eq!(read("", "memory.swap.max"), (32u64 << 20).to_string());
+        }
+        assert_eq!(read("", "pids.max"), "40");
+        assert_eq!(
+            read("", "io.max"),
+            format!("{nums} rbps=max wbps=1048576 riops=500 wiops=max")
+        );
+    } else {
+        assert_eq!(read("cpu", "cpu.shares"), "512");
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("memory", "memory.soft_limit_in_bytes"),
+            (32u64 << 20).to_string()
+        );
+        if has("memory", "memory.memsw.limit_in_bytes") {
+            assert_eq!(
+                read("memory", "memory.memsw.limit_in_bytes"),
+                (96u64 << 20).to_string()
+            );
+        }
+        assert_eq!(read("pids", "pids.max"), "40");
+        assert_eq!(
+            read("blkio", "blkio.throttle.write_bps_device"),
+            format!("{nums} 1048576")
+        );
+        assert_eq!(
+            read("blkio", "blkio.throttle.read_iops_device"),
+            format!("{nums} 500")
+        );
+    }
+    // The throttle holds: 3 MiB written past the page cache at 1 MiB/s take over 2 s (without
+    // it, milliseconds).
+    let ns = env.ok(
+        &p,
+        &[
+            "exec",
+            "-T",
+            "app",
+            "sh",
+            "-c",
+            "s=$(date +%s%N); dd if=/dev/zero of=/data/f bs=256k count=12 oflag=direct 2>/dev/null; e=$(date +%s%N); echo $((e - s))",
+        ],
+    );
+    let took = Duration::from_nanos(ns.trim().parse().unwrap_or(0));
+    assert!(took > Duration::from_millis(1800), "3 MiB took {took:?}");
+    // pause freezes the cgroup in the kernel; unpause thaws it.
+    env.ok(&p, &["pause", "app"]);
+    if v2 {
+        assert!(read("", "cgroup.events").contains("frozen 1"));
+    } else {
+        assert_eq!(read("freezer", "freezer.state"), "FROZEN");
+    }
+    env.ok(&p, &["unpause", "app"]);
+    if v2 {
+        assert!(read("", "cgroup.events").contains("frozen 0"));
+    } else {
+        assert_eq!(read("freezer", "freezer.state"), "THAWED");
+    }
+    env.ok(&p, &["down", "-t", "0"]);
+    assert_gone(&env, "e2e-cgfiles", &["e2e-cgfiles-app-1"], &[pid]);
+
+    // Weights: v2's io.bfq.weight takes Compose's 10-1000 as it is, io.weight (1-10000) gets
+    // it converted as runc does; v1 has them only with BFQ. Where the kernel has none, `up`
+    // says so and starts nothing.
+    let w = env.project(
+        "cgweight",
+        "name: e2e-cgweight\nservices:\n  app:\n    image: host\n    network_mode: none\n    command: [sleep, '1000']\n    blkio_config:\n      weight: 300\n",
+    );
+    let _dw = Down(&env, w.clone());
+    let o = env.berth(&w, &["up", "-d", "--wait"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    if o.status.success() {
+        let pid = env::pid(&env.container(&w, "e2e-cgweight-app-1"));
+        let dir = cgroup_dir(pid, if v2 { "" } else { "blkio" }).unwrap();
+        let (file, all) = if v2 && !dir.join("io.bfq.weight").exists() {
+            ("io.weight", "2930")
+        } else if v2 {
+            ("io.bfq.weight", "300")
+        } else if dir.join("blkio.bfq.weight").exists() {
+            ("blkio.bfq.weight", "300")
+        } else {
+            ("blkio.weight", "300")
+        };
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert!(
+            text.contains(&format!("default {all}")) || text.trim() == all,
+            "{file}: {text}"
+        );
+    } else {
+        // Only v1 without BFQ may lack a weight: v2 has io.weight wherever io.cost is built.
+        assert!(!v2, "{err}");
+        assert!(err.contains("weight") && err.contains("BFQ"), "{err}");
+        assert!(env.ps(&w).iter().all(|c| c["State"] != "running"));
+    }
+    env.ok(&w, &["down", "-t", "0"]);
+}

@@ -83,6 +83,22 @@ pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error>
     }
 }
 
+/// A required count (`blkio_config`'s weights and iops): a whole number, also as a string.
+pub fn u32_of_any<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64_of(&Value::deserialize(d)?).map_err(D::Error::custom)?;
+    u32::try_from(n).map_err(|_| D::Error::custom(format!("expected 0 or more, found {n}")))
+}
+
+pub fn u64_of_any<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = i64_of(&Value::deserialize(d)?).map_err(D::Error::custom)?;
+    u64::try_from(n).map_err(|_| D::Error::custom(format!("expected 0 or more, found {n}")))
+}
+
+/// A required size (`blkio_config`'s byte rates: `12mb` or a number of bytes).
+pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    size_of(&Value::deserialize(d)?).map_err(D::Error::custom)
+}
+
 pub fn f64_of(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n

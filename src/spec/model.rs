@@ -99,6 +99,8 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Bandwidth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blkio_config: Option<BlkioConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
     #[serde(
         default,
@@ -1253,6 +1255,53 @@ fn de_file_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FileRef>, D::Erro
             ))),
         })
         .collect()
+}
+
+/// Compose's `blkio_config`: a relative I/O weight, and per-device weights and throttles. The
+/// devices are host paths; the runtime resolves them to major:minor numbers when it creates
+/// the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BlkioConfig {
+    #[serde(
+        default,
+        deserialize_with = "de::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weight_device: Vec<BlkioWeight>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_read_bps: Vec<BlkioBps>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_write_bps: Vec<BlkioBps>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_read_iops: Vec<BlkioIops>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_write_iops: Vec<BlkioIops>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlkioWeight {
+    pub path: String,
+    #[serde(deserialize_with = "de::u32_of_any")]
+    pub weight: u32,
+}
+
+/// A byte rate: a whole number or a size (`12mb`), per second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlkioBps {
+    pub path: String,
+    #[serde(deserialize_with = "de::size")]
+    pub rate: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlkioIops {
+    pub path: String,
+    #[serde(deserialize_with = "de::u64_of_any")]
+    pub rate: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -426,6 +426,64 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 ),
             );
         }
+        if let Some(b) = &svc.blkio_config {
+            let weights = b
+                .weight
+                .iter()
+                .chain(b.weight_device.iter().map(|w| &w.weight));
+            for w in weights {
+                if !(10..=1000).contains(w) {
+                    push(
+                        loc.find(name, "blkio_config", None),
+                        format!("a block I/O weight is 10 to 1000, as in Compose; found {w}"),
+                    );
+                }
+            }
+            let lists: [(&str, Vec<&String>); 5] = [
+                (
+                    "weight_device",
+                    b.weight_device.iter().map(|w| &w.path).collect(),
+                ),
+                (
+                    "device_read_bps",
+                    b.device_read_bps.iter().map(|r| &r.path).collect(),
+                ),
+                (
+                    "device_write_bps",
+                    b.device_write_bps.iter().map(|r| &r.path).collect(),
+                ),
+                (
+                    "device_read_iops",
+                    b.device_read_iops.iter().map(|r| &r.path).collect(),
+                ),
+                (
+                    "device_write_iops",
+                    b.device_write_iops.iter().map(|r| &r.path).collect(),
+                ),
+            ];
+            for (list, paths) in lists {
+                for (i, p) in paths.into_iter().enumerate() {
+                    if p.starts_with('/') {
+                        continue;
+                    }
+                    let segs: Vec<String> = ["services", name, "blkio_config", list]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .chain([i.to_string(), "path".into()])
+                        .collect();
+                    let (node, _) = loc.root.locate(&segs);
+                    push(
+                        (
+                            node.pos.clone(),
+                            format!("services.{name}.blkio_config.{list}[{i}].path"),
+                        ),
+                        format!(
+                            "`{p}` is not a device path; `blkio_config` names a host block device like /dev/sda"
+                        ),
+                    );
+                }
+            }
+        }
         if let (Some(limit), Some(res)) = (svc.mem_limit, svc.mem_reservation)
             && res > limit
         {

@@ -17,8 +17,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// the host's device nodes out of reach (see `devices`). Each is a hierarchy the setup process
 /// must join, and on v1 every join waits for the kernel's threadgroup lock: `cpuset` is used
 /// only by a container that sets `cpuset:`.
-const V1_CONTROLLERS: [&str; 7] = [
-    "cpu", "cpuacct", "memory", "pids", "freezer", "devices", "cpuset",
+/// `blkio` likewise only by one that sets `blkio_config:`.
+const V1_CONTROLLERS: [&str; 8] = [
+    "cpu", "cpuacct", "memory", "pids", "freezer", "devices", "cpuset", "blkio",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +215,9 @@ impl Cgroup {
             }
             Version::V1 { mounts } => {
                 for (ctrl, mount) in mounts {
-                    if ctrl == "cpuset" && limits.cpuset.is_none() {
+                    if (ctrl == "cpuset" && limits.cpuset.is_none())
+                        || (ctrl == "blkio" && limits.blkio.is_empty())
+                    {
                         continue;
                     }
                     let mut cur = own_base(&own, ctrl, mount);
@@ -317,11 +320,8 @@ impl Cgroup {
                     write(&d.join("cpuset.cpus"), c.trim())?;
                 }
                 // v2 has no swappiness per cgroup; Docker ignores it there too.
-                if let Some(s) = l.cpu_shares {
-                    // runc's conversion of shares [2, 262144] to weight [1, 10000].
-                    let s = s.clamp(2, 262_144);
-                    let w = 1 + ((s - 2) * 9999) / 262_142;
-                    write(&d.join("cpu.weight"), &w.to_string())?;
+                if let Some(s) = l.cpu_shares.filter(|s| *s > 0) {
+                    write(&d.join("cpu.weight"), &shares_to_weight(s).to_string())?;
                 }
                 if let Some(m) = l.memory {
                     write(&d.join("memory.max"), &m.to_string())?;
@@ -345,6 +345,9 @@ impl Cgroup {
                         p.to_string()
                     };
                     write(&d.join("pids.max"), &v)?;
+                }
+                if !l.blkio.is_empty() {
+                    apply_io_v2(d, &l.blkio)?;
                 }
                 self.apply_devices(&l.devices)?;
             }
@@ -405,6 +408,9 @@ impl Cgroup {
                         p.to_string()
                     };
                     write(&d.join("pids.max"), &v)?;
+                }
+                if !l.blkio.is_empty() {
+                    apply_blkio_v1(self.dir_of("blkio")?, &l.blkio)?;
                 }
             }
         }
@@ -567,10 +573,26 @@ impl Cgroup {
     /// Kills every process left in the cgroup and removes its directories (and the
     /// `berth/<project>` parents when they are empty).
     pub fn remove(&self) -> Result<(), CgroupError> {
+        // v2's cgroup.kill (Linux 5.14) kills every process of the cgroup in one write, also
+        // those forked while it runs; before it, and on v1, each process gets its SIGKILL.
+        let kill_file = match self.version {
+            Version::V2 => self
+                .dirs
+                .first()
+                .map(|(_, d)| d.join("cgroup.kill"))
+                .filter(|f| f.exists()),
+            Version::V1 { .. } => None,
+        };
         for _ in 0..100 {
             let procs = self.procs();
             if procs.is_empty() {
                 break;
+            }
+            if let Some(f) = &kill_file
+                && fs::write(f, "1").is_ok()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                continue;
             }
             for p in procs {
                 let _ = nix::sys::signal::kill(
@@ -605,6 +627,133 @@ impl Cgroup {
         }
         Ok(())
     }
+}
+
+/// cgroup v2's `io.max` (one line per device, its four rates) and the weights: `io.bfq.weight`
+/// takes Compose's 10-1000 as it is where the BFQ scheduler runs; otherwise `io.weight`
+/// (1-10000) gets it converted as runc converts it.
+fn apply_io_v2(d: &Path, b: &super::spec::Blkio) -> Result<(), CgroupError> {
+    let mut devices: Vec<(u32, u32)> = Vec::new();
+    for (ma, mi) in b
+        .read_bps
+        .iter()
+        .chain(&b.write_bps)
+        .chain(&b.read_iops)
+        .chain(&b.write_iops)
+        .map(|(ma, mi, _)| (*ma, *mi))
+    {
+        if !devices.contains(&(ma, mi)) {
+            devices.push((ma, mi));
+        }
+    }
+    for (ma, mi) in devices {
+        let rate = |list: &[(u32, u32, u64)]| {
+            list.iter()
+                .find(|(a, i, _)| (*a, *i) == (ma, mi))
+                .map(|(_, _, r)| *r)
+        };
+        let mut line = format!("{ma}:{mi}");
+        for (key, list) in [
+            ("rbps", &b.read_bps),
+            ("wbps", &b.write_bps),
+            ("riops", &b.read_iops),
+            ("wiops", &b.write_iops),
+        ] {
+            if let Some(r) = rate(list) {
+                line.push_str(&format!(" {key}={r}"));
+            }
+        }
+        write(&d.join("io.max"), &line)?;
+    }
+    if b.weight.is_none() && b.weight_device.is_empty() {
+        return Ok(());
+    }
+    let (file, convert): (PathBuf, fn(u32) -> u32) = if d.join("io.bfq.weight").exists() {
+        (d.join("io.bfq.weight"), |w| w)
+    } else if d.join("io.weight").exists() {
+        (d.join("io.weight"), |w| {
+            1 + (w.clamp(10, 1000) - 10) * 9999 / 990
+        })
+    } else {
+        return Err(CgroupError::Unsupported(
+            "`blkio_config` sets a weight, but this kernel has no I/O weight for cgroups (neither io.bfq.weight nor io.weight: the BFQ scheduler is not in use and io.cost is not built in)".into(),
+        ));
+    };
+    if let Some(w) = b.weight {
+        write(&file, &format!("default {}", convert(w)))?;
+    }
+    for (ma, mi, w) in &b.weight_device {
+        let line = format!("{ma}:{mi} {}", convert(*w));
+        fs::write(&file, &line).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                CgroupError::Unsupported(format!(
+                    "`blkio_config.weight_device` for {ma}:{mi}: the kernel weighs this disk only when it uses the BFQ scheduler or io.cost is enabled for it (io.cost.qos in the root cgroup)"
+                ))
+            } else {
+                CgroupError::Write {
+                    path: file.clone(),
+                    value: line.clone(),
+                    source: e,
+                }
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// cgroup v1's `blkio`: the throttle files, one line per device, and the weight in
+/// `blkio.weight` (CFQ, before 5.0) or `blkio.bfq.weight` (BFQ).
+fn apply_blkio_v1(d: &Path, b: &super::spec::Blkio) -> Result<(), CgroupError> {
+    for (file, list) in [
+        ("blkio.throttle.read_bps_device", &b.read_bps),
+        ("blkio.throttle.write_bps_device", &b.write_bps),
+        ("blkio.throttle.read_iops_device", &b.read_iops),
+        ("blkio.throttle.write_iops_device", &b.write_iops),
+    ] {
+        for (ma, mi, r) in list {
+            write(&d.join(file), &format!("{ma}:{mi} {r}"))?;
+        }
+    }
+    if b.weight.is_none() && b.weight_device.is_empty() {
+        return Ok(());
+    }
+    let prefix = if d.join("blkio.bfq.weight").exists() {
+        "blkio.bfq.weight"
+    } else if d.join("blkio.weight").exists() {
+        "blkio.weight"
+    } else {
+        return Err(CgroupError::Unsupported(
+            "`blkio_config` sets a weight, but this kernel's blkio controller has no weight (neither blkio.weight nor blkio.bfq.weight: no disk uses the BFQ scheduler)".into(),
+        ));
+    };
+    if let Some(w) = b.weight {
+        write(&d.join(prefix), &w.to_string())?;
+    }
+    for (ma, mi, w) in &b.weight_device {
+        write(
+            &d.join(format!("{prefix}_device")),
+            &format!("{ma}:{mi} {w}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `cpu_shares` (v1's 2-262144, default 1024) as v2's `cpu.weight` (1-10000, default 100), by
+/// the curve runc 1.3 and crun 1.22 use: it maps the ends to the ends and the default to the
+/// default, where the older linear formula made 1024 a weight of 39 (a container with the
+/// default shares got 39 % of its fair share beside one without).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares <= 2 {
+        return 1;
+    }
+    if shares >= 262_144 {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    // Rounded to 1e-9 first: 1024 must come out 100, not 101 from 100.00000000000003.
+    let w = (10f64.powf(exponent) * 1e9).round() / 1e9;
+    (w.ceil() as u64).clamp(1, 10_000)
 }
 
 fn write_if_present(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -652,7 +801,7 @@ fn rmdir_retry(p: &Path) -> Result<(), CgroupError> {
 
 fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available = read(&dir.join("cgroup.controllers"))?;
-    let want: Vec<String> = ["cpu", "memory", "pids", "cpuset"]
+    let want: Vec<String> = ["cpu", "memory", "pids", "cpuset", "io"]
         .iter()
         .filter(|c| available.split_whitespace().any(|a| a == **c))
         .map(|c| format!("+{c}"))
@@ -675,4 +824,20 @@ fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares_to_weight;
+
+    #[test]
+    fn cpu_shares_map_to_weights_as_runc_maps_them() {
+        // The ends, the default, and points between (runc 1.3: 512 -> 59).
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(512), 59);
+        assert_eq!(shares_to_weight(2048), 174);
+        assert_eq!(shares_to_weight(100_000), 4_340);
+    }
 }

@@ -215,6 +215,7 @@ impl LinuxRuntime {
         let (devices, device_rules) = devices_of(name, svc)?;
         let mut limits = limits_for(svc);
         limits.devices = device_policy(name, svc, device_rules)?;
+        limits.blkio = blkio_of(name, svc)?;
         Ok(Record {
             project: spec.project.clone(),
             service: spec.service.clone(),
@@ -710,6 +711,68 @@ fn device_policy(
     })
 }
 
+/// `blkio_config` with each device path resolved to the block device's numbers. The kernel
+/// throttles and weighs whole disks, not partitions, so a partition is refused here with the
+/// disk to name instead (the kernel's own answer would be a bare ENODEV).
+fn blkio_of(name: &str, svc: &Service) -> Result<super::spec::Blkio, RuntimeError> {
+    let Some(b) = &svc.blkio_config else {
+        return Ok(Default::default());
+    };
+    let dev = |path: &str| -> Result<(u32, u32), RuntimeError> {
+        use std::os::unix::fs::FileTypeExt;
+        let md = fs::metadata(path)
+            .map_err(|e| step(name, "blkio_config", format!("device {path}: {e}")))?;
+        if !md.file_type().is_block_device() {
+            return Err(step(
+                name,
+                "blkio_config",
+                format!("{path} is not a block device"),
+            ));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let (ma, mi) = (
+            nix::sys::stat::major(md.rdev()) as u32,
+            nix::sys::stat::minor(md.rdev()) as u32,
+        );
+        let sys = PathBuf::from(format!("/sys/dev/block/{ma}:{mi}"));
+        if sys.join("partition").exists() {
+            let disk = fs::canonicalize(&sys)
+                .ok()
+                .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_owned()))
+                .map(|n| format!("/dev/{}", n.to_string_lossy()))
+                .unwrap_or_else(|| "the whole disk".into());
+            return Err(step(
+                name,
+                "blkio_config",
+                format!("{path} is a partition; the kernel limits whole disks: name {disk}"),
+            ));
+        }
+        Ok((ma, mi))
+    };
+    let rates = |list: &[crate::spec::model::BlkioBps]| {
+        list.iter()
+            .map(|r| dev(&r.path).map(|(a, i)| (a, i, r.rate)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let iops = |list: &[crate::spec::model::BlkioIops]| {
+        list.iter()
+            .map(|r| dev(&r.path).map(|(a, i)| (a, i, r.rate)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(super::spec::Blkio {
+        weight: b.weight,
+        weight_device: b
+            .weight_device
+            .iter()
+            .map(|w| dev(&w.path).map(|(a, i)| (a, i, w.weight)))
+            .collect::<Result<_, _>>()?,
+        read_bps: rates(&b.device_read_bps)?,
+        write_bps: rates(&b.device_write_bps)?,
+        read_iops: iops(&b.device_read_iops)?,
+        write_iops: iops(&b.device_write_iops)?,
+    })
+}
+
 /// `logging.options.max-size` / `max-file` (Docker's json-file options), bounded by default.
 fn log_spec(svc: &Service) -> super::logs::LogSpec {
     let mut l = super::logs::LogSpec::default();
@@ -761,6 +824,7 @@ fn limits_for(svc: &Service) -> Limits {
         swappiness: int("mem_swappiness").and_then(|n| u64::try_from(n).ok()),
         pids: svc.pids_limit.or(lim.and_then(|l| l.pids)),
         devices: Default::default(),
+        blkio: Default::default(),
     }
 }
 

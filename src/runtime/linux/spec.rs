@@ -123,6 +123,28 @@ pub struct Limits {
     /// list unless the file adds to it; everything for `privileged`).
     #[serde(default)]
     pub devices: super::devices::Policy,
+    /// `blkio_config`, its devices resolved to numbers.
+    #[serde(default)]
+    pub blkio: Blkio,
+}
+
+/// Block I/O weight and throttles (Compose's `blkio_config`), each per-device entry by the
+/// device's major and minor numbers.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Blkio {
+    /// 10 to 1000, as in Compose and cgroup v1's `blkio.weight`.
+    pub weight: Option<u32>,
+    pub weight_device: Vec<(u32, u32, u32)>,
+    pub read_bps: Vec<(u32, u32, u64)>,
+    pub write_bps: Vec<(u32, u32, u64)>,
+    pub read_iops: Vec<(u32, u32, u64)>,
+    pub write_iops: Vec<(u32, u32, u64)>,
+}
+
+impl Blkio {
+    pub fn is_empty(&self) -> bool {
+        *self == Blkio::default()
+    }
 }
 
 /// One container, as the setup process needs it.
