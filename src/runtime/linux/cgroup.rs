@@ -141,7 +141,50 @@ fn own_base(own: &[(String, String)], controller: &str, mount: &Path) -> PathBuf
         .find(|(c, _)| c == controller)
         .map(|(_, p)| p.trim_start_matches('/').to_string())
         .unwrap_or_default();
-    mount.join(rel)
+    let dir = mount.join(rel);
+    // A berth that moved itself into its delegated cgroup's leaf (see `move_into_leaf`), and
+    // the supervisor it started there, build beside the leaf.
+    match dir.parent() {
+        Some(parent) if dir.file_name().is_some_and(|n| n == SELF_LEAF) => parent.to_path_buf(),
+        _ => dir,
+    }
+}
+
+/// The leaf of a delegated cgroup that berth's own processes move into, so that the cgroup
+/// itself may hand controllers to the containers' cgroups beside it.
+const SELF_LEAF: &str = "berth-self";
+
+/// cgroup v2 forbids a cgroup that holds processes to give controllers to its children. Where
+/// berth runs alone in a cgroup that was delegated to it (a systemd unit with `Delegate=yes`,
+/// as `berth enable` writes, or `systemd-run -p Delegate=yes`), it moves itself into a leaf
+/// below it, and the project's cgroups stay inside the unit: systemd accounts for them, and
+/// stopping the unit stops them. Not delegated, or shared with other processes (a login
+/// shell's scope): Err, and the caller uses the root cgroup as before.
+fn move_into_leaf(dir: &Path) -> Result<(), CgroupError> {
+    let delegated = ["trusted.delegate", "user.delegate"].iter().any(|k| {
+        let mut buf = [0u8; 8];
+        rustix::fs::getxattr(dir, *k, &mut buf).is_ok_and(|n| &buf[..n] == b"1")
+    });
+    if !delegated {
+        return Err(CgroupError::Unsupported(format!(
+            "{} is not delegated",
+            dir.display()
+        )));
+    }
+    let me = std::process::id();
+    let procs = read(&dir.join("cgroup.procs"))?;
+    if procs
+        .split_whitespace()
+        .any(|p| p.parse::<u32>().ok() != Some(me))
+    {
+        return Err(CgroupError::Unsupported(format!(
+            "{} holds other processes",
+            dir.display()
+        )));
+    }
+    let leaf = dir.join(SELF_LEAF);
+    mkdir(&leaf)?;
+    write(&leaf.join("cgroup.procs"), &me.to_string())
 }
 
 /// The host's version, this process's cgroup paths, and `berth/<relative>`: what both creating
@@ -198,9 +241,12 @@ impl Cgroup {
                 let mut base = own_base(&own, "", Path::new(CGROUP_ROOT));
                 // cgroup v2's no-internal-process rule: a cgroup that holds processes (a login
                 // session's scope, where berth usually runs) cannot hand controllers to
-                // children. Then the containers go below the root cgroup, which is exempt and
-                // which root may write.
-                if enable_v2_controllers(&base).is_err() {
+                // children. A delegated cgroup berth has to itself it makes room in; otherwise
+                // the containers go below the root cgroup, which is exempt and which root may
+                // write.
+                if enable_v2_controllers(&base).is_err()
+                    && (move_into_leaf(&base).is_err() || enable_v2_controllers(&base).is_err())
+                {
                     base = PathBuf::from(CGROUP_ROOT);
                 }
                 let dir = base.join(&rel);
