@@ -4,12 +4,18 @@
 # side by side with podman-compose on the same file when podman and its bb image are present
 # (see ../shared/peer-bench: 00-build-image.sh makes localhost/bb; common.sh makes podman run).
 #
+# With CRUN=1 (and crun installed), N detached `crun run -d` of `sleep` on a busybox root
+# and their `crun delete -f` are timed beside it: the low-level runtime alone, no compose
+# layer, no bridge (crun's network namespace has only `lo`) and no monitor process, so its
+# memory per container is the payload's alone (not shown). That is the peer inside the VM
+# (.ci/vm-run), where podman's and docker's daemons and stores are not set up.
+#
 # Usage (root): cargo build --release && bench/updown.sh            # N = 10 50 200, 5 runs
-#               NS="10 50" RUNS=3 PODMAN=0 bench/updown.sh
+#               NS="10 50" RUNS=3 PODMAN=0 CRUN=1 bench/updown.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BERTH=${BERTH:-$PWD/target/release/berth}
-NS=${NS:-"10 50 200"}; RUNS=${RUNS:-5}; PODMAN=${PODMAN:-1}; SETTLE=${SETTLE:-5}
+NS=${NS:-"10 50 200"}; RUNS=${RUNS:-5}; PODMAN=${PODMAN:-1}; SETTLE=${SETTLE:-5}; CRUN=${CRUN:-0}
 WORK=$(mktemp -d /tmp/berth-updown.XXXXXX)
 export BERTH_ROOT=$WORK/state
 IMAGE=host
@@ -57,6 +63,33 @@ for N in $NS; do
   done
   printf '%-16s %6s %12s %12s %18s\n' berth "$N" "$(printf '%s\n' "${ups[@]}" | median)" \
     "$(printf '%s\n' "${downs[@]}" | median)" "$(printf '%s\n' "${mems[@]}" | median)"
+  if [ "$CRUN" = 1 ] && command -v crun >/dev/null; then
+    B=$WORK/crun-bundle
+    if [ ! -d "$B" ]; then
+      mkdir -p "$B/rootfs/bin" "$B/rootfs/proc" "$B/rootfs/dev" "$B/rootfs/sys" "$B/rootfs/tmp"
+      cp "$(command -v busybox)" "$B/rootfs/bin/busybox"; ln -s busybox "$B/rootfs/bin/sleep"
+      (cd "$B" && crun spec && python3 - <<'PY'
+import json
+c = json.load(open("config.json"))
+c["process"]["terminal"] = False
+c["process"]["args"] = ["/bin/sleep", "3600"]
+c["root"]["readonly"] = True
+json.dump(c, open("config.json", "w"))
+PY
+      )
+    fi
+    ups=(); downs=()
+    for r in $(seq "$RUNS"); do
+      t0=$EPOCHREALTIME
+      for i in $(seq "$N"); do crun run -d --bundle "$B" "bench$N-$i" </dev/null >/dev/null 2>&1; done
+      t1=$EPOCHREALTIME; ups+=("$(ms "$t0" "$t1")")
+      t0=$EPOCHREALTIME
+      for i in $(seq "$N"); do crun delete -f "bench$N-$i" >/dev/null 2>&1; done
+      t1=$EPOCHREALTIME; downs+=("$(ms "$t0" "$t1")")
+    done
+    printf '%-16s %6s %12s %12s %18s\n' "crun run -d" "$N" "$(printf '%s\n' "${ups[@]}" | median)" \
+      "$(printf '%s\n' "${downs[@]}" | median)" "-"
+  fi
   if [ "$have_podman" = 1 ] && [ "$N" -le 50 ]; then
     hugetlb_v1_on
     t0=$EPOCHREALTIME; podman-compose -p "pc$N" -f "$D/compose.yml" up -d >/dev/null 2>&1; t1=$EPOCHREALTIME

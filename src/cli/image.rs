@@ -123,7 +123,7 @@ pub fn state_root() -> PathBuf {
 
 fn runtime() -> anyhow::Result<LinuxRuntime> {
     let root = state_root();
-    LinuxRuntime::new(&root).with_context(|| format!("opening berth's state in {}", root.display()))
+    super::project::open_runtime(&root)
 }
 
 pub fn human(bytes: u64) -> String {

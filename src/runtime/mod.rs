@@ -37,6 +37,9 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("container {0} already exists")]
     Exists(String),
+    /// The kernel lacks what berth needs (the sentence names what and which version has it).
+    #[error("{0}")]
+    Kernel(String),
     #[error("{step} failed for {container}: {message}")]
     Step {
         container: String,

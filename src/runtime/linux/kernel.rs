@@ -58,10 +58,10 @@ pub fn missing() -> Option<String> {
             })?;
             let what: Vec<String> = lacks
                 .iter()
-                .map(|(_, w, v)| format!("{w}, Linux {v}"))
+                .map(|(_, w, v)| format!("{w}, from Linux {v}"))
                 .collect();
             Some(format!(
-                "berth needs Linux {newest} or later; this kernel is {} and lacks: {}",
+                "this kernel ({}) is older than berth needs (Linux {newest} or later); it lacks: {}",
                 release(),
                 what.join("; ")
             ))

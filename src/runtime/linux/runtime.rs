@@ -120,7 +120,7 @@ impl LinuxRuntime {
     /// A runtime whose state lives under `root` (berth's state root, `BERTH_ROOT`).
     pub fn new(root: &Path) -> Result<LinuxRuntime, RuntimeError> {
         if let Some(why) = super::kernel::missing() {
-            return Err(step("-", "check the kernel", why));
+            return Err(RuntimeError::Kernel(why));
         }
         fs::create_dir_all(root.join("containers"))
             .map_err(|e| step("-", "create state root", e))?;
