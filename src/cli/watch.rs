@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde::Deserialize;
 
 use super::Global;
 use super::project::{load, runtime, tokio};
@@ -32,46 +31,7 @@ pub struct WatchArgs {
     pub no_up: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct Develop {
-    #[serde(default)]
-    watch: Vec<Rule>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Rule {
-    action: String,
-    path: PathBuf,
-    #[serde(default)]
-    target: Option<String>,
-    #[serde(default)]
-    ignore: Vec<String>,
-    #[serde(default)]
-    include: Vec<String>,
-    #[serde(default)]
-    initial_sync: bool,
-    #[serde(default)]
-    exec: Option<ExecHook>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct ExecHook {
-    /// A list, or a string run by `/bin/sh -c`.
-    command: serde_json::Value,
-}
-
-impl ExecHook {
-    fn argv(&self) -> Vec<String> {
-        match &self.command {
-            serde_json::Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-}
+use crate::spec::model::WatchRule as Rule;
 
 struct Watched {
     service: String,
@@ -104,31 +64,11 @@ fn rules(project: &crate::spec::model::Project, only: &[String]) -> anyhow::Resu
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
-        let Some(d) = svc.extra.get("develop") else {
+        let Some(d) = &svc.develop else {
             continue;
         };
-        let d: Develop = serde_json::from_value(d.clone())
-            .with_context(|| format!("services.{name}.develop"))?;
-        for rule in d.watch {
-            if !matches!(
-                rule.action.as_str(),
-                "sync" | "rebuild" | "restart" | "sync+restart" | "sync+exec"
-            ) {
-                bail!(
-                    "services.{name}.develop.watch: unknown action `{}` (sync, rebuild, restart, sync+restart, sync+exec)",
-                    rule.action
-                );
-            }
-            if rule.action.starts_with("sync") && rule.target.is_none() {
-                bail!(
-                    "services.{name}.develop.watch: `{}` of {} needs a `target`",
-                    rule.action,
-                    rule.path.display()
-                );
-            }
-            if rule.action == "rebuild" && svc.build.is_none() {
-                bail!("services.{name}.develop.watch: `rebuild` needs a `build:` key");
-            }
+        // The actions and their needs were checked when the file was loaded.
+        for rule in d.watch.clone() {
             out.push(Watched {
                 service: name.clone(),
                 ignore: Ignore::parse(&rule.ignore.join("\n")),

@@ -323,25 +323,21 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
             .name
             .clone()
             .unwrap_or_else(|| format!("{}_{key}", project.name));
-        let ipam = def
-            .extra
-            .get("ipam")
-            .and_then(|i| i.get("config"))
-            .and_then(|c| c.as_array())
-            .and_then(|c| {
-                c.iter().find(|e| {
-                    e.get("subnet")
-                        .and_then(|s| s.as_str())
-                        .is_some_and(|s| !s.contains(':'))
-                })
-            });
-        let subnet = match ipam.and_then(|c| c.get("subnet")).and_then(|s| s.as_str()) {
+        let configs = def
+            .ipam
+            .as_ref()
+            .map(|i| i.config.as_slice())
+            .unwrap_or(&[]);
+        let ipam = configs
+            .iter()
+            .find(|e| e.subnet.as_deref().is_some_and(|s| !s.contains(':')));
+        let subnet = match ipam.and_then(|c| c.subnet.as_deref()) {
             Some(s) => Some(
                 Subnet::parse(s).map_err(|e| NetError::Invalid(format!("network {key}: {e}")))?,
             ),
             None => None,
         };
-        let gateway = match ipam.and_then(|c| c.get("gateway")).and_then(|s| s.as_str()) {
+        let gateway = match ipam.and_then(|c| c.gateway.as_deref()) {
             Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
                 NetError::Invalid(format!(
                     "network {key}: gateway `{g}` is not an IPv4 address"
@@ -357,28 +353,16 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
             )));
         }
         let ipv6 = def.enable_ipv6.unwrap_or(false);
-        let ipam6 = def
-            .extra
-            .get("ipam")
-            .and_then(|i| i.get("config"))
-            .and_then(|c| c.as_array())
-            .and_then(|c| {
-                c.iter().find(|e| {
-                    e.get("subnet")
-                        .and_then(|s| s.as_str())
-                        .is_some_and(|s| s.contains(':'))
-                })
-            });
-        let subnet6 = match ipam6.and_then(|c| c.get("subnet")).and_then(|s| s.as_str()) {
+        let ipam6 = configs
+            .iter()
+            .find(|e| e.subnet.as_deref().is_some_and(|s| s.contains(':')));
+        let subnet6 = match ipam6.and_then(|c| c.subnet.as_deref()) {
             Some(s) => Some(
                 Subnet6::parse(s).map_err(|e| NetError::Invalid(format!("network {key}: {e}")))?,
             ),
             None => None,
         };
-        let gateway6 = match ipam6
-            .and_then(|c| c.get("gateway"))
-            .and_then(|s| s.as_str())
-        {
+        let gateway6 = match ipam6.and_then(|c| c.gateway.as_deref()) {
             Some(g) => Some(g.parse::<Ipv6Addr>().map_err(|_| {
                 NetError::Invalid(format!(
                     "network {key}: gateway `{g}` is not an IPv6 address"
@@ -427,12 +411,9 @@ pub fn attachments(project: &Project, service: &str) -> Result<Vec<Attachment>, 
                 a
             },
             ipv4_address,
-            mac_address: cfg.and_then(|c| c.mac_address.clone()).or_else(|| {
-                svc.extra
-                    .get("mac_address")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            }),
+            mac_address: cfg
+                .and_then(|c| c.mac_address.clone())
+                .or_else(|| svc.mac_address.clone()),
             ipv6,
             subnet6,
             gateway6,

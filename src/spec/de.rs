@@ -99,6 +99,19 @@ pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     size_of(&Value::deserialize(d)?).map_err(D::Error::custom)
 }
 
+/// A number that cannot be negative (`cpu_shares`, `cpu_period`, `mem_swappiness`).
+pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let n = i64_of(&v).map_err(D::Error::custom)?;
+            u64::try_from(n)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("expected 0 or more, found {n}")))
+        }
+    }
+}
+
 pub fn f64_of(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n

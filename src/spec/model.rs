@@ -136,12 +136,55 @@ pub struct Service {
     pub cpus: Option<f64>,
     #[serde(
         default,
+        deserialize_with = "de::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    /// `cpu_period` / `cpu_quota` (microseconds; they win over `cpus`, as in Docker).
+    pub cpu_period: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "de::opt_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_quota: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "de::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_shares: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "de_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    /// The CPUs the container may run on (`0-1`, `0,2`).
+    pub cpuset: Option<String>,
+    /// `device_cgroup_rules` (`c 1:3 rwm`), parsed by the runtime's device policy.
+    #[serde(
+        default,
+        deserialize_with = "de::string_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub device_cgroup_rules: Vec<String>,
+    /// `devices:`: host device nodes made in the container, with the access each grants.
+    #[serde(
+        default,
+        deserialize_with = "de_devices",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub devices: Vec<Device>,
+    #[serde(
+        default,
         deserialize_with = "de_depends_on",
         skip_serializing_if = "skip_deps"
     )]
     pub depends_on: BTreeMap<String, Dependency>,
     #[serde(default, skip_serializing_if = "skip_deploy")]
     pub deploy: Option<Deploy>,
+    /// `develop:` (Compose Develop Specification): `watch` rules for `berth watch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub develop: Option<Develop>,
     #[serde(
         default,
         deserialize_with = "de_disk_mounts",
@@ -154,6 +197,12 @@ pub struct Service {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub dns: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "de::string_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub dns_opt: Vec<String>,
     #[serde(
         default,
         deserialize_with = "de::string_or_list",
@@ -191,6 +240,13 @@ pub struct Service {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub extra_hosts: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "de::string_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    /// More supplementary groups, by number or by name in the image's /etc/group.
+    pub group_add: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,6 +259,10 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub init: Option<bool>,
+    /// `host` shares the host's IPC namespace; `private`/`shareable` (or nothing) give the
+    /// container its own (validated at load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<String>,
     #[serde(
         default,
         deserialize_with = "de::dict",
@@ -211,6 +271,10 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
     #[serde(
         default,
         deserialize_with = "de::opt_size",
@@ -229,6 +293,13 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub memswap_limit: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "de::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    /// 0-100; cgroup v1 only, as in Docker.
+    pub mem_swappiness: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
     #[serde(
@@ -237,6 +308,13 @@ pub struct Service {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub networks: BTreeMap<String, Option<ServiceNetwork>>,
+    #[serde(
+        default,
+        deserialize_with = "de::opt_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    /// -1000 to 1000.
+    pub oom_score_adj: Option<i64>,
     #[serde(
         default,
         deserialize_with = "de::opt_i64",
@@ -293,6 +371,12 @@ pub struct Service {
     pub shm_size: Option<u64>,
     #[serde(
         default,
+        deserialize_with = "de::opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stdin_open: Option<bool>,
+    #[serde(
+        default,
         deserialize_with = "de::opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
@@ -331,6 +415,9 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub user: Option<String>,
+    /// As `ipc`, for the UTS namespace (host name and domain name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uts: Option<String>,
     #[serde(
         default,
         deserialize_with = "de_mounts",
@@ -1257,6 +1344,144 @@ fn de_file_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FileRef>, D::Erro
         .collect()
 }
 
+/// `develop:`; its `watch` rules (`berth watch`, `up --watch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Develop {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<WatchRule>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One `develop.watch` rule: on a change under `path`, `sync` it to `target` in the running
+/// containers, `rebuild` the image, `restart` the service, or `sync+restart` / `sync+exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchRule {
+    pub action: String,
+    pub path: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub initial_sync: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<WatchExec>,
+}
+
+/// `sync+exec`'s command, run in the container after the sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchExec {
+    /// A list, or a string run by `/bin/sh -c`.
+    pub command: Value,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl WatchExec {
+    pub fn argv(&self) -> Vec<String> {
+        match &self.command {
+            Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One `devices:` entry: `/dev/fuse`, `/dev/sda:/dev/xvda[:rwm]`, `/dev/sda:rwm`, or the long
+/// form `{source, target, permissions}`. Without permissions, `rwm`, as in Docker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub source: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<String>,
+}
+
+fn de_devices<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
+    let items = match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(D::Error::custom(format!(
+                "expected a list of devices, found {other}"
+            )));
+        }
+    };
+    items
+        .into_iter()
+        .map(|it| {
+            let (source, target, permissions) = match it {
+                Value::String(s) => {
+                    let parts: Vec<&str> = s.split(':').collect();
+                    match parts.as_slice() {
+                        [src] => (src.to_string(), src.to_string(), None),
+                        // `/dev/x:rwm`: the second part is the permissions, not a path.
+                        [src, p] if !p.starts_with('/') => {
+                            (src.to_string(), src.to_string(), Some(p.to_string()))
+                        }
+                        [src, dst] => (src.to_string(), dst.to_string(), None),
+                        [src, dst, p] => (src.to_string(), dst.to_string(), Some(p.to_string())),
+                        _ => {
+                            return Err(D::Error::custom(format!(
+                                "`{s}` is not HOST[:CONTAINER][:PERMISSIONS]"
+                            )));
+                        }
+                    }
+                }
+                Value::Object(m) => {
+                    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+                    let Some(src) = text("source") else {
+                        return Err(D::Error::custom(
+                            "an entry in the long form needs `source`",
+                        ));
+                    };
+                    (src.clone(), text("target").unwrap_or(src), text("permissions"))
+                }
+                other => {
+                    return Err(D::Error::custom(format!("`{other}` is not a device")));
+                }
+            };
+            if let Some(p) = &permissions
+                && (p.is_empty() || !p.chars().all(|c| matches!(c, 'r' | 'w' | 'm')))
+            {
+                return Err(D::Error::custom(format!(
+                    "device permissions are letters of `rwm`; found `{p}`"
+                )));
+            }
+            if !source.starts_with('/') || !target.starts_with('/') {
+                return Err(D::Error::custom(format!(
+                    "a device is an absolute path on the host and in the container; found `{source}` -> `{target}`"
+                )));
+            }
+            Ok(Device {
+                source,
+                target,
+                permissions,
+            })
+        })
+        .collect()
+}
+
+/// `logging:`. berth keeps every container's output in its own JSON log; `options.max-size`
+/// and `max-file` rotate it (Docker's json-file options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Logging {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "de::dict",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub options: BTreeMap<String, String>,
+}
+
 /// Compose's `blkio_config`: a relative I/O weight, and per-device weights and throttles. The
 /// devices are host paths; the runtime resolves them to major:minor numbers when it creates
 /// the container.
@@ -1543,12 +1768,34 @@ pub struct Network {
         skip_serializing_if = "Option::is_none"
     )]
     pub enable_ipv6: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
     #[serde(
         default,
         deserialize_with = "de::dict",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub labels: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A network's `ipam:`: berth reads the first IPv4 and the first IPv6 `config` entry's
+/// `subnet` and `gateway`; the rest is kept as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Ipam {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<IpamConfig>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct IpamConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }

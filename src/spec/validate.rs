@@ -426,6 +426,70 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 ),
             );
         }
+        for (i, rule) in svc.develop.iter().flat_map(|d| d.watch.iter()).enumerate() {
+            let at = || {
+                let segs: Vec<String> = ["services", name, "develop", "watch"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([i.to_string()])
+                    .collect();
+                (
+                    loc.root.locate(&segs).0.pos.clone(),
+                    format!("services.{name}.develop.watch[{i}]"),
+                )
+            };
+            if !matches!(
+                rule.action.as_str(),
+                "sync" | "rebuild" | "restart" | "sync+restart" | "sync+exec"
+            ) {
+                push(
+                    at(),
+                    format!(
+                        "unknown action `{}` (sync, rebuild, restart, sync+restart, sync+exec)",
+                        rule.action
+                    ),
+                );
+            } else if rule.action.starts_with("sync") && rule.target.is_none() {
+                push(
+                    at(),
+                    format!(
+                        "`{}` of {} needs a `target`",
+                        rule.action,
+                        rule.path.display()
+                    ),
+                );
+            } else if rule.action == "rebuild" && svc.build.is_none() {
+                push(at(), "`rebuild` needs a `build:` key".to_string());
+            }
+        }
+        if let Some(n) = svc.mem_swappiness
+            && n > 100
+        {
+            push(
+                loc.find(name, "mem_swappiness", None),
+                format!("`mem_swappiness` is 0 to 100; found {n}"),
+            );
+        }
+        if let Some(n) = svc.oom_score_adj
+            && !(-1000..=1000).contains(&n)
+        {
+            push(
+                loc.find(name, "oom_score_adj", None),
+                format!("`oom_score_adj` is -1000 to 1000; found {n}"),
+            );
+        }
+        for (key, mode) in [("ipc", &svc.ipc), ("uts", &svc.uts)] {
+            if let Some(m) = mode
+                && !matches!(m.as_str(), "" | "private" | "shareable" | "host")
+            {
+                push(
+                    loc.find(name, key, None),
+                    format!(
+                        "`{key}: {m}` is not supported yet: a container has its own namespace (`private`, `shareable`) or the host's (`host`)"
+                    ),
+                );
+            }
+        }
         if let Some(b) = &svc.blkio_config {
             let weights = b
                 .weight

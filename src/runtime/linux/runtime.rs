@@ -335,16 +335,7 @@ fn net_config(spec: &ContainerSpec) -> Result<NetConfig, RuntimeError> {
         extra_hosts: svc.extra_hosts.clone(),
         dns: svc.dns.clone(),
         dns_search: svc.dns_search.clone(),
-        dns_opt: svc
-            .extra
-            .get("dns_opt")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        dns_opt: svc.dns_opt.clone(),
     })
 }
 
@@ -532,35 +523,23 @@ fn process_for(
         privileged: svc.privileged.unwrap_or(false),
         seccomp: None,
         tty: svc.tty.unwrap_or(false),
-        stdin_open: svc
-            .extra
-            .get("stdin_open")
-            .and_then(|v| crate::spec::de::bool_of(v).ok())
-            .unwrap_or(false),
+        stdin_open: svc.stdin_open.unwrap_or(false),
         rlimits: svc
             .ulimits
             .iter()
             .map(|(k, u)| (k.clone(), u.soft, u.hard))
             .collect(),
-        oom_score_adj: svc
-            .extra
-            .get("oom_score_adj")
-            .and_then(|v| v.as_i64())
-            .map(|n| n.clamp(-1000, 1000) as i32),
+        // Validated at load (-1000 to 1000).
+        oom_score_adj: svc.oom_score_adj.map(|n| n.clamp(-1000, 1000) as i32),
         apparmor: None,
     };
     // `group_add`: more supplementary groups, by number or by name in the image's /etc/group.
-    if let Some(serde_json::Value::Array(extra)) = svc.extra.get("group_add") {
+    if !svc.group_add.is_empty() {
         let group = roots
             .iter()
             .find_map(|r| fs::read_to_string(r.join("etc/group")).ok())
             .unwrap_or_default();
-        for g in extra {
-            let gname = g
-                .as_str()
-                .map(str::to_string)
-                .or(g.as_u64().map(|n| n.to_string()))
-                .unwrap_or_default();
+        for gname in &svc.group_add {
             let gid = gname.parse::<u32>().ok().or_else(|| {
                 group
                     .lines()
@@ -593,7 +572,11 @@ fn process_for(
 /// `shareable` (and nothing) give the container its own; joining another container's is
 /// not supported yet, and says so.
 fn ns_mode(name: &str, svc: &Service, key: &'static str) -> Result<bool, RuntimeError> {
-    match svc.extra.get(key).and_then(|v| v.as_str()) {
+    let mode = match key {
+        "ipc" => svc.ipc.as_deref(),
+        _ => svc.uts.as_deref(),
+    };
+    match mode {
         None | Some("" | "private" | "shareable") => Ok(false),
         Some("host") => Ok(true),
         Some(other) => Err(step(
@@ -617,44 +600,13 @@ fn devices_of(name: &str, svc: &Service) -> Result<DevicesOf, RuntimeError> {
     let mut nodes = Vec::new();
     let mut rules = Vec::new();
     let bad = |why: String| step(name, "devices", why);
-    let items = match svc.extra.get("devices") {
-        None | Some(serde_json::Value::Null) => &Vec::new(),
-        Some(serde_json::Value::Array(items)) => items,
-        Some(other) => return Err(bad(format!("expected a list, found `{other}`"))),
-    };
-    for d in items {
-        let (src, dst, perms) = match d {
-            serde_json::Value::String(s) => {
-                let parts: Vec<&str> = s.split(':').collect();
-                match parts.as_slice() {
-                    [src] => (src.to_string(), src.to_string(), None),
-                    // `/dev/x:rwm`: the second part is the permissions, not a path.
-                    [src, p] if !p.starts_with('/') => {
-                        (src.to_string(), src.to_string(), Some(p.to_string()))
-                    }
-                    [src, dst] => (src.to_string(), dst.to_string(), None),
-                    [src, dst, p] => (src.to_string(), dst.to_string(), Some(p.to_string())),
-                    _ => return Err(bad(format!("`{s}` is not HOST[:CONTAINER][:PERMISSIONS]"))),
-                }
-            }
-            serde_json::Value::Object(m) => {
-                let Some(src) = m.get("source").and_then(|v| v.as_str()) else {
-                    return Err(bad("an entry in the long form needs `source`".into()));
-                };
-                let dst = m.get("target").and_then(|t| t.as_str()).unwrap_or(src);
-                let perms = m
-                    .get("permissions")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                (src.to_string(), dst.to_string(), perms)
-            }
-            other => return Err(bad(format!("`{other}` is not a device"))),
-        };
+    for d in &svc.devices {
+        let (src, dst, perms) = (&d.source, &d.target, &d.permissions);
         let access = match &perms {
             Some(p) => parse_access(p).map_err(|e| bad(format!("{src}: {e}")))?,
             None => super::devices::MKNOD | super::devices::READ | super::devices::WRITE,
         };
-        let md = fs::metadata(&src).map_err(|e| bad(format!("{src}: {e}")))?;
+        let md = fs::metadata(src).map_err(|e| bad(format!("{src}: {e}")))?;
         let kind = if md.file_type().is_block_device() {
             Kind::Block
         } else if md.file_type().is_char_device() {
@@ -671,7 +623,7 @@ fn devices_of(name: &str, svc: &Service) -> Result<DevicesOf, RuntimeError> {
             minor: Some(nix::sys::stat::minor(dev) as u32),
             access,
         });
-        nodes.push((PathBuf::from(src), dst));
+        nodes.push((PathBuf::from(src), dst.clone()));
     }
     Ok((nodes, rules))
 }
@@ -684,26 +636,10 @@ fn device_policy(
     device_rules: Vec<super::devices::Rule>,
 ) -> Result<super::devices::Policy, RuntimeError> {
     let mut extra = device_rules;
-    match svc.extra.get("device_cgroup_rules") {
-        None | Some(serde_json::Value::Null) => {}
-        Some(serde_json::Value::Array(items)) => {
-            for r in items {
-                let text = r.as_str().ok_or_else(|| {
-                    step(name, "device_cgroup_rules", format!("`{r}` is not a rule"))
-                })?;
-                extra.push(
-                    super::devices::parse_rule(text)
-                        .map_err(|e| step(name, "device_cgroup_rules", e))?,
-                );
-            }
-        }
-        Some(other) => {
-            return Err(step(
-                name,
-                "device_cgroup_rules",
-                format!("expected a list, found `{other}`"),
-            ));
-        }
+    for text in &svc.device_cgroup_rules {
+        extra.push(
+            super::devices::parse_rule(text).map_err(|e| step(name, "device_cgroup_rules", e))?,
+        );
     }
     Ok(super::devices::Policy {
         allow_all: svc.privileged.unwrap_or(false),
@@ -776,19 +712,18 @@ fn blkio_of(name: &str, svc: &Service) -> Result<super::spec::Blkio, RuntimeErro
 /// `logging.options.max-size` / `max-file` (Docker's json-file options), bounded by default.
 fn log_spec(svc: &Service) -> super::logs::LogSpec {
     let mut l = super::logs::LogSpec::default();
-    let opts = svc.extra.get("logging").and_then(|v| v.get("options"));
-    if let Some(s) = opts
-        .and_then(|o| o.get("max-size"))
-        .and_then(|v| v.as_str())
+    let Some(opts) = svc.logging.as_ref().map(|g| &g.options) else {
+        return l;
+    };
+    if let Some(s) = opts.get("max-size")
         && let Ok(n) = crate::spec::units::parse_size(s)
     {
         l.max_size = n.max(4096);
     }
-    if let Some(n) = opts.and_then(|o| o.get("max-file")).and_then(|v| {
-        v.as_str()
-            .and_then(|s| s.parse().ok())
-            .or(v.as_u64().map(|n| n as u32))
-    }) {
+    if let Some(n) = opts
+        .get("max-file")
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
         l.max_files = n.max(1);
     }
     l
@@ -798,30 +733,16 @@ fn limits_for(svc: &Service) -> Limits {
     let res = svc.deploy.as_ref().and_then(|d| d.resources.as_ref());
     let lim = res.and_then(|r| r.limits.as_ref());
     let rsv = res.and_then(|r| r.reservations.as_ref());
-    let int = |k: &str| {
-        svc.extra.get(k).and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        })
-    };
     Limits {
         cpus: svc.cpus.or(lim.and_then(|l| l.cpus)),
-        cpu_shares: svc.extra.get("cpu_shares").and_then(|v| v.as_u64()),
-        cpu_period: int("cpu_period").and_then(|n| u64::try_from(n).ok()),
-        cpu_quota: int("cpu_quota"),
-        cpuset: svc
-            .extra
-            .get("cpuset")
-            .and_then(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .or(v.as_u64().map(|n| n.to_string()))
-            })
-            .filter(|s| !s.trim().is_empty()),
+        cpu_shares: svc.cpu_shares,
+        cpu_period: svc.cpu_period,
+        cpu_quota: svc.cpu_quota,
+        cpuset: svc.cpuset.clone().filter(|s| !s.trim().is_empty()),
         memory: svc.mem_limit.or(lim.and_then(|l| l.memory)),
         memory_swap: svc.memswap_limit,
         memory_reservation: svc.mem_reservation.or(rsv.and_then(|r| r.memory)),
-        swappiness: int("mem_swappiness").and_then(|n| u64::try_from(n).ok()),
+        swappiness: svc.mem_swappiness,
         pids: svc.pids_limit.or(lim.and_then(|l| l.pids)),
         devices: Default::default(),
         blkio: Default::default(),
