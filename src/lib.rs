@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod spec;
 pub mod state;
 pub mod support;
+pub mod sys;
 
 use spec::{Diagnostics, LoadError, LoadOptions, Loaded};
 

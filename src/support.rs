@@ -23,48 +23,18 @@ const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
 const PULL: &str = "registry pulls";
 
-/// The support of a service key.
+/// Why berth does not act on a service key the typed model leaves in `Service::extra`. A key
+/// berth acts on is a field of `spec::model::Service`: it never reaches this table, so the
+/// table cannot claim a key is handled when nothing reads it.
 pub fn service_key(key: &str) -> Support {
     use Support::*;
     match key {
-        // Read by the loader itself: fully handled.
-        "extends" | "profiles" | "env_file" | "label_file" | "depends_on" => Acted,
-        // `init`: every berth container has berth's init as PID 1 already.
-        "cap_add" | "cap_drop" | "cgroup" | "command" | "container_name" | "cpus"
-        | "cpu_shares" | "cpuset" | "domainname" | "entrypoint" | "environment" | "hostname"
-        | "image" | "init" | "labels" | "mem_limit" | "mem_reservation" | "memswap_limit"
-        | "pids_limit" | "privileged" | "read_only" | "security_opt" | "shm_size"
-        | "stdin_open" | "stop_grace_period" | "stop_signal" | "sysctls" | "tty" | "ulimits"
-        | "user" | "working_dir" => Acted,
-        "cpu_period"
-        | "cpu_quota"
-        | "blkio_config"
-        | "devices"
-        | "device_cgroup_rules"
-        | "group_add"
-        | "mem_swappiness"
-        | "oom_score_adj" => Acted,
-        // `host`, `private`, `shareable`; joining another container's is refused by name.
-        "ipc" | "uts" => Acted,
+        // Read by the loader itself, which resolves them before the model is made.
+        "extends" | "label_file" => Acted,
         "annotations" | "pid" | "oom_kill_disable" | "attach" => Planned(RUNTIME),
-        "deploy" | "restart" | "healthcheck" | "scale" => Acted,
         "post_start" | "pre_stop" => Planned(RECONCILE),
-        "networks" | "network_mode" | "ports" | "dns" | "dns_opt" | "dns_search"
-        | "extra_hosts" | "mac_address" | "bandwidth" => Acted,
-        "expose" => Ignored("documentation only: containers on a network reach every port"),
-        // A link's alias resolves on the networks the services share (to every container
-        // there, not only the linking one); links order the start, as depends_on.
-        "links" => Acted,
         "external_links" => Planned(NET),
-        "volumes" | "tmpfs" | "disks" | "storage_opt" => Acted,
-        "secrets" | "configs" | "volumes_from" => Acted,
-        "build" => Acted,
-        "develop" => Acted,
-        "pull_policy" => Acted,
         "platform" | "pull_refresh_after" => Planned(PULL),
-        // Its `options.max-size` and `max-file` rotate berth's own log; another `driver` is
-        // reported by `unsupported` itself.
-        "logging" => Acted,
         "gpus" => Ignored("berth does not manage GPUs"),
         "runtime" => Ignored("berth is its own runtime"),
         "isolation" | "credential_spec" => Ignored("Windows-only"),
@@ -123,13 +93,17 @@ pub fn unsupported(project: &Project) -> Vec<(String, Support)> {
         }
         if let Some(Value::Object(services)) = top.get("services") {
             for (name, svc) in services {
-                if let Value::Object(keys) = svc {
-                    for k in keys.keys() {
+                // The keys berth acts on are the model's fields; what is left in `extra` is
+                // what it does not act on, each with its reason.
+                if let Some(typed) = project.services.get(name) {
+                    for k in typed.extra.keys() {
                         let s = service_key(k);
                         if s != Support::Acted {
                             out.push((format!("services.{name}.{k}"), s));
                         }
                     }
+                }
+                if let Value::Object(keys) = svc {
                     if let Some(driver) = keys
                         .get("logging")
                         .and_then(|l| l.get("driver"))

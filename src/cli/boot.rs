@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::Global;
-use super::image::state_root;
+use super::ctx::state_root;
 use super::project::{load, runtime, tokio};
 use crate::plan::State;
 use crate::runtime::Runtime;
@@ -149,9 +149,8 @@ pub fn enable(g: &Global, a: &EnableArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&wants).with_context(|| format!("creating {}", wants.display()))?;
     let unit = dir.join(&name);
     let text = unit_text(&exe, &std::path::absolute(state_root())?, &l.record);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &unit).with_context(|| format!("writing {}", unit.display()))?;
+    crate::sys::atomic_write(&unit, text.as_bytes())
+        .with_context(|| format!("writing {}", unit.display()))?;
     let link = wants.join(&name);
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&unit, &link)

@@ -150,7 +150,7 @@ pub fn build_service(
             BuildEvent::Output { .. } => {}
         }
     };
-    let root = super::image::state_root();
+    let root = super::ctx::state_root();
     let built =
         build(rt, &root, &opts, &show).map_err(|e| anyhow::anyhow!("service {service}: {e}"))?;
     if plain.is_some() {

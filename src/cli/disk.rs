@@ -3,7 +3,7 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use super::image::state_root;
+use super::ctx::state_root;
 use super::stats::human;
 
 #[derive(Debug, Args)]

@@ -37,7 +37,7 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("berth down needs root, as berth up does");
     }
-    let st = ProjectState::new(&super::image::state_root(), &name);
+    let st = ProjectState::new(&super::ctx::state_root(), &name);
     let rt = runtime()?;
     let tk = tokio()?;
     stop_supervisor(&st);
@@ -85,7 +85,7 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
         .collect();
     let stopped = Arc::new(AtomicBool::new(false));
     let retiring = {
-        let (root, name, stopped) = (super::image::state_root(), name.clone(), stopped.clone());
+        let (root, name, stopped) = (super::ctx::state_root(), name.clone(), stopped.clone());
         std::thread::spawn(move || crate::net::retire(&root, &name, leaving, &stopped))
     };
     let failures = tk.block_on(teardown(
@@ -111,12 +111,12 @@ pub fn run(g: &Global, a: &DownArgs) -> anyhow::Result<i32> {
     };
     if failures.is_empty() {
         // The project's networks go once no container is on them.
-        if let Err(e) = crate::net::prune(&super::image::state_root(), &name, &retired) {
+        if let Err(e) = crate::net::prune(&super::ctx::state_root(), &name, &retired) {
             eprintln!("berth: {e}");
             return Ok(1);
         }
         if a.volumes {
-            let root = super::image::state_root();
+            let root = super::ctx::state_root();
             let gone = crate::disk::remove_project_volumes(&root, &name).and_then(|v| {
                 let mut d = crate::disk::private::remove_project(&root, &name)?;
                 d.extend(crate::disk::remove_project_shared(&root, &name)?);

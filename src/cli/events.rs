@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Global;
-use super::image::state_root;
+use super::ctx::state_root;
 use super::project::name_only;
 use crate::state::{EventRecord, events_path};
 

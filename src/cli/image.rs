@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use super::ctx::state_root;
 use super::pullview::{PullView, Stream};
 use crate::image::ImageInfo;
 use crate::runtime::linux::runtime::LinuxRuntime;
@@ -95,7 +96,7 @@ pub fn save(a: &SaveArgs) -> anyhow::Result<i32> {
                 s.images.join(", "),
                 path.display(),
                 s.blobs,
-                human(s.bytes)
+                super::ctx::human(s.bytes)
             );
             Ok(0)
         }
@@ -116,27 +117,8 @@ pub struct LsArgs {
     pub format: String,
 }
 
-/// berth's state root: `BERTH_ROOT`, else /var/lib/berth.
-pub fn state_root() -> PathBuf {
-    crate::state::default_root()
-}
-
 fn runtime() -> anyhow::Result<LinuxRuntime> {
-    let root = state_root();
-    super::project::open_runtime(&root)
-}
-
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.2}GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1}MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.1}kB", b / 1e3)
-    } else {
-        format!("{bytes}B")
-    }
+    super::ctx::open_runtime(&state_root())
 }
 
 fn short_id(id: &str) -> String {
@@ -167,7 +149,7 @@ pub fn list(a: &LsArgs) -> anyhow::Result<i32> {
                     .as_deref()
                     .map(|c| c.chars().take(19).collect::<String>())
                     .unwrap_or_default(),
-                human(i.size)
+                super::ctx::human(i.size)
             );
         }
     }
@@ -302,7 +284,7 @@ pub fn pull(g: &super::Global, a: &PullArgs) -> anyhow::Result<i32> {
             Ok(p) => view.finish(&format!(
                 "{r}: {} blob(s) fetched ({}), {} already present",
                 p.fetched,
-                human(p.bytes),
+                super::ctx::human(p.bytes),
                 p.reused
             )),
             Err(e) => {

@@ -116,7 +116,7 @@ pub(super) fn select(g: &Global, services: &[String]) -> anyhow::Result<Selectio
             }
         }
     };
-    let state = ProjectState::new(&super::image::state_root(), &name);
+    let state = ProjectState::new(&super::ctx::state_root(), &name);
     Ok(Selection {
         name,
         target: Arc::new(target),

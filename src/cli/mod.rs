@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod config;
 mod cp;
+mod ctx;
 mod disk;
 mod down;
 mod events;

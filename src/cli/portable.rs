@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Global;
-use super::image::{human, state_root};
+use super::ctx::{human, state_root};
 use super::project::{Progress, load, runtime};
 use crate::portable::export::{Exporter, disk_data, sync_mounted};
 use crate::portable::{FORMAT, Header, ImageUse, Item, VERSION, VolumeEntry};

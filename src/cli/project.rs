@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::Global;
-use super::image::state_root;
+use super::ctx::{open_runtime, state_root};
 use crate::reconcile::{Event, Phase, Sink, Target};
 use crate::runtime::linux::runtime::LinuxRuntime;
 use crate::state::{ProjectRecord, ProjectState};
@@ -17,15 +17,6 @@ use crate::state::{ProjectRecord, ProjectState};
 pub fn runtime() -> anyhow::Result<Arc<LinuxRuntime>> {
     let root = state_root();
     Ok(Arc::new(open_runtime(&root)?))
-}
-
-/// The runtime on the state root; a kernel below berth's floor is said in its own sentence,
-/// not as a failure to open the state.
-pub fn open_runtime(root: &std::path::Path) -> anyhow::Result<LinuxRuntime> {
-    LinuxRuntime::new(root).map_err(|e| match e {
-        crate::runtime::RuntimeError::Kernel(why) => anyhow::anyhow!(why),
-        e => anyhow::Error::new(e).context(format!("opening berth's state in {}", root.display())),
-    })
 }
 
 pub fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {

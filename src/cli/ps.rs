@@ -72,7 +72,7 @@ fn now() -> u64 {
 pub fn run(g: &Global, a: &PsArgs) -> anyhow::Result<i32> {
     let (name, _) = name_only(g)?;
     let rt = runtime()?;
-    let st = ProjectState::new(&super::image::state_root(), &name);
+    let st = ProjectState::new(&super::ctx::state_root(), &name);
     let status = st.status();
     if let Some(msg) = &status.invalid
         && st.supervisor().is_some()
@@ -250,7 +250,7 @@ pub struct PortArgs {
 /// `berth port SERVICE PORT`: the host address a container port is published on.
 pub fn port(g: &Global, a: &PortArgs) -> anyhow::Result<i32> {
     let (name, loaded) = name_only(g)?;
-    let st = ProjectState::new(&super::image::state_root(), &name);
+    let st = ProjectState::new(&super::ctx::state_root(), &name);
     let mut hits: Vec<crate::net::ports::Binding> = crate::net::ports::recorded(st.dir())
         .into_iter()
         .filter(|b| {

@@ -118,7 +118,7 @@ impl PullView {
                 PullEvent::Done { digest, bytes } => self.line(&format!(
                     " {} Pull complete ({})",
                     short(digest),
-                    super::image::human(bytes)
+                    super::ctx::human(bytes)
                 )),
                 PullEvent::Start { .. } | PullEvent::Bytes { .. } | PullEvent::Unpacking => {}
             }
@@ -156,7 +156,7 @@ impl PullView {
                     bar.set_style(style(" {prefix:<14} {msg}"));
                     bar.finish_with_message(format!(
                         "Pull complete ({})",
-                        super::image::human(bytes)
+                        super::ctx::human(bytes)
                     ));
                 }
             }

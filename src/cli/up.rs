@@ -217,7 +217,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     // Published ports are bound before anything else happens, so a port that is taken fails
     // `up` with nothing changed. Those the running supervisor serves are bound again once it
     // has stopped and let them go.
-    crate::disk::private::check_sizes(&super::image::state_root(), &l.target.project)?;
+    crate::disk::private::check_sizes(&super::ctx::state_root(), &l.target.project)?;
     build_needed(&rt, &l.target, a)?;
     pull_missing(&rt, &l.target.project, a.progress)?;
     for (name, svc) in &l.target.project.services {
@@ -695,7 +695,7 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
         .context("__supervise needs -p PROJECT")?;
     // Before any thread exists, so that every thread has them blocked (see idle::stop_set).
     idle::block_stop_signals();
-    let st = ProjectState::new(&super::image::state_root(), &name);
+    let st = ProjectState::new(&super::ctx::state_root(), &name);
     let record = st.record()?;
     let _lock = match a.lock_fd {
         // SAFETY: the descriptor was inherited from `berth up`, which handed it over for this

@@ -637,10 +637,10 @@ fn record_pull(store: &ImageStore, reference: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     m.insert(reference.to_string(), now);
-    let tmp = store.dir().join(".pulled.json.tmp");
-    if fs::write(&tmp, serde_json::to_vec(&m).unwrap_or_default()).is_ok() {
-        let _ = fs::rename(&tmp, pulls_file(store));
-    }
+    let _ = crate::sys::atomic_write(
+        &pulls_file(store),
+        &serde_json::to_vec(&m).unwrap_or_default(),
+    );
 }
 
 fn member(file: PathBuf, bytes_or_len: (Digest, u64)) -> Member {

@@ -63,10 +63,9 @@ pub fn read(root: &Path, name: &str) -> Option<NetState> {
 pub fn write(root: &Path, st: &NetState) -> Result<(), NetError> {
     let d = dir(root);
     fs::create_dir_all(&d).map_err(|e| step(&st.name, "create networks directory", e))?;
-    let tmp = d.join(format!(".{}.tmp", st.name));
     let text = serde_json::to_vec_pretty(st).map_err(|e| step(&st.name, "encode", e))?;
-    fs::write(&tmp, text).map_err(|e| step(&st.name, "write state", e))?;
-    fs::rename(&tmp, file(root, &st.name)).map_err(|e| step(&st.name, "write state", e))
+    crate::sys::atomic_write(&file(root, &st.name), &text)
+        .map_err(|e| step(&st.name, "write state", e))
 }
 
 pub fn remove(root: &Path, name: &str) {

@@ -424,10 +424,11 @@ pub fn recorded(state_dir: &Path) -> Vec<Binding> {
 }
 
 pub fn record(state_dir: &Path, b: &[Binding]) -> std::io::Result<()> {
-    // `berth up` and the supervisor it starts may both write it: each its own temporary file.
-    let tmp = state_dir.join(format!(".ports.json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(b).unwrap_or_default())?;
-    std::fs::rename(&tmp, file(state_dir))
+    // `berth up` and the supervisor it starts may both write it.
+    crate::sys::atomic_write(
+        &file(state_dir),
+        &serde_json::to_vec_pretty(b).unwrap_or_default(),
+    )
 }
 
 /// The supervisor's side: serves the bound ports, forwarding each connection (TCP) or each

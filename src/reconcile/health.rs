@@ -4,28 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::runtime::{HealthSpec, Runtime};
 
-/// A container's health, as `ps` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Starting,
-    Healthy,
-    Unhealthy,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Starting => "starting",
-            Status::Healthy => "healthy",
-            Status::Unhealthy => "unhealthy",
-        }
-    }
-}
+/// A container's health, as `ps` shows it: state's type, which the supervisor writes.
+pub use crate::state::Health as Status;
 
 /// Docker's rules: a probe that succeeds makes the container healthy; `retries` failures in a
 /// row make it unhealthy, except that failures inside `start_period` do not count (a success

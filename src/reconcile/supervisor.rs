@@ -44,7 +44,7 @@ enum Trigger {
 
 /// Prints one line of the supervisor's log (stderr: the log file when detached).
 pub fn log(msg: impl std::fmt::Display) {
-    let t = crate::runtime::linux::logs::timestamp(std::time::SystemTime::now());
+    let t = crate::sys::timestamp(std::time::SystemTime::now());
     eprintln!("{} {msg}", &t[..23.min(t.len())]);
 }
 

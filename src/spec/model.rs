@@ -114,6 +114,10 @@ pub struct Service {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub cap_drop: Vec<String>,
+    /// `cgroup: private` (the default: a cgroup namespace of its own); `host` is refused at
+    /// load until berth supports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     #[serde(
         default,
         deserialize_with = "de_opt_command",

@@ -478,6 +478,16 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 format!("`oom_score_adj` is -1000 to 1000; found {n}"),
             );
         }
+        if let Some(m) = &svc.cgroup
+            && m != "private"
+        {
+            push(
+                loc.find(name, "cgroup", None),
+                format!(
+                    "`cgroup: {m}` is not supported yet: every container has a cgroup namespace of its own (`private`)"
+                ),
+            );
+        }
         for (key, mode) in [("ipc", &svc.ipc), ("uts", &svc.uts)] {
             if let Some(m) = mode
                 && !matches!(m.as_str(), "" | "private" | "shareable" | "host")

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::health::Status as Health;
 use crate::spec::LoadOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,14 +125,27 @@ pub fn default_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/berth"))
 }
 
+/// A container's health, as `ps` shows it (the supervisor's health checks record it here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    // The temporary name is the writer's own: `berth up` and the supervisor it starts write
-    // the same files at the same moment, and a shared name let one rename the other's away.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("rename", path))
+    crate::sys::atomic_write(path, bytes).map_err(io_err("write", path))
 }
 
 /// Every project with a state directory under `root`.
@@ -256,11 +268,11 @@ impl ProjectState {
         let (pid, start) = text.trim().split_once(' ')?;
         let pid: i32 = pid.parse().ok()?;
         let start: u64 = start.parse().ok()?;
-        (crate::runtime::linux::process_starttime(pid) == Some(start)).then_some(pid)
+        (crate::sys::process_starttime(pid) == Some(start)).then_some(pid)
     }
 
     pub fn write_supervisor(&self, pid: i32) -> Result<(), StateError> {
-        let start = crate::runtime::linux::process_starttime(pid).unwrap_or(0);
+        let start = crate::sys::process_starttime(pid).unwrap_or(0);
         atomic_write(
             &self.dir.join("supervisor.pid"),
             format!("{pid} {start}\n").as_bytes(),
@@ -392,7 +404,7 @@ pub fn append_event(
         let _ = fs::rename(&path, path.with_extension("jsonl.1"));
     }
     let e = EventRecord {
-        time: crate::runtime::linux::logs::timestamp(std::time::SystemTime::now()),
+        time: crate::sys::timestamp(std::time::SystemTime::now()),
         kind: "container".into(),
         action: action.into(),
         id: container.into(),

@@ -34,16 +34,9 @@ impl Default for LogSpec {
 pub const LOG_FILE: &str = "container.log";
 
 /// The record format, shared with berth-init (a `no_std` program built by build.rs).
-#[path = "../../../init/record.rs"]
-mod record;
+use crate::sys::record;
 
-/// An RFC 3339 UTC timestamp with nanoseconds, from the system clock.
-pub fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut buf = [0u8; record::TIME_LEN];
-    let n = record::time_into(&mut buf, d.as_secs() as i64, d.subsec_nanos());
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
+pub use crate::sys::timestamp;
 
 /// The writer init uses: one file, rotated by size.
 pub struct Writer {

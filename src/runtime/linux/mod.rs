@@ -33,7 +33,7 @@ pub const EXEC_ARG: &str = "__berth-exec";
 /// `None` when it does not exist or is a zombie. A pid plus its start time names one process
 /// for good: a recycled pid has another start time.
 pub fn process_starttime(pid: i32) -> Option<u64> {
-    runtime::starttime(pid)
+    crate::sys::process_starttime(pid)
 }
 
 /// Runs the hidden modes of the binary. Called first thing in `main`, before any thread exists.

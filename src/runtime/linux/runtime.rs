@@ -105,15 +105,7 @@ fn step(container: &str, step: &'static str, e: impl std::fmt::Display) -> Runti
 }
 
 pub(super) fn starttime(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // rest starts at field 3 (state); starttime is field 22.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    crate::sys::process_starttime(pid)
 }
 
 impl LinuxRuntime {
@@ -161,12 +153,9 @@ impl LinuxRuntime {
     }
 
     fn write(&self, r: &Record) -> Result<(), RuntimeError> {
-        let dir = self.dir(&r.name);
-        let tmp = dir.join("container.json.tmp");
         let text =
             serde_json::to_vec_pretty(r).map_err(|e| step(&r.name, "write container record", e))?;
-        fs::write(&tmp, text).map_err(|e| step(&r.name, "write container record", e))?;
-        fs::rename(&tmp, dir.join("container.json"))
+        crate::sys::atomic_write(&self.dir(&r.name).join("container.json"), &text)
             .map_err(|e| step(&r.name, "write container record", e))
     }
 

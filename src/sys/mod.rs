@@ -1,0 +1,70 @@
+//! System helpers every layer uses: one home each, below everything else (they import nothing
+//! of berth's), so `state`, the runtime and the CLI do not reach into each other for them.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// berth-init's log record format (no_std, no allocation): the containers' logs are written
+/// with it, and the supervisor's and the events' timestamps come from it too.
+#[path = "../../init/record.rs"]
+pub(crate) mod record;
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22), or None for a
+/// process that is gone or a zombie. With the pid it names one process for good: a pid can be
+/// reused, a (pid, start time) pair cannot.
+pub fn process_starttime(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // rest starts at field 3 (state); starttime is field 22.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// An RFC 3339 UTC timestamp with nanoseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut buf = [0u8; record::TIME_LEN];
+    let n = record::time_into(&mut buf, d.as_secs() as i64, d.subsec_nanos());
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Writes `bytes` to `path` through a temporary file of this writer's own and a rename, so a
+/// reader sees the old file or the new one, never a part. The temporary name carries the pid
+/// and a sequence number: `berth up` and the supervisor it starts write the same files at the
+/// same moment, and a shared name let one rename the other's away.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_has_a_start_time_and_a_timestamp_is_rfc3339() {
+        assert!(super::process_starttime(std::process::id() as i32).is_some());
+        assert_eq!(super::process_starttime(-1), None);
+        let t = super::timestamp(std::time::UNIX_EPOCH + std::time::Duration::new(86_400, 5));
+        assert!(t.starts_with("1970-01-02T00:00:00.000000005"), "{t}");
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("x.json");
+        super::atomic_write(&f, b"one").unwrap();
+        super::atomic_write(&f, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}
