@@ -127,9 +127,9 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
     }
     let mut ex = match s.rt.exec(&c.name, &opts, stdio) {
         Ok(ex) => ex,
-        Err(crate::runtime::RuntimeError::Step { message, .. }) if !message.is_empty() => {
-            eprintln!("berth: exec in {}: {message}", c.name);
-            return Ok(exec_failure_code(&message));
+        Err(crate::runtime::RuntimeError::Step { cause, .. }) => {
+            eprintln!("berth: exec in {}: {cause}", c.name);
+            return Ok(exec_failure_code(&cause));
         }
         Err(e) => return Err(e.into()),
     };
@@ -170,9 +170,12 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
 }
 
 /// Docker's statuses for a command that could not run: 127 when it does not exist, 126 when
-/// it cannot be executed.
-fn exec_failure_code(message: &str) -> i32 {
-    if message.contains("ENOENT") { 127 } else { 126 }
+/// it cannot be executed (read off the setup process's errno, not its message).
+fn exec_failure_code(cause: &crate::runtime::Cause) -> i32 {
+    match cause.downcast_ref::<LaunchError>() {
+        Some(LaunchError::Setup { source, .. }) if source.errno == libc::ENOENT => 127,
+        _ => 126,
+    }
 }
 
 fn forwarded_signals() -> nix::sys::signal::SigSet {
@@ -421,4 +424,25 @@ fn poll_ready(fds: &mut [nix::poll::PollFd<'_>]) -> Option<Vec<bool>> {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LaunchError, exec_failure_code};
+    use crate::runtime::Cause;
+    use crate::runtime::linux::error::SetupError;
+
+    #[test]
+    fn a_command_that_could_not_run_gets_dockers_status_from_its_errno() {
+        let failed = |errno| {
+            Cause::new(LaunchError::Setup {
+                name: "c".into(),
+                source: SetupError::sys("execute", Some("/bin/x"), errno),
+            })
+        };
+        assert_eq!(exec_failure_code(&failed(nix::errno::Errno::ENOENT)), 127);
+        assert_eq!(exec_failure_code(&failed(nix::errno::Errno::EACCES)), 126);
+        // A message that merely mentions ENOENT is not a missing command.
+        assert_eq!(exec_failure_code(&Cause::new("ENOENT somewhere")), 126);
+    }
 }

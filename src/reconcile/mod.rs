@@ -169,7 +169,7 @@ fn fail(service: &str, container: Option<&str>, step: &str, e: impl ToString) ->
 
 fn runtime_failure(service: &str, container: &str, e: RuntimeError) -> Failure {
     match e {
-        RuntimeError::Step { step, message, .. } => fail(service, Some(container), step, message),
+        RuntimeError::Step { step, cause, .. } => fail(service, Some(container), step, cause),
         other => fail(service, Some(container), "runtime", other),
     }
 }

@@ -124,7 +124,7 @@ impl FakeRuntime {
             return Err(RuntimeError::Step {
                 container: name.to_string(),
                 step,
-                message: "injected failure".into(),
+                cause: super::Cause::new("injected failure"),
             });
         }
         Ok(g)
@@ -253,7 +253,7 @@ impl Runtime for FakeRuntime {
                 return Err(RuntimeError::Step {
                     container: name.to_string(),
                     step: "probe",
-                    message: "the container is not running".into(),
+                    cause: super::Cause::new("the container is not running"),
                 });
             }
         };

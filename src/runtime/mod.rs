@@ -31,6 +31,43 @@ pub struct ContainerSpec {
     pub granted: Vec<crate::disk::secrets::Granted>,
 }
 
+/// The error a runtime step failed with, kept whole (its source chain, and its type for a
+/// caller that looks closer: `cli/exec` reads the errno of a command that could not run).
+/// Shared, so a `RuntimeError` stays cheap to clone; compared by what it says.
+#[derive(Debug, Clone)]
+pub struct Cause(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+        Cause(std::sync::Arc::from(e.into()))
+    }
+
+    /// The error as the type `E`, when it is one.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref::<E>()
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RuntimeError {
     #[error("no container named {0}")]
@@ -40,11 +77,12 @@ pub enum RuntimeError {
     /// The kernel lacks what berth needs (the sentence names what and which version has it).
     #[error("{0}")]
     Kernel(String),
-    #[error("{step} failed for {container}: {message}")]
+    #[error("{step} failed for {container}: {cause}")]
     Step {
         container: String,
         step: &'static str,
-        message: String,
+        #[source]
+        cause: Cause,
     },
 }
 

@@ -96,11 +96,16 @@ pub struct LinuxRuntime {
     images: ImageStore,
 }
 
-fn step(container: &str, step: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+/// A failed step of container `container`, its cause kept whole (a message, or the typed error).
+fn step(
+    container: &str,
+    step: &'static str,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> RuntimeError {
     RuntimeError::Step {
         container: container.to_string(),
         step,
-        message: e.to_string(),
+        cause: crate::runtime::Cause::new(e),
     }
 }
 
