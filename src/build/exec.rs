@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 
 use super::dockerfile::{
@@ -254,31 +254,15 @@ impl Drop for Overlay {
     }
 }
 
-const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
-
 /// Opens directory `rel` inside `root`, creating what is missing (root-owned, 0755, as
 /// Docker's COPY and WORKDIR do). Symlinks resolve inside the root.
 pub(crate) fn mkdir_in_root(root: &OwnedFd, rel: &str) -> std::io::Result<OwnedFd> {
-    let mut cur = rustix::fs::openat2(
-        root,
-        ".",
-        OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        IN_ROOT,
-    )?;
+    let mut cur = crate::sys::open_in_root(root, "", OFlags::DIRECTORY | OFlags::PATH)?;
     let mut sofar = String::new();
     for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
         sofar.push('/');
         sofar.push_str(comp);
-        let open = |p: &str| {
-            rustix::fs::openat2(
-                root,
-                p.trim_start_matches('/'),
-                OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                IN_ROOT,
-            )
-        };
+        let open = |p: &str| crate::sys::open_in_root(root, p, OFlags::DIRECTORY);
         cur = match open(&sofar) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => {
@@ -1539,14 +1523,8 @@ fn copy_step(
     let many = items.len() + c.heredocs.len() + fetched.len() > 1;
     // As Docker: a directory when written so (`/app/`, `.`), when there are several
     // sources, when the source is a directory, or when the image has a directory there.
-    let exists_as_dir = rustix::fs::openat2(
-        &root_fd,
-        dest_abs.trim_start_matches('/'),
-        OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        IN_ROOT,
-    )
-    .is_ok();
+    let exists_as_dir =
+        crate::sys::open_in_root(&root_fd, &dest_abs, OFlags::DIRECTORY | OFlags::PATH).is_ok();
     let dest_is_dir = dest.ends_with('/')
         || dest == "."
         || dest.ends_with("/.")
@@ -1924,13 +1902,7 @@ fn resolve_in(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let fd = rustix::fs::openat2(
-        &dir,
-        if rel.is_empty() { "." } else { rel },
-        OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        IN_ROOT,
-    )?;
+    let fd = crate::sys::open_in_root(&dir, rel, OFlags::PATH)?;
     let real = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     if !real.starts_with(root) {
         return Err(std::io::Error::other("it is not inside the stage"));

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
 use super::Global;
 use super::lifecycle::select;
@@ -35,8 +35,6 @@ pub struct CpArgs {
     #[arg(short, long)]
     pub archive: bool,
 }
-
-const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 
 /// `SERVICE:PATH` -> (service, path), for a name with no `/` before its `:`.
 fn container_side(arg: &str) -> Option<(&str, &str)> {
@@ -93,18 +91,11 @@ fn split_inside(path: &str) -> (String, String) {
 /// Opens `rel` inside the container's root, symlinks resolved in it (the last one too when
 /// `follow`), as O_PATH.
 fn open_inside(root: &OwnedFd, rel: &str, follow: bool) -> rustix::io::Result<OwnedFd> {
-    let rel = rel.trim_start_matches('/');
-    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    let mut flags = OFlags::PATH;
     if !follow {
         flags |= OFlags::NOFOLLOW;
     }
-    rustix::fs::openat2(
-        root,
-        if rel.is_empty() { "." } else { rel },
-        flags,
-        Mode::empty(),
-        IN_ROOT,
-    )
+    crate::sys::open_in_root(root, rel, flags)
 }
 
 fn copy_in(root: &OwnedFd, src: &str, dest: &str, a: &CpArgs, shown: &str) -> anyhow::Result<()> {

@@ -440,21 +440,14 @@ pub fn disk_data(img: &Path) -> io::Result<u64> {
 /// the container made cannot point the sync elsewhere, and it must be the file system on
 /// `device` (the disk's loop device).
 pub fn sync_mounted(pid: i32, target: &str, device: &Path) -> io::Result<()> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::fs::{Mode, OFlags};
     use std::os::unix::fs::MetadataExt;
     let root = rustix::fs::open(
         format!("/proc/{pid}/root"),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let rel = target.trim_start_matches('/');
-    let fd = rustix::fs::openat2(
-        &root,
-        if rel.is_empty() { "." } else { rel },
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )?;
+    let fd = crate::sys::open_in_root(&root, target, OFlags::RDONLY | OFlags::DIRECTORY)?;
     let want = std::fs::metadata(device)?.rdev();
     let st = rustix::fs::fstat(&fd)?;
     if st.st_dev as u64 != want {

@@ -34,6 +34,34 @@ pub fn timestamp(t: SystemTime) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Opens `rel` inside the directory `root` as a process chrooted there would see it: openat2
+/// with RESOLVE_IN_ROOT and NO_MAGICLINKS, so `..` and every symlink (the last one too, unless
+/// `flags` has O_NOFOLLOW) resolve inside `root` and never reach the host's tree (the class
+/// of CVE-2021-30465, CVE-2018-15664). An empty `rel`, or `/`, is `root` itself. Every path
+/// berth opens inside a container's or an image's root goes through here: mount targets,
+/// `cp`, `COPY`/`WORKDIR` in builds, `watch`'s sync, `export`'s sync of a mounted disk.
+pub fn open_in_root(
+    root: impl std::os::fd::AsFd,
+    rel: impl AsRef<Path>,
+    flags: rustix::fs::OFlags,
+) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let rel = rel.as_ref();
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    rustix::fs::openat2(
+        root,
+        rel,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
 /// Writes `bytes` to `path` through a temporary file of this writer's own and a rename, so a
 /// reader sees the old file or the new one, never a part. The temporary name carries the pid
 /// and a sequence number: `berth up` and the supervisor it starts write the same files at the
@@ -56,6 +84,27 @@ mod tests {
         assert_eq!(super::process_starttime(-1), None);
         let t = super::timestamp(std::time::UNIX_EPOCH + std::time::Duration::new(86_400, 5));
         assert!(t.starts_with("1970-01-02T00:00:00.000000005"), "{t}");
+    }
+
+    #[test]
+    fn a_symlink_in_a_root_resolves_inside_it() {
+        use rustix::fs::OFlags;
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc", d.path().join("evil")).unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/mine"), b"inside").unwrap();
+        let root = std::fs::File::open(d.path()).unwrap();
+        // `evil` leads to the root's own /etc, never the host's.
+        assert!(super::open_in_root(&root, "evil/mine", OFlags::RDONLY).is_ok());
+        assert!(super::open_in_root(&root, "/evil/passwd", OFlags::RDONLY).is_err());
+        assert!(super::open_in_root(&root, "../../etc/passwd", OFlags::RDONLY).is_err());
+        // "" and "/" are the root itself.
+        for rel in ["", "/"] {
+            let fd = super::open_in_root(&root, rel, OFlags::DIRECTORY).unwrap();
+            let st = rustix::fs::fstat(&fd).unwrap();
+            let want = rustix::fs::fstat(&root).unwrap();
+            assert_eq!((st.st_dev, st.st_ino), (want.st_dev, want.st_ino));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
     fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
@@ -76,15 +76,8 @@ fn inside(p: &Path) -> PathBuf {
     out
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
-
 fn open_in(root: &OwnedFd, p: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-    let p = if p.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        p
-    };
-    rustix::fs::openat2(root, p, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
+    crate::sys::open_in_root(root, p, flags)
 }
 
 /// Makes `rel` exist under `root`, resolved as inside the container: missing directories
