@@ -4,6 +4,7 @@
 //! level barrier). A step that fails fails its service and the dependents that require it;
 //! everything else still converges, and the next plan repairs what was left half done.
 
+pub mod decide;
 pub mod health;
 pub mod idle;
 pub mod restart;

@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 
 use super::health::{Status as Health, Tracker};
 use super::idle::{self, Handoff, HealthState, IdleError, Sleep, WatchState};
-use super::restart::{Policy, RESET_AFTER};
+use super::restart::Policy;
 use super::{Event, Options, Sink, Target, apply};
 use crate::plan::{Action, State, diff};
 use crate::runtime::Runtime;
@@ -904,10 +904,11 @@ impl<R: Runtime + 'static> Supervisor<R> {
                     .or_default()
                     .health = Some(status);
                 self.save();
-                if status == Health::Unhealthy
-                    && self.policy(&name).is_some_and(|p| p.on_unhealthy)
-                    && !self.state.is_stopped(&name)
-                {
+                if super::decide::on_health(
+                    self.policy(&name).as_ref(),
+                    self.state.is_stopped(&name),
+                    status,
+                ) {
                     log(format!("{name}: unhealthy, restarting it (restart policy)"));
                     let service = self.service_of(&name).unwrap_or_default().to_string();
                     let grace = self.target.grace(&service, &Options::default());
@@ -955,31 +956,32 @@ impl<R: Runtime + 'static> Supervisor<R> {
     }
 
     fn exited(&mut self, name: &str, state: State) {
-        let policy = if self.state.is_stopped(name) {
-            None
-        } else {
-            self.policy(name)
-        };
+        let policy = self.policy(name);
+        let user_stopped = self.state.is_stopped(name);
         // The run is over: so is its health check (a prober left sleeping until its next probe
         // made `resync` think the container still watched, and a run started by `berth start`
         // then went unwatched), and a late trigger of the run is stale.
         self.fresh_gen(name);
         let w = self.watches.entry(name.to_string()).or_default();
         w.done = true;
-        if w.started.is_some_and(|s| s.elapsed() >= RESET_AFTER) {
-            w.attempts = 0;
-        }
-        let attempts = w.attempts;
-        let again = policy.as_ref().is_some_and(|p| p.restarts(state, attempts));
-        let code = self.record_end(name, state, again);
-        let Some(policy) = policy.filter(|_| again) else {
+        let decision = super::decide::on_exit(
+            policy.as_ref(),
+            super::decide::Ended {
+                state,
+                user_stopped,
+                attempts: w.attempts,
+                ran_for: w.started.map(|s| s.elapsed()),
+            },
+        );
+        w.attempts = decision.attempts;
+        let code = self.record_end(name, state, decision.restart_after.is_some());
+        let Some(delay) = decision.restart_after else {
             log(format!("{name}: exited with {code}; not restarted"));
             return;
         };
-        let delay = policy.backoff(attempts);
         log(format!(
             "{name}: exited with {code}; restart {} in {delay:?}",
-            attempts + 1
+            decision.attempts + 1
         ));
         self.schedule_restart(name, Instant::now() + delay);
     }
