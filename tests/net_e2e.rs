@@ -504,9 +504,10 @@ fn bandwidth_limits_hold_both_ways() {
     eprintln!(
         "4 MB: unlimited {free:.2} s, egress 8mbit {egress:.2} s, ingress 8mbit {ingress:.2} s"
     );
-    // 4 MB at 8 Mbit/s (1 MB/s) is 4 s; within 15 %.
+    // 4 MB at 8 Mbit/s (1 MB/s) is 4 s; within 15 %. What the unlimited transfer took is the
+    // cost of starting the two ends (half a second on an emulated machine), not of the bytes.
     for (what, t) in [("egress", egress), ("ingress", ingress)] {
-        let rate = 4.0 / t;
+        let rate = 4.0 / (t - free).max(0.1);
         assert!(
             (0.85..=1.15).contains(&rate),
             "{what}: 4 MB in {t:.2} s ({rate:.2} MB/s), free: {free:.2} s"
