@@ -6,7 +6,7 @@ use std::time::Duration;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, eventually};
+use env::{Env, eventually, tail};
 
 fn skip() -> bool {
     if !nix::unistd::Uid::effective().is_root() || !berth::image::testutil::busybox_available() {
@@ -89,7 +89,7 @@ fn a_multi_stage_build_runs_with_its_settings_and_rebuilds_from_the_cache() {
 
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     // WORKDIR /work, COPY gen.sh, RUN, COPY --from, COPY data/, WORKDIR /app: six steps that
     // make layers (WORKDIR creates its directory, as Docker's).
     assert_eq!(ran(&err).len(), 6, "{err}");
@@ -115,7 +115,7 @@ fn a_multi_stage_build_runs_with_its_settings_and_rebuilds_from_the_cache() {
     // Nothing changed: no step runs.
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     assert!(ran(&err).is_empty(), "{err}");
     assert_eq!(steps(&err, "CACHED"), 6, "{err}");
 
@@ -125,7 +125,7 @@ fn a_multi_stage_build_runs_with_its_settings_and_rebuilds_from_the_cache() {
     std::fs::write(p.join("data/ignored.txt"), "changed").unwrap();
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     let r = ran(&err);
     // COPY data/ (step 7) and the WORKDIR after it (step 9); the builder stage is cached.
     assert_eq!(r.len(), 2, "{err}");
@@ -327,7 +327,7 @@ fn add_unpacks_a_local_archive_and_predefined_args_are_set() {
     import_busybox(&env, &p);
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     assert!(err.contains("hello from the archive"), "{err}");
     assert!(err.contains("640"), "{err}");
     assert!(
@@ -356,7 +356,7 @@ fn run_steps_get_the_builds_extra_hosts_and_shm_size() {
     );
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     assert_eq!(ran(&err).len(), 2, "{err}");
     assert!(no_mounts_under(&env.state));
     // The anonymous volumes the image's VOLUME gave each RUN are gone with their containers.
@@ -404,7 +404,7 @@ fn an_image_built_from_host_runs_its_layers_over_the_hosts_files() {
     let _down = env.down_on_drop(&p);
     let o = env.berth(&p, &["build", "--progress", "plain"]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     // The image holds the build's changes only, not the host's files.
     let size = env.ok(&p, &["image", "inspect", "dfromhost-app"]);
     let v: serde_json::Value = serde_json::from_str(&size).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, eventually};
+use env::{Env, eventually, tail};
 
 fn can_run() -> bool {
     if !nix::unistd::Uid::effective().is_root() || !berth::image::testutil::busybox_available() {
@@ -126,7 +126,7 @@ fn a_running_project_moves_to_another_root_with_every_byte() {
     let archive = env.dir.path().join("pexp.tar");
     let o = env.berth(&p, &["export", "-o", archive.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     assert!(err.contains("Pausing") && err.contains("Resumed"), "{err}");
     assert!(err.contains("2 images, 1 volume, 1 private disk"), "{err}");
     // The original is untouched: same processes, running, same data.
@@ -151,7 +151,7 @@ fn a_running_project_moves_to_another_root_with_every_byte() {
         &["import", archive.to_str().unwrap(), "-p", "moved"],
     );
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     let q = other.dir.path().join("moved");
     assert_eq!(
         std::fs::read_to_string(q.join("berth.yaml")).unwrap(),

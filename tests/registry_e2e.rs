@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[path = "support/env.rs"]
 mod env;
-use env::{Env, eventually};
+use env::{Env, eventually, tail};
 
 /// A registry of the test's own, stopped on drop.
 struct Registry {
@@ -176,7 +176,7 @@ fn pull_fetches_once_runs_and_names_what_is_missing() {
     let _down = fresh.down_on_drop(&q);
     let o = fresh.berth(&q, &["up", "-d"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{}\n{err}", tail(&err));
     assert!(
         err.contains("Pulling") && err.contains("Pulled") && err.contains("Pull complete"),
         "{err}"

@@ -355,6 +355,24 @@ fn pids_limit_stops_forks() {
     assert!((45..=50).contains(&n), "{}", r.out);
 }
 
+/// The CPU time a container's cgroup has used, in nanoseconds, on either hierarchy.
+fn cpu_used_ns(cg: &Cgroup) -> Option<u64> {
+    cg.dirs.iter().find_map(|(c, d)| match c.as_str() {
+        "cpuacct" | "cpu" => std::fs::read_to_string(d.join("cpuacct.usage"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok(),
+        "" => std::fs::read_to_string(d.join("cpu.stat"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|us| us * 1000),
+        _ => None,
+    })
+}
+
 #[test]
 fn cpu_limit_holds_a_busy_loop_near_half_a_core() {
     if !root() {
@@ -365,34 +383,46 @@ fn cpu_limit_holds_a_busy_loop_near_half_a_core() {
         ..Limits::default()
     };
     let _alone = CPU_QUIET.write().unwrap_or_else(|e| e.into_inner());
-    let (r, b) = run_locked(
+    set_setup_exe(PathBuf::from(env!("CARGO_BIN_EXE_berth")));
+    let b = Box {
+        dir: tempfile::tempdir().expect("tempdir"),
+        cgroup: Some(Cgroup::create(&cgroup_name("cpu"), &limits).expect("cgroup")),
+    };
+    let (dir, cg) = (&b.dir, b.cgroup.as_ref().expect("cgroup"));
+    // The loop says when it has begun; the share is measured over a window inside it, from
+    // the host, so the start of the container (slow on an emulated machine) is not counted.
+    let mut s = spec(
+        dir.path(),
         "cpu",
-        "t=$(($(date +%s%N) + 2000000000)); while [ $(date +%s%N) -lt $t ]; do :; done",
-        Some(limits),
-        |_| {},
+        "echo go; t=$(($(date +%s%N) + 4000000000)); while [ $(date +%s%N) -lt $t ]; do :; done",
     );
-    assert_eq!(r.code, 0, "{}", r.out);
-    let cg = b.cgroup.as_ref().expect("cgroup");
-    // CPU time used by the container over its ~2 s of wall time.
-    let used_ns: u64 = cg
-        .dirs
-        .iter()
-        .find_map(|(c, d)| match c.as_str() {
-            "cpuacct" | "cpu" => std::fs::read_to_string(d.join("cpuacct.usage"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok(),
-            "" => std::fs::read_to_string(d.join("cpu.stat"))
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|us| us * 1000),
-            _ => None,
-        })
-        .expect("cpu usage");
-    let share = used_ns as f64 / 2e9;
+    s.cgroups = cg.paths();
+    s.process.default_seccomp().expect("seccomp");
+    let out_path = dir.path().join("out.log");
+    let out = File::create(&out_path).expect("log");
+    let err = out.try_clone().expect("log");
+    let running = launch(&s, Some(out), Some(err)).expect("launch");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&out_path)
+        .unwrap_or_default()
+        .contains("go")
+    {
+        assert!(started.elapsed().as_secs() < 60, "the loop never began");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (u1, t1) = (
+        cpu_used_ns(cg).expect("cpu usage"),
+        std::time::Instant::now(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (u2, t2) = (
+        cpu_used_ns(cg).expect("cpu usage"),
+        std::time::Instant::now(),
+    );
+    let code = running.wait().expect("wait");
+    let log = std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert_eq!(code, 0, "{log}");
+    let share = (u2 - u1) as f64 / (t2 - t1).as_nanos() as f64;
     assert!((0.40..=0.60).contains(&share), "used {share:.2} of a core");
 }
 

@@ -58,11 +58,12 @@ impl Env {
 
     pub fn ok(&self, project: &Path, args: &[&str]) -> String {
         let o = self.berth(project, args);
+        let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             o.status.success(),
-            "berth {args:?} failed: {}\n{}",
+            "berth {args:?} failed: {}\n{}\n{err}",
+            tail(&err),
             String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
@@ -105,6 +106,14 @@ impl Env {
         )
         .unwrap_or_default()
     }
+}
+
+/// The last lines of a command's output, put first in a failure's message: CI's summary of a
+/// failed test keeps only the beginning of it, and the reason is usually at the end.
+#[allow(dead_code)]
+pub fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    format!("…{}", lines[lines.len().saturating_sub(6)..].join("\n"))
 }
 
 /// How many times slower than this development machine the tests run here:
