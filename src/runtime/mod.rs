@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod linux;
+pub mod lower;
 
 use std::future::Future;
 use std::time::Duration;

@@ -146,15 +146,11 @@ fn ensure_default() -> Result<(), AppArmorError> {
 /// behaviour: the option names a confinement the host does not have), for `privileged`, and
 /// for `apparmor=unconfined`; the named one (which must be loaded) for `apparmor=NAME`; berth's
 /// own otherwise, loaded on first use.
-pub fn choose(security_opt: &[String], privileged: bool) -> Result<Option<String>, AppArmorError> {
-    let asked = security_opt.iter().rev().find_map(|o| {
-        let (k, v) = o.split_once(['=', ':'])?;
-        (k == "apparmor").then(|| v.to_string())
-    });
+pub fn choose(asked: Option<&str>, privileged: bool) -> Result<Option<String>, AppArmorError> {
     if !enabled() {
         return Ok(None);
     }
-    match asked.as_deref() {
+    match asked {
         Some("unconfined") => Ok(None),
         Some(name) if name != DEFAULT_PROFILE => {
             if loaded(name) {

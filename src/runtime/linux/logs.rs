@@ -11,25 +11,9 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use super::error::SetupError;
 
-/// `logging.options.max-size` / `max-file`, with bounded defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogSpec {
-    pub max_size: u64,
-    pub max_files: u32,
-}
-
-impl Default for LogSpec {
-    fn default() -> Self {
-        LogSpec {
-            max_size: 10 << 20,
-            max_files: 3,
-        }
-    }
-}
+pub use crate::runtime::lower::config::LogSpec;
 
 pub const LOG_FILE: &str = "container.log";
 
@@ -231,6 +215,7 @@ pub fn pump(fd: &OwnedFd, stream: usize, w: &mut Writer) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
     use std::time::Duration;
 
     #[test]

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::Cgroup;
 use super::launch::launch;
-use super::spec::{LaunchSpec, Limits, Process, Rootfs};
+use super::spec::{LaunchSpec, Limits, Rootfs};
 use crate::image::ImageStore;
 use crate::plan::{Observed, ObservedContainer, State};
+use crate::runtime::lower::{self, Accounts, NetConfig, hosts_file, resolv_file};
 use crate::runtime::{ContainerSpec, HealthSpec, Runtime, RuntimeError};
-use crate::spec::model::Service;
 
 /// What berth remembers about one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,31 +63,6 @@ struct Record {
     /// `storage_opt.size`: the size of its writable layer's own file system.
     #[serde(default)]
     storage: Option<u64>,
-}
-
-/// What the container's network needs at each start, kept from the project file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct NetConfig {
-    /// The project networks it joins (addresses are leased at its first start).
-    networks: Vec<crate::net::Attachment>,
-    /// `network_mode: service:X` / `container:X`: the container whose namespace it joins.
-    #[serde(default)]
-    join: Option<String>,
-    /// Rates in bytes per second; burst in bytes.
-    #[serde(default)]
-    egress: Option<u64>,
-    #[serde(default)]
-    ingress: Option<u64>,
-    #[serde(default)]
-    burst: Option<u64>,
-    #[serde(default)]
-    extra_hosts: Vec<String>,
-    #[serde(default)]
-    dns: Vec<String>,
-    #[serde(default)]
-    dns_search: Vec<String>,
-    #[serde(default)]
-    dns_opt: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,11 +180,21 @@ impl LinuxRuntime {
             };
             (rootfs, img.config.clone(), roots, Some(img.id.clone()))
         };
-        let process = process_for(name, svc, &config, &passwd_root)?;
-        let (devices, device_rules) = devices_of(name, svc)?;
-        let mut limits = limits_for(svc);
-        limits.devices = device_policy(name, svc, device_rules)?;
-        limits.blkio = blkio_of(name, svc)?;
+        let c = lower::container(spec, &config, &accounts(&passwd_root), &HostDevices).map_err(
+            |e| {
+                let step_name = e.step;
+                step(name, step_name, e.message)
+            },
+        )?;
+        let mut process = c.process;
+        if c.confinement.seccomp {
+            process
+                .default_seccomp()
+                .map_err(|e| step(name, "compile seccomp filter", e))?;
+        }
+        process.apparmor =
+            super::apparmor::choose(c.confinement.apparmor.as_deref(), process.privileged)
+                .map_err(|e| step(name, "choose the AppArmor profile", e))?;
         Ok(Record {
             project: spec.project.clone(),
             service: spec.service.clone(),
@@ -219,527 +204,101 @@ impl LinuxRuntime {
             launch: LaunchSpec {
                 name: name.clone(),
                 // `uts: host`: the host's own name (berth sets none then).
-                hostname: if ns_mode(name, svc, "uts")? {
+                hostname: c.hostname.unwrap_or_else(|| {
                     nix::unistd::gethostname()
                         .ok()
                         .and_then(|h| h.into_string().ok())
                         .unwrap_or_else(|| name.clone())
-                } else {
-                    svc.hostname.clone().unwrap_or_else(|| name.clone())
-                },
-                domainname: svc.domainname.clone(),
+                }),
+                domainname: c.domainname,
                 rootfs,
                 dir: self.dir(name),
-                read_only: svc.read_only.unwrap_or(false),
+                read_only: c.read_only,
                 cgroups: Vec::new(),
-                own_network: svc.network_mode.as_deref() != Some("host"),
+                own_network: c.own_network,
                 netns: None,
                 hosts: None,
                 resolv: None,
-                shm_size: svc.shm_size,
-                log: Some(log_spec(svc)),
+                shm_size: c.shm_size,
+                log: Some(c.log),
                 mounts: Vec::new(),
                 rw_device: None,
-                devices,
-                host_ipc: ns_mode(name, svc, "ipc")?,
-                host_uts: ns_mode(name, svc, "uts")?,
-                sysctls: svc
-                    .sysctls
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                devices: c.devices,
+                host_ipc: c.host_ipc,
+                host_uts: c.host_uts,
+                sysctls: c.sysctls,
                 process,
             },
-            limits,
+            limits: c.limits,
             cgroup: format!("{}/{}", spec.project, name),
-            stop_signal: svc.stop_signal.clone().or(config.stop_signal.clone()),
+            stop_signal: c.stop_signal,
             image_id,
             pid: None,
             starttime: None,
-            health: HealthSpec::resolve(svc.healthcheck.as_ref(), config.healthcheck.as_ref()),
+            health: c.health,
             created_at: now_unix(),
             started_at: None,
             image: Some(image.to_string()),
             cgroup_dirs: Vec::new(),
             oneoff: spec.oneoff,
-            net: net_config(spec)?,
-            mounts: with_image_volumes(spec, &config.volumes),
-            storage: svc.storage_opt.as_ref().and_then(|s| s.size),
+            net: c.net,
+            mounts: c.mounts,
+            storage: c.storage,
         })
     }
 }
 
-/// The file's mounts, and an anonymous volume for each `VOLUME` of the image that nothing of
-/// the file mounts over, as Docker makes them (filled from the image on first use).
-fn with_image_volumes(
-    spec: &ContainerSpec,
-    image_volumes: &[String],
-) -> Vec<crate::disk::MountSpec> {
-    let mut out = spec.mounts.clone();
-    for target in image_volumes {
-        let t = target.trim_end_matches('/');
-        if t.is_empty() || out.iter().any(|m| m.target.trim_end_matches('/') == t) {
-            continue;
-        }
-        out.push(crate::disk::MountSpec {
-            source: crate::disk::Source::Volume {
-                name: crate::disk::anonymous_name(&spec.project, &spec.service, t),
-                project: spec.project.clone(),
-                anonymous: true,
-                external: false,
-                labels: Default::default(),
-                copy: true,
-            },
-            target: t.to_string(),
-            read_only: false,
-            propagation: None,
-        });
-    }
-    out
-}
-
-/// The network part of a container's record, from its spec.
-fn net_config(spec: &ContainerSpec) -> Result<NetConfig, RuntimeError> {
-    let svc = &spec.definition;
-    let join = match crate::net::mode(svc) {
-        crate::net::Mode::Join(m) => Some(match m.split_once(':') {
-            // The first replica of the service, as Compose does.
-            Some(("service", s)) => format!("{}-{s}-1", spec.project),
-            Some(("container", c)) => c.to_string(),
-            _ => {
-                return Err(step(
-                    &spec.name,
-                    "network_mode",
-                    format!(
-                        "`{m}` is not a network mode (use none, host, bridge, service:NAME or \
-                         container:NAME)"
-                    ),
-                ));
-            }
-        }),
-        _ => None,
-    };
-    let bw = svc.bandwidth.clone().unwrap_or_default();
-    Ok(NetConfig {
-        networks: spec.networks.clone(),
-        join,
-        egress: bw.egress.map(|b| b / 8),
-        ingress: bw.ingress.map(|b| b / 8),
-        burst: bw.burst,
-        extra_hosts: svc.extra_hosts.clone(),
-        dns: svc.dns.clone(),
-        dns_search: svc.dns_search.clone(),
-        dns_opt: svc.dns_opt.clone(),
-    })
-}
-
-/// /etc/hosts of a networked container: localhost, its own names on its first address, and
-/// `extra_hosts`.
-fn hosts_file(
-    hostname: &str,
-    domainname: Option<&str>,
-    own: Option<std::net::Ipv4Addr>,
-    extra: &[String],
-) -> String {
-    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    let names = match domainname {
-        Some(d) if !d.is_empty() => format!("{hostname}.{d} {hostname}"),
-        _ => hostname.to_string(),
-    };
-    match own {
-        Some(ip) => s.push_str(&format!("{ip}\t{names}\n")),
-        None => s.push_str(&format!("127.0.1.1\t{names}\n")),
-    }
-    for e in extra {
-        if let Some((h, ip)) = e.split_once('=') {
-            let ip = if ip == "host-gateway" {
-                "127.0.0.1"
-            } else {
-                ip
-            };
-            s.push_str(&format!("{ip}\t{h}\n"));
-        }
-    }
-    s
-}
-
-/// /etc/resolv.conf: the project's DNS server (on the gateway of the first network), then
-/// the file's `dns` servers (asked when the first does not answer), `dns_search`, `dns_opt`.
-fn resolv_file(ours: &[std::net::Ipv4Addr], n: &NetConfig) -> String {
-    let mut s = String::new();
-    for ip in ours {
-        s.push_str(&format!("nameserver {ip}\n"));
-    }
-    for d in &n.dns {
-        s.push_str(&format!("nameserver {d}\n"));
-    }
-    if !n.dns_search.is_empty() {
-        s.push_str(&format!("search {}\n", n.dns_search.join(" ")));
-    }
-    if !n.dns_opt.is_empty() {
-        s.push_str(&format!("options {}\n", n.dns_opt.join(" ")));
-    }
-    s
-}
-
-/// `uid[:gid]`, numeric or by name, resolved in the container's own /etc/passwd and /etc/group
-/// (the first of `roots` that has them), with the user's supplementary groups.
-fn resolve_user(user: &str, roots: &[PathBuf]) -> Result<(u32, u32, Vec<u32>), String> {
+/// The accounts of a container's root: /etc/passwd and /etc/group of the first of `roots`
+/// (its layers, top first) that has each.
+fn accounts(roots: &[PathBuf]) -> Accounts {
     let read = |f: &str| {
         roots
             .iter()
             .find_map(|r| fs::read_to_string(r.join(f)).ok())
             .unwrap_or_default()
     };
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd = read("etc/passwd");
-    let (uid, name, primary) = match u.parse::<u32>() {
-        Ok(n) => {
-            let entry = passwd.lines().find(|l| l.split(':').nth(2) == Some(u));
-            (
-                n,
-                entry.and_then(|l| l.split(':').next()).map(str::to_string),
-                entry
-                    .and_then(|l| l.split(':').nth(3))
-                    .and_then(|g| g.parse().ok()),
-            )
-        }
-        Err(_) => {
-            let entry = passwd
-                .lines()
-                .find(|l| l.split(':').next() == Some(u))
-                .ok_or_else(|| format!("no user `{u}` in the image's /etc/passwd"))?;
-            let f: Vec<&str> = entry.split(':').collect();
-            (
-                f.get(2)
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("bad /etc/passwd entry")?,
-                Some(u.to_string()),
-                f.get(3).and_then(|v| v.parse().ok()),
-            )
-        }
-    };
-    let group = read("etc/group");
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => group
-                .lines()
-                .find(|l| l.split(':').next() == Some(g))
-                .and_then(|l| l.split(':').nth(2))
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("no group `{g}` in the image's /etc/group"))?,
-        },
-        None => primary.unwrap_or(0),
-    };
-    let groups = match &name {
-        Some(n) => group
-            .lines()
-            .filter(|l| {
-                l.split(':')
-                    .nth(3)
-                    .is_some_and(|m| m.split(',').any(|x| x == n))
-            })
-            .filter_map(|l| l.split(':').nth(2)?.parse().ok())
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok((uid, gid, groups))
-}
-
-/// The service process, merged with the image's config as Docker does: an `entrypoint` in the
-/// file drops the image's `CMD`; a `command` replaces it.
-fn process_for(
-    name: &str,
-    svc: &Service,
-    config: &crate::image::ImageConfig,
-    roots: &[PathBuf],
-) -> Result<Process, RuntimeError> {
-    let entrypoint = svc
-        .entrypoint
-        .clone()
-        .or(config.entrypoint.clone())
-        .unwrap_or_default();
-    let cmd = match (&svc.command, &svc.entrypoint) {
-        (Some(c), _) => c.clone(),
-        (None, Some(_)) => Vec::new(),
-        (None, None) => config.cmd.clone().unwrap_or_default(),
-    };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-    if args.is_empty() {
-        return Err(step(
-            name,
-            "choose command",
-            "neither the file nor the image gives a command to run",
-        ));
-    }
-    let mut env: Vec<String> = config.env.clone();
-    for (k, v) in &svc.environment {
-        let Some(v) = v else { continue };
-        env.retain(|e| e.split('=').next() != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
-    }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
-    let user = svc
-        .user
-        .clone()
-        .or(config.user.clone())
-        .filter(|u| !u.is_empty());
-    let (uid, gid, groups) = match &user {
-        Some(u) => resolve_user(u, roots).map_err(|e| step(name, "resolve user", e))?,
-        None => (0, 0, Vec::new()),
-    };
-    let opts: Vec<String> = svc
-        .security_opt
-        .iter()
-        .map(|o| o.replace('=', ":"))
-        .collect();
-    let mut p = Process {
-        args,
-        env,
-        cwd: svc
-            .working_dir
-            .clone()
-            .or(config.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into()),
-        uid,
-        gid,
-        groups,
-        allow_new_privs: opts.iter().any(|o| o == "no-new-privileges:false"),
-        cap_add: svc.cap_add.clone(),
-        cap_drop: svc.cap_drop.clone(),
-        privileged: svc.privileged.unwrap_or(false),
-        seccomp: None,
-        tty: svc.tty.unwrap_or(false),
-        stdin_open: svc.stdin_open.unwrap_or(false),
-        rlimits: svc
-            .ulimits
-            .iter()
-            .map(|(k, u)| (k.clone(), u.soft, u.hard))
-            .collect(),
-        // Validated at load (-1000 to 1000).
-        oom_score_adj: svc.oom_score_adj.map(|n| n.clamp(-1000, 1000) as i32),
-        apparmor: None,
-    };
-    // `group_add`: more supplementary groups, by number or by name in the image's /etc/group.
-    if !svc.group_add.is_empty() {
-        let group = roots
-            .iter()
-            .find_map(|r| fs::read_to_string(r.join("etc/group")).ok())
-            .unwrap_or_default();
-        for gname in &svc.group_add {
-            let gid = gname.parse::<u32>().ok().or_else(|| {
-                group
-                    .lines()
-                    .find(|l| l.split(':').next() == Some(gname.as_str()))
-                    .and_then(|l| l.split(':').nth(2)?.parse().ok())
-            });
-            match gid {
-                Some(gid) if !p.groups.contains(&gid) => p.groups.push(gid),
-                Some(_) => {}
-                None => {
-                    return Err(step(
-                        name,
-                        "resolve group_add",
-                        format!("no group `{gname}` in the image's /etc/group"),
-                    ));
-                }
-            }
-        }
-    }
-    if !opts.iter().any(|o| o == "seccomp:unconfined") && !p.privileged {
-        p.default_seccomp()
-            .map_err(|e| step(name, "compile seccomp filter", e))?;
-    }
-    p.apparmor = super::apparmor::choose(&svc.security_opt, p.privileged)
-        .map_err(|e| step(name, "choose the AppArmor profile", e))?;
-    Ok(p)
-}
-
-/// Whether `ipc:` / `uts:` (`key`) shares the host's namespace: `host` yes; `private`,
-/// `shareable` (and nothing) give the container its own; joining another container's is
-/// not supported yet, and says so.
-fn ns_mode(name: &str, svc: &Service, key: &'static str) -> Result<bool, RuntimeError> {
-    let mode = match key {
-        "ipc" => svc.ipc.as_deref(),
-        _ => svc.uts.as_deref(),
-    };
-    match mode {
-        None | Some("" | "private" | "shareable") => Ok(false),
-        Some("host") => Ok(true),
-        Some(other) => Err(step(
-            name,
-            "choose namespaces",
-            format!("{key}: `{other}` is not supported yet (host, private and shareable are)"),
-        )),
+    Accounts {
+        passwd: read("etc/passwd"),
+        group: read("etc/group"),
     }
 }
 
-/// The `devices:` nodes to make (host node, path in the container) and the rules that open them.
-type DevicesOf = (Vec<(PathBuf, String)>, Vec<super::devices::Rule>);
+/// Device nodes as the host's `stat` and /sys see them.
+struct HostDevices;
 
-/// `devices:` as (host node, path in the container), with the access each grants in the
-/// container's device cgroup: `/dev/fuse`, `/dev/sda:/dev/xvda[:rwm]`, `/dev/sda:rwm` or the
-/// long form `{source, target, permissions}`; `rwm` when no permissions are given, as in Docker.
-/// A host path that is not a device node is refused here, before anything is made.
-fn devices_of(name: &str, svc: &Service) -> Result<DevicesOf, RuntimeError> {
-    use super::devices::{Kind, Rule, parse_access};
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut nodes = Vec::new();
-    let mut rules = Vec::new();
-    let bad = |why: String| step(name, "devices", why);
-    for d in &svc.devices {
-        let (src, dst, perms) = (&d.source, &d.target, &d.permissions);
-        let access = match &perms {
-            Some(p) => parse_access(p).map_err(|e| bad(format!("{src}: {e}")))?,
-            None => super::devices::MKNOD | super::devices::READ | super::devices::WRITE,
-        };
-        let md = fs::metadata(src).map_err(|e| bad(format!("{src}: {e}")))?;
-        let kind = if md.file_type().is_block_device() {
-            Kind::Block
-        } else if md.file_type().is_char_device() {
-            Kind::Char
+impl lower::DeviceNodes for HostDevices {
+    fn node(&self, path: &str) -> Result<lower::Node, String> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let md = fs::metadata(path).map_err(|e| e.to_string())?;
+        let t = md.file_type();
+        let kind = if t.is_block_device() {
+            Some(super::devices::Kind::Block)
+        } else if t.is_char_device() {
+            Some(super::devices::Kind::Char)
         } else {
-            return Err(bad(format!(
-                "{src} is not a device node (list each device of a directory)"
-            )));
+            None
         };
-        let dev = md.rdev();
-        rules.push(Rule {
-            kind,
-            major: Some(nix::sys::stat::major(dev) as u32),
-            minor: Some(nix::sys::stat::minor(dev) as u32),
-            access,
-        });
-        nodes.push((PathBuf::from(src), dst.clone()));
-    }
-    Ok((nodes, rules))
-}
-
-/// The container's device policy: the default list, its `devices:` and its
-/// `device_cgroup_rules`; every device when it is privileged.
-fn device_policy(
-    name: &str,
-    svc: &Service,
-    device_rules: Vec<super::devices::Rule>,
-) -> Result<super::devices::Policy, RuntimeError> {
-    let mut extra = device_rules;
-    for text in &svc.device_cgroup_rules {
-        extra.push(
-            super::devices::parse_rule(text).map_err(|e| step(name, "device_cgroup_rules", e))?,
-        );
-    }
-    Ok(super::devices::Policy {
-        allow_all: svc.privileged.unwrap_or(false),
-        extra,
-    })
-}
-
-/// `blkio_config` with each device path resolved to the block device's numbers. The kernel
-/// throttles and weighs whole disks, not partitions, so a partition is refused here with the
-/// disk to name instead (the kernel's own answer would be a bare ENODEV).
-fn blkio_of(name: &str, svc: &Service) -> Result<super::spec::Blkio, RuntimeError> {
-    let Some(b) = &svc.blkio_config else {
-        return Ok(Default::default());
-    };
-    let dev = |path: &str| -> Result<(u32, u32), RuntimeError> {
-        use std::os::unix::fs::FileTypeExt;
-        let md = fs::metadata(path)
-            .map_err(|e| step(name, "blkio_config", format!("device {path}: {e}")))?;
-        if !md.file_type().is_block_device() {
-            return Err(step(
-                name,
-                "blkio_config",
-                format!("{path} is not a block device"),
-            ));
-        }
-        use std::os::unix::fs::MetadataExt;
-        let (ma, mi) = (
+        let (major, minor) = (
             nix::sys::stat::major(md.rdev()) as u32,
             nix::sys::stat::minor(md.rdev()) as u32,
         );
-        let sys = PathBuf::from(format!("/sys/dev/block/{ma}:{mi}"));
-        if sys.join("partition").exists() {
-            let disk = fs::canonicalize(&sys)
+        // A partition's /sys entry sits in its disk's: /sys/dev/block/M:m -> .../sda/sda1.
+        let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        let partition_of = (kind == Some(super::devices::Kind::Block)
+            && sys.join("partition").exists())
+        .then(|| {
+            fs::canonicalize(&sys)
                 .ok()
                 .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_owned()))
                 .map(|n| format!("/dev/{}", n.to_string_lossy()))
-                .unwrap_or_else(|| "the whole disk".into());
-            return Err(step(
-                name,
-                "blkio_config",
-                format!("{path} is a partition; the kernel limits whole disks: name {disk}"),
-            ));
-        }
-        Ok((ma, mi))
-    };
-    let rates = |list: &[crate::spec::model::BlkioBps]| {
-        list.iter()
-            .map(|r| dev(&r.path).map(|(a, i)| (a, i, r.rate)))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let iops = |list: &[crate::spec::model::BlkioIops]| {
-        list.iter()
-            .map(|r| dev(&r.path).map(|(a, i)| (a, i, r.rate)))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    Ok(super::spec::Blkio {
-        weight: b.weight,
-        weight_device: b
-            .weight_device
-            .iter()
-            .map(|w| dev(&w.path).map(|(a, i)| (a, i, w.weight)))
-            .collect::<Result<_, _>>()?,
-        read_bps: rates(&b.device_read_bps)?,
-        write_bps: rates(&b.device_write_bps)?,
-        read_iops: iops(&b.device_read_iops)?,
-        write_iops: iops(&b.device_write_iops)?,
-    })
-}
-
-/// `logging.options.max-size` / `max-file` (Docker's json-file options), bounded by default.
-fn log_spec(svc: &Service) -> super::logs::LogSpec {
-    let mut l = super::logs::LogSpec::default();
-    let Some(opts) = svc.logging.as_ref().map(|g| &g.options) else {
-        return l;
-    };
-    if let Some(s) = opts.get("max-size")
-        && let Ok(n) = crate::spec::units::parse_size(s)
-    {
-        l.max_size = n.max(4096);
-    }
-    if let Some(n) = opts
-        .get("max-file")
-        .and_then(|s| s.trim().parse::<u32>().ok())
-    {
-        l.max_files = n.max(1);
-    }
-    l
-}
-
-fn limits_for(svc: &Service) -> Limits {
-    let res = svc.deploy.as_ref().and_then(|d| d.resources.as_ref());
-    let lim = res.and_then(|r| r.limits.as_ref());
-    let rsv = res.and_then(|r| r.reservations.as_ref());
-    Limits {
-        cpus: svc.cpus.or(lim.and_then(|l| l.cpus)),
-        cpu_shares: svc.cpu_shares,
-        cpu_period: svc.cpu_period,
-        cpu_quota: svc.cpu_quota,
-        cpuset: svc.cpuset.clone().filter(|s| !s.trim().is_empty()),
-        memory: svc.mem_limit.or(lim.and_then(|l| l.memory)),
-        memory_swap: svc.memswap_limit,
-        memory_reservation: svc.mem_reservation.or(rsv.and_then(|r| r.memory)),
-        swappiness: svc.mem_swappiness,
-        pids: svc.pids_limit.or(lim.and_then(|l| l.pids)),
-        devices: Default::default(),
-        blkio: Default::default(),
+                .unwrap_or_else(|| "the whole disk".into())
+        });
+        Ok(lower::Node {
+            kind,
+            major,
+            minor,
+            partition_of,
+        })
     }
 }
 
@@ -913,8 +472,8 @@ impl LinuxRuntime {
                     roots.push(PathBuf::from("/"));
                 }
             }
-            let (uid, gid, groups) =
-                resolve_user(u, &roots).map_err(|e| step(name, "resolve user", e))?;
+            let (uid, gid, groups) = lower::resolve_user(u, &accounts(&roots))
+                .map_err(|e| step(name, "resolve user", e))?;
             (p.uid, p.gid, p.groups) = (uid, gid, groups);
         }
         if let Some(w) = &opts.workdir {
@@ -1490,118 +1049,5 @@ impl Runtime for LinuxRuntime {
         tokio::task::spawn_blocking(move || run_probe(&n, &spec, timeout))
             .await
             .map_err(|e| step(name, "health probe", e))?
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::image::ImageConfig;
-
-    fn cfg(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
-        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        ImageConfig {
-            entrypoint: ep.map(v),
-            cmd: cmd.map(v),
-            env: vec!["PATH=/image/bin".into(), "A=image".into()],
-            ..ImageConfig::default()
-        }
-    }
-
-    fn svc(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> Service {
-        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Service {
-            entrypoint: ep.map(v),
-            command: cmd.map(v),
-            ..Service::default()
-        }
-    }
-
-    fn args(s: &Service, c: &ImageConfig) -> Result<Vec<String>, RuntimeError> {
-        process_for("t", s, c, &[]).map(|p| p.args)
-    }
-
-    #[test]
-    fn command_and_entrypoint_merge_like_docker() {
-        let image = cfg(Some(&["/ep"]), Some(&["default"]));
-        assert_eq!(args(&svc(None, None), &image).unwrap(), ["/ep", "default"]);
-        assert_eq!(
-            args(&svc(None, Some(&["mine"])), &image).unwrap(),
-            ["/ep", "mine"]
-        );
-        // A new entrypoint drops the image's CMD.
-        assert_eq!(args(&svc(Some(&["/new"]), None), &image).unwrap(), ["/new"]);
-        assert_eq!(
-            args(&svc(Some(&["/new"]), Some(&["x"])), &image).unwrap(),
-            ["/new", "x"]
-        );
-        assert!(args(&svc(None, None), &cfg(None, None)).is_err());
-    }
-
-    #[test]
-    fn environment_layers_over_the_image() {
-        let mut s = svc(Some(&["/x"]), None);
-        s.environment.insert("A".into(), Some("service".into()));
-        s.environment.insert("UNSET".into(), None);
-        let p = process_for("t", &s, &cfg(None, None), &[]).unwrap();
-        assert!(p.env.contains(&"A=service".to_string()));
-        assert!(!p.env.iter().any(|e| e.starts_with("A=image")));
-        assert!(p.env.contains(&"PATH=/image/bin".to_string()));
-        assert!(!p.env.iter().any(|e| e.starts_with("UNSET")));
-        assert!(p.seccomp.is_some(), "the default profile applies");
-    }
-
-    #[test]
-    fn users_resolve_in_the_image() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("etc")).unwrap();
-        std::fs::write(
-            d.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.path().join("etc/group"),
-            "root:x:0:\napp:x:1000:\nwheel:x:10:app\ndocker:x:999:other,app\n",
-        )
-        .unwrap();
-        let roots = [d.path().to_path_buf()];
-        assert_eq!(
-            resolve_user("app", &roots).unwrap(),
-            (1000, 1000, vec![10, 999])
-        );
-        assert_eq!(resolve_user("app:wheel", &roots).unwrap().1, 10);
-        assert_eq!(
-            resolve_user("1000:5", &roots).unwrap(),
-            (1000, 5, vec![10, 999])
-        );
-        assert_eq!(resolve_user("4242", &roots).unwrap(), (4242, 0, vec![]));
-        assert!(
-            resolve_user("ghost", &roots)
-                .unwrap_err()
-                .contains("no user `ghost`")
-        );
-    }
-
-    #[test]
-    fn limits_prefer_the_service_keys_then_deploy() {
-        let mut s = Service {
-            mem_limit: Some(64),
-            ..Service::default()
-        };
-        s.deploy = Some(crate::spec::model::Deploy {
-            resources: Some(crate::spec::model::Resources {
-                limits: Some(crate::spec::model::ResourceSpec {
-                    cpus: Some(0.5),
-                    memory: Some(128),
-                    pids: Some(10),
-                    ..Default::default()
-                }),
-                reservations: None,
-            }),
-            ..Default::default()
-        });
-        let l = limits_for(&s);
-        assert_eq!((l.memory, l.cpus, l.pids), (Some(64), Some(0.5), Some(10)));
     }
 }
