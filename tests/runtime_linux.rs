@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use berth::runtime::Inspect;
 use berth::runtime::linux::cgroup::Cgroup;
 use berth::runtime::linux::launch::{LaunchError, launch, set_setup_exe};
 use berth::runtime::linux::spec::{LaunchSpec, Limits, Process, Rootfs};

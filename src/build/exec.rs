@@ -30,8 +30,8 @@ use sha2::{Digest as _, Sha256};
 use super::dockerfile::{
     self, Command, Dockerfile, Instruction, MountKind, RunMount, Step, expand,
 };
-use crate::runtime::linux::runtime::LinuxRuntime;
-use crate::runtime::{ContainerSpec, Runtime};
+use crate::runtime::ContainerSpec;
+use crate::runtime::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -631,7 +631,7 @@ fn copy_filtered(
 
 /// Runs the build.
 pub fn build(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     root: &Path,
     opts: &BuildOptions,
     progress: &dyn Fn(BuildEvent),
@@ -736,8 +736,7 @@ pub fn build(
             .config_document(image.as_deref())
             .map_err(|e| step_err(stage.line, e.to_string()))?;
         if base == "host" && from_stage.is_none() {
-            config["config"]["Labels"][crate::runtime::linux::spec::HOST_BASE_LABEL] =
-                "host".into();
+            config["config"]["Labels"][crate::image::host::HOST_BASE_LABEL] = "host".into();
         }
         let mut st = StageState {
             image,
@@ -823,7 +822,7 @@ fn build_pid(project: &str) -> Option<i32> {
 /// Removes the `RUN` containers and their anonymous volumes (an image's `VOLUME`s) that a
 /// killed build left (its pid is gone), and those of this build (`mine`) once it is done.
 fn remove_build_leftovers(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     tk: &tokio::runtime::Runtime,
     root: &Path,
     mine: Option<i32>,
@@ -846,13 +845,13 @@ fn remove_build_leftovers(
     }
 }
 
-struct Leftovers<'a> {
-    rt: &'a Arc<LinuxRuntime>,
+struct Leftovers<'a, R: Engine> {
+    rt: &'a Arc<R>,
     tk: &'a tokio::runtime::Runtime,
     root: &'a Path,
 }
 
-impl Drop for Leftovers<'_> {
+impl<R: Engine> Drop for Leftovers<'_, R> {
     fn drop(&mut self) {
         let me = i32::try_from(std::process::id()).ok();
         remove_build_leftovers(self.rt, self.tk, self.root, me);
@@ -975,7 +974,7 @@ fn push_history(config: &mut serde_json::Value, text: &str, empty: bool) {
 /// In an overlay of an image `FROM host`: the host's symlinked OS directories, where the
 /// image has nothing there (as a RUN step's container sees them).
 fn host_symlinks_in(merged: &Path) -> std::io::Result<()> {
-    for (name, target) in crate::runtime::linux::rootfs::host_symlinked_dirs() {
+    for (name, target) in crate::image::host::symlinked_dirs() {
         let p = merged.join(name);
         if fs::symlink_metadata(&p).is_err() {
             std::os::unix::fs::symlink(&target, &p)?;
@@ -996,12 +995,12 @@ fn host_symlinks_in(merged: &Path) -> std::io::Result<()> {
 
 /// Whether the stage is built `FROM host` (or from an image that was).
 fn host_based(st: &StageState) -> bool {
-    st.config["config"]["Labels"][crate::runtime::linux::spec::HOST_BASE_LABEL] == "host"
+    st.config["config"]["Labels"][crate::image::host::HOST_BASE_LABEL] == "host"
 }
 
 /// Commits the stage's config over its image (no new layer).
 fn commit_config(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     st: &mut StageState,
     tags: &[String],
 ) -> Result<String, BuildError> {
@@ -1036,7 +1035,7 @@ enum Outcome {
 /// Runs one step, or finds it in the cache.
 #[allow(clippy::too_many_arguments)]
 fn run_step(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     tk: &tokio::runtime::Runtime,
     opts: &BuildOptions,
     df: &Dockerfile,
@@ -1402,7 +1401,7 @@ fn run_step(
 /// Mounts an overlay of `parent` (nothing for scratch) for one step, lets `change` write into
 /// it, and turns what it wrote into the layer tar `layer_tar`; the overlay is gone after.
 fn in_overlay(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     parent: Option<&str>,
     scratch: &Path,
     n: usize,
@@ -1441,7 +1440,7 @@ fn stage_image(df: &Dockerfile, done: &HashMap<usize, String>, name: &str) -> Op
 
 #[allow(clippy::too_many_arguments)]
 fn copy_step(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     opts: &BuildOptions,
     df: &Dockerfile,
     done_stages: &HashMap<usize, String>,
@@ -1727,7 +1726,7 @@ fn is_archive(p: &Path) -> bool {
 /// The mounts of a `RUN --mount=...` step, for its container.
 #[allow(clippy::too_many_arguments)]
 fn run_mounts(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     opts: &BuildOptions,
     df: &Dockerfile,
     done_stages: &HashMap<usize, String>,
@@ -1920,7 +1919,7 @@ fn build_dir(scratch: &Path) -> PathBuf {
 
 #[allow(clippy::too_many_arguments)]
 fn run_container(
-    rt: &Arc<LinuxRuntime>,
+    rt: &Arc<impl Engine>,
     tk: &tokio::runtime::Runtime,
     opts: &BuildOptions,
     st: &StageState,
@@ -1994,7 +1993,7 @@ fn run_container(
             .block_on(rt.wait(&name))
             .map_err(|e| fail(e.to_string()))?;
         let info = rt.info(&name).map_err(|e| fail(e.to_string()))?;
-        let output = read_log(&info.dir.join(crate::runtime::linux::logs::LOG_FILE));
+        let output = read_log(&info.dir.join(crate::runtime::LOG_FILE));
         for l in output.lines() {
             progress(BuildEvent::Output {
                 n,

@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::Global;
+use super::ctx::Engine as LinuxRuntime;
 use super::project::{Progress, load, runtime};
 use crate::build::exec::{BuildEvent, BuildOptions, build};
-use crate::runtime::linux::runtime::LinuxRuntime;
 use crate::spec::model::Project;
 
 #[derive(Debug, Args)]

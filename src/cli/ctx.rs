@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use crate::runtime::linux::runtime::LinuxRuntime;
 
+/// The runtime the commands drive: named here, where it is built, and used by the rest of the
+/// CLI through the seam's traits (`runtime::Runtime`, `runtime::Inspect`).
+pub type Engine = LinuxRuntime;
+
 /// berth's state root: `BERTH_ROOT`, else /var/lib/berth.
 pub fn state_root() -> PathBuf {
     crate::state::default_root()
@@ -12,7 +16,7 @@ pub fn state_root() -> PathBuf {
 
 /// The runtime on the state root: the one place the CLI builds it. A kernel below berth's
 /// floor is said in its own sentence, not as a failure to open the state.
-pub fn open_runtime(root: &Path) -> anyhow::Result<LinuxRuntime> {
+pub fn open_runtime(root: &Path) -> anyhow::Result<Engine> {
     LinuxRuntime::new(root).map_err(|e| match e {
         crate::runtime::RuntimeError::Kernel(why) => anyhow::anyhow!(why),
         e => anyhow::Error::new(e).context(format!("opening berth's state in {}", root.display())),

@@ -16,8 +16,7 @@ use clap::Args;
 use super::Global;
 use super::lifecycle::select;
 use crate::plan::State;
-use crate::runtime::linux::launch::LaunchError;
-use crate::runtime::linux::runtime::ExecOptions;
+use crate::runtime::{ExecOptions, Inspect, Started};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -136,8 +135,8 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    let terminal = ex.terminal.take();
-    let pid = ex.pid;
+    let terminal = ex.take_terminal();
+    let pid = ex.pid();
     let master = terminal.as_ref().map(|m| m.as_raw_fd());
     std::thread::spawn(move || forward(forwarded, pid, master));
     let code = match terminal {
@@ -146,24 +145,23 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
             copy_size(master.as_raw_fd());
             relay(&master, &ex);
             drop(_raw);
-            ex.wait()
+            Started::wait(ex)
         }
         None => {
             if let Some((i, o, e)) = pipes {
                 relay_pipes(i, o, e, &ex);
             }
-            ex.wait()
+            Started::wait(ex)
         }
     };
     match code {
         Ok(code) => Ok(code),
-        Err(LaunchError::Setup { source, .. }) => {
-            eprintln!("berth: exec in {}: {source}", c.name);
-            Ok(if source.errno == libc::ENOENT {
-                127
-            } else {
-                126
-            })
+        Err(crate::runtime::RuntimeError::Step { cause, .. })
+            if cause.setup_failure().is_some() =>
+        {
+            let (what, _) = cause.setup_failure().unwrap_or_default();
+            eprintln!("berth: exec in {}: {what}", c.name);
+            Ok(exec_failure_code(&cause))
         }
         Err(e) => Err(e).context("waiting for the command"),
     }
@@ -172,8 +170,8 @@ pub fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
 /// Docker's statuses for a command that could not run: 127 when it does not exist, 126 when
 /// it cannot be executed (read off the setup process's errno, not its message).
 fn exec_failure_code(cause: &crate::runtime::Cause) -> i32 {
-    match cause.downcast_ref::<LaunchError>() {
-        Some(LaunchError::Setup { source, .. }) if source.errno == libc::ENOENT => 127,
+    match cause.setup_failure() {
+        Some((_, errno)) if errno == libc::ENOENT => 127,
         _ => 126,
     }
 }
@@ -258,7 +256,7 @@ impl Drop for RawMode {
 
 /// Copies our stdin to the terminal and the terminal to our stdout until the command's side
 /// of the terminal closes (EIO on the master) or the command's status arrives.
-fn relay(master: &OwnedFd, ex: &crate::runtime::linux::launch::Exec) {
+fn relay(master: &OwnedFd, ex: &impl Started) {
     use nix::poll::{PollFd, PollFlags};
     use std::io::Write;
     let mut buf = [0u8; 8192];
@@ -306,12 +304,7 @@ fn relay(master: &OwnedFd, ex: &crate::runtime::linux::launch::Exec) {
 /// Our ends close with it: a process the command left behind reads end-of-file and its writes
 /// fail. Our stdin is read only while the command runs, so no line typed after `exec` returned
 /// is taken from the shell that ran it.
-fn relay_pipes(
-    stdin_w: OwnedFd,
-    out_r: OwnedFd,
-    err_r: OwnedFd,
-    ex: &crate::runtime::linux::launch::Exec,
-) {
+fn relay_pipes(stdin_w: OwnedFd, out_r: OwnedFd, err_r: OwnedFd, ex: &impl Started) {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     use nix::poll::{PollFd, PollFlags};
     for fd in [&stdin_w, &out_r, &err_r] {
@@ -424,25 +417,4 @@ fn poll_ready(fds: &mut [nix::poll::PollFd<'_>]) -> Option<Vec<bool>> {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{LaunchError, exec_failure_code};
-    use crate::runtime::Cause;
-    use crate::runtime::linux::error::SetupError;
-
-    #[test]
-    fn a_command_that_could_not_run_gets_dockers_status_from_its_errno() {
-        let failed = |errno| {
-            Cause::new(LaunchError::Setup {
-                name: "c".into(),
-                source: SetupError::sys("execute", Some("/bin/x"), errno),
-            })
-        };
-        assert_eq!(exec_failure_code(&failed(nix::errno::Errno::ENOENT)), 127);
-        assert_eq!(exec_failure_code(&failed(nix::errno::Errno::EACCES)), 126);
-        // A message that merely mentions ENOENT is not a missing command.
-        assert_eq!(exec_failure_code(&Cause::new("ENOENT somewhere")), 126);
-    }
 }

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use super::ctx::Engine as LinuxRuntime;
 use super::ctx::state_root;
 use super::pullview::{PullView, Stream};
 use crate::image::ImageInfo;
-use crate::runtime::linux::runtime::LinuxRuntime;
+use crate::runtime::Inspect;
 
 #[derive(Debug, Args)]
 pub struct ImageArgs {

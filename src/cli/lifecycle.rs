@@ -9,11 +9,12 @@ use anyhow::bail;
 use clap::Args;
 
 use super::Global;
+use super::ctx::Engine as LinuxRuntime;
 use super::project::{Display, Progress, name_only, runtime, tokio};
 use crate::plan::{Action, ObservedContainer, Plan, State};
 use crate::reconcile::{Options, Target, apply, teardown};
+use crate::runtime::Inspect;
 use crate::runtime::Runtime;
-use crate::runtime::linux::runtime::LinuxRuntime;
 use crate::state::ProjectState;
 
 #[derive(Debug, Args)]

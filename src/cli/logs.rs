@@ -13,10 +13,11 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::Global;
+use super::ctx::Engine as LinuxRuntime;
 use super::project::{name_only, runtime, tokio};
+use crate::runtime::Inspect;
+use crate::runtime::LOG_FILE;
 use crate::runtime::Runtime;
-use crate::runtime::linux::logs::LOG_FILE;
-use crate::runtime::linux::runtime::LinuxRuntime;
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -96,7 +97,7 @@ fn since_cutoff(s: &str) -> anyhow::Result<String> {
     let t = std::time::SystemTime::now()
         .checked_sub(d)
         .unwrap_or(std::time::UNIX_EPOCH);
-    Ok(crate::runtime::linux::logs::timestamp(t))
+    Ok(crate::sys::timestamp(t))
 }
 
 /// A container's log files, oldest first (rotated files carry a number, higher is older).

@@ -14,6 +14,7 @@ use super::ctx::{human, state_root};
 use super::project::{Progress, load, runtime};
 use crate::portable::export::{Exporter, disk_data, sync_mounted};
 use crate::portable::{FORMAT, Header, ImageUse, Item, VERSION, VolumeEntry};
+use crate::runtime::Inspect;
 use crate::runtime::Runtime;
 
 #[derive(Debug, Args)]

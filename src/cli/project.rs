@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::Global;
+use super::ctx::Engine as LinuxRuntime;
 use super::ctx::{open_runtime, state_root};
 use crate::reconcile::{Event, Phase, Sink, Target};
-use crate::runtime::linux::runtime::LinuxRuntime;
 use crate::state::{ProjectRecord, ProjectState};
 
 pub fn runtime() -> anyhow::Result<Arc<LinuxRuntime>> {

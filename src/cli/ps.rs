@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::Global;
 use super::project::{name_only, runtime, tokio};
 use crate::plan::State;
+use crate::runtime::Inspect;
 use crate::runtime::Runtime;
 use crate::state::ProjectState;
 

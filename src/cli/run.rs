@@ -13,7 +13,8 @@ use super::Global;
 use super::project::{Display, Progress, load, runtime, tokio};
 use crate::plan::{State, diff};
 use crate::reconcile::{Options, apply};
-use crate::runtime::linux::logs::LOG_FILE;
+use crate::runtime::Inspect;
+use crate::runtime::LOG_FILE;
 use crate::runtime::{ContainerSpec, Runtime};
 
 #[derive(Debug, Args)]

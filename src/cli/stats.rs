@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::Global;
 use super::lifecycle::select;
 use crate::plan::State;
-use crate::runtime::linux::runtime::Stats;
+use crate::runtime::{Inspect, Stats};
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {

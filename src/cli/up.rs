@@ -20,7 +20,7 @@ use crate::plan::{Action, State, diff};
 use crate::reconcile::idle;
 use crate::reconcile::supervisor::{Supervisor, load_in_supervisor, log};
 use crate::reconcile::{Options, Target, apply, teardown};
-use crate::runtime::Runtime;
+use crate::runtime::{Inspect, Runtime};
 use crate::state::{ProjectState, Status};
 
 /// `berth create`: `up --no-start` with the flags Compose's `create` takes.
@@ -465,7 +465,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
 /// Builds the images of the services with `build:`: all of them with `--build` (or
 /// `pull_policy: build`), else those the store lacks; none with `--no-build`.
 fn build_needed(
-    rt: &std::sync::Arc<crate::runtime::linux::runtime::LinuxRuntime>,
+    rt: &std::sync::Arc<super::ctx::Engine>,
     target: &crate::reconcile::Target,
     a: &UpArgs,
 ) -> anyhow::Result<()> {
@@ -499,7 +499,7 @@ fn build_needed(
 /// Pulls the registry images of the project that the store lacks (`pull_policy: missing`,
 /// the default) or that the file says to pull each time (`always`), before anything is made.
 fn pull_missing(
-    rt: &crate::runtime::linux::runtime::LinuxRuntime,
+    rt: &super::ctx::Engine,
     project: &crate::spec::model::Project,
     progress: Progress,
 ) -> anyhow::Result<()> {
@@ -804,7 +804,7 @@ pub fn supervise(g: &Global, a: &SuperviseArgs) -> anyhow::Result<i32> {
                 after,
                 Box::new(move |sleep| {
                     // Its zygote would be left a zombie that nobody reaps.
-                    crate::runtime::linux::launch::stop_zygote();
+                    crate::runtime::before_exec();
                     idle::sleep(sleep, lock_fd, &project)
                 }),
             );

@@ -1,7 +1,7 @@
 //! A service's mounts: named and anonymous volumes, bind mounts and tmpfs. What a service
 //! mounts is worked out here from the project file (`mounts`, pure); the host side (volume
 //! directories, bind sources) is made ready by `prepare`, and the mounts themselves are made
-//! inside the container's mount namespace by its setup process (`runtime::linux::mounts`).
+//! inside the container's mount namespace by its setup process (the Linux runtime's `mounts`).
 //!
 //! A volume lives in `<root>/volumes/<name>/`: `_data/` is what the container sees, and
 //! `volume.json` says whose it is. Named volumes outlive `down`; `down -v` removes the

@@ -21,6 +21,7 @@ mod commit;
 mod config;
 mod digest;
 mod error;
+pub mod host;
 mod reference;
 pub mod registry;
 mod save;
@@ -124,6 +125,14 @@ pub struct StoreLock {
 }
 
 impl ImageStore {
+    /// A handle on the store under `<root>/images/` that makes nothing: reads of a store that
+    /// is not there fail (an in-memory runtime's store, which no test fills).
+    pub fn unopened(root: &Path) -> ImageStore {
+        ImageStore {
+            dir: root.join("images"),
+        }
+    }
+
     /// Opens the store under `<root>/images/`, creating its directories if missing.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
         let store = ImageStore {

@@ -343,9 +343,8 @@ fn prepare(s: Sleep, lock: RawFd, project: &str) -> Result<Exec, IdleError> {
     }
     let exe = std::fs::File::open("/proc/self/exe").map_err(io("open /proc/self/exe"))?;
     let exe = OwnedFd::from(exe);
-    let idle =
-        crate::runtime::linux::launch::sealed_memfd(c"berth-idle", |f| f.write_all(BERTH_IDLE))
-            .map_err(IdleError::Memfd)?;
+    let idle = crate::sys::sealed_memfd(c"berth-idle", |f| f.write_all(BERTH_IDLE))
+        .map_err(IdleError::Memfd)?;
     let handoff = handoff_memfd(&s.handoff)?;
     let mut args: Vec<String> = vec![
         "berth".into(),

@@ -188,7 +188,7 @@ pub fn load_in_supervisor(record: &ProjectRecord) -> Result<Target, String> {
         // SAFETY: only sigprocmask runs between fork and exec (async-signal-safe).
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                crate::runtime::linux::launch::unblock_all_signals();
+                crate::sys::unblock_all_signals();
                 Ok(())
             });
         }

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{ContainerSpec, HealthSpec, Runtime, RuntimeError};
+use super::{
+    ContainerSpec, ExecOptions, HealthSpec, Info, Inspect, Runtime, RuntimeError, Started, Stats,
+};
 use crate::plan::{Observed, ObservedContainer, State};
 
 #[derive(Debug, Default)]
@@ -47,9 +49,21 @@ impl Inner {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeRuntime {
     inner: Mutex<Inner>,
+    images: crate::image::ImageStore,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime {
+            inner: Mutex::default(),
+            images: crate::image::ImageStore::unopened(std::path::Path::new(
+                "/nonexistent/berth-fake",
+            )),
+        }
+    }
 }
 
 impl FakeRuntime {
@@ -396,5 +410,171 @@ mod tests {
         let third = diff(&p, dir, &g, &now(rt.observe("demo")).unwrap());
         assert!(third.is_empty(), "{third:?}");
         assert!(rt.calls().iter().any(|c| c == "start demo-web-1"));
+    }
+}
+
+/// The in-memory runtime starts no processes: `exec` is refused, so none of these exists.
+#[derive(Debug)]
+pub enum NoProcess {}
+
+impl Started for NoProcess {
+    fn pid(&self) -> i32 {
+        match *self {}
+    }
+
+    fn take_terminal(&mut self) -> Option<std::os::fd::OwnedFd> {
+        match *self {}
+    }
+
+    fn status_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match *self {}
+    }
+
+    fn wait(self) -> Result<i32, RuntimeError> {
+        match self {}
+    }
+}
+
+impl Inspect for FakeRuntime {
+    type Process = NoProcess;
+
+    fn info(&self, name: &str) -> Result<Info, RuntimeError> {
+        let mut g = self.lock();
+        g.refresh();
+        let (project, c) = g
+            .containers
+            .get(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        Ok(Info {
+            name: c.name.clone(),
+            project: project.clone(),
+            service: c.service.clone(),
+            index: c.index,
+            image: "fake".into(),
+            command: Vec::new(),
+            created_at: 0,
+            started_at: None,
+            pid: c.pid,
+            state: c.state,
+            finished_at: None,
+            dir: std::path::PathBuf::new(),
+        })
+    }
+
+    fn signal(&self, name: &str, sig: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        g.calls.push(format!("signal {name} {}", sig.as_str()));
+        match g.containers.get_mut(name) {
+            Some((_, c)) if c.state == State::Running => {
+                if sig == nix::sys::signal::Signal::SIGKILL {
+                    c.state = State::Exited(137);
+                }
+                Ok(())
+            }
+            Some(_) => Err(RuntimeError::Step {
+                container: name.to_string(),
+                step: "kill",
+                cause: super::Cause::new("the container is not running"),
+            }),
+            None => Err(RuntimeError::NotFound(name.to_string())),
+        }
+    }
+
+    fn freeze(&self, name: &str, frozen: bool) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        g.calls.push(format!(
+            "{} {name}",
+            if frozen { "pause" } else { "unpause" }
+        ));
+        match g.containers.get_mut(name) {
+            Some((_, c)) if matches!(c.state, State::Running | State::Paused) => {
+                c.state = if frozen {
+                    State::Paused
+                } else {
+                    State::Running
+                };
+                Ok(())
+            }
+            Some(_) => Err(RuntimeError::Step {
+                container: name.to_string(),
+                step: "pause",
+                cause: super::Cause::new("the container is not running"),
+            }),
+            None => Err(RuntimeError::NotFound(name.to_string())),
+        }
+    }
+
+    fn exec(
+        &self,
+        name: &str,
+        _opts: &ExecOptions,
+        _stdio: [std::os::fd::OwnedFd; 3],
+    ) -> Result<NoProcess, RuntimeError> {
+        Err(RuntimeError::Step {
+            container: name.to_string(),
+            step: "exec",
+            cause: super::Cause::new("the in-memory runtime runs no processes"),
+        })
+    }
+
+    fn stats(&self, name: &str) -> Result<Stats, RuntimeError> {
+        self.info(name).map(|_| Stats::default())
+    }
+
+    fn processes(&self, name: &str) -> Result<Vec<u32>, RuntimeError> {
+        let info = self.info(name)?;
+        Ok(info
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .into_iter()
+            .collect())
+    }
+
+    fn images(&self) -> &crate::image::ImageStore {
+        &self.images
+    }
+
+    fn images_in_use(&self) -> std::collections::BTreeSet<String> {
+        Default::default()
+    }
+}
+
+#[cfg(test)]
+mod inspect_tests {
+    use super::*;
+
+    fn spec(name: &str) -> ContainerSpec {
+        ContainerSpec {
+            project: "p".into(),
+            service: "web".into(),
+            index: 1,
+            name: name.into(),
+            config_hash: "h".into(),
+            definition: Default::default(),
+            oneoff: false,
+            networks: Vec::new(),
+            mounts: Vec::new(),
+            granted: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn both_halves_of_the_seam_act_on_the_same_containers() {
+        let rt = FakeRuntime::new();
+        rt.create(&spec("p-web-1")).await.unwrap();
+        // Not running yet: nothing to pause or signal.
+        assert!(rt.freeze("p-web-1", true).is_err());
+        rt.start("p-web-1").await.unwrap();
+        rt.freeze("p-web-1", true).unwrap();
+        assert_eq!(rt.info("p-web-1").unwrap().state, State::Paused);
+        rt.freeze("p-web-1", false).unwrap();
+        rt.signal("p-web-1", nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        assert_eq!(rt.wait("p-web-1").await.unwrap(), State::Exited(137));
+        assert!(matches!(
+            rt.info("nope"),
+            Err(RuntimeError::NotFound(n)) if n == "nope"
+        ));
+        assert!(rt.images().resolve("busybox").is_err());
     }
 }

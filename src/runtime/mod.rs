@@ -3,11 +3,14 @@
 //! issue, and `fake::FakeRuntime` implements the same trait in memory for tests.
 
 pub mod fake;
+pub mod inspect;
 pub mod linux;
 pub mod lower;
 
 use std::future::Future;
 use std::time::Duration;
+
+pub use inspect::{ExecOptions, Info, Inspect, LOG_FILE, Started, Stats, Usage};
 
 use crate::plan::{Observed, State};
 use crate::spec::model::Service;
@@ -44,6 +47,16 @@ impl Cause {
     }
 
     /// The error as the type `E`, when it is one.
+    /// When a process could not be started inside a container (the setup process failed at
+    /// one of its steps): what it says, and the errno of the failed call (0 when none).
+    pub fn setup_failure(&self) -> Option<(String, i32)> {
+        use linux::launch::LaunchError;
+        match self.downcast_ref::<LaunchError>() {
+            Some(LaunchError::Setup { source, .. }) => Some((source.to_string(), source.errno)),
+            _ => None,
+        }
+    }
+
     pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
         self.0.downcast_ref::<E>()
     }
@@ -162,6 +175,19 @@ impl HealthSpec {
     }
 }
 
+/// Ends the helper processes this process keeps for the runtime (the setup zygote) and reaps
+/// them: before it executes another program (an idle supervisor), which would leave them
+/// zombies that nobody reaps.
+pub fn before_exec() {
+    linux::launch::stop_zygote();
+}
+
+/// Both halves of the seam: what a caller that makes containers and then looks into them
+/// (the CLI, the builder) holds.
+pub trait Engine: Runtime + Inspect + 'static {}
+
+impl<T: Runtime + Inspect + 'static> Engine for T {}
+
 /// The operations the reconciler needs. Methods return futures so a real runtime can wait on
 /// the kernel without blocking the supervisor's event loop.
 pub trait Runtime: Send + Sync {
@@ -193,4 +219,30 @@ pub trait Runtime: Send + Sync {
         argv: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<(i32, String), RuntimeError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cause;
+    use super::linux::error::SetupError;
+    use super::linux::launch::LaunchError;
+
+    #[test]
+    fn a_command_that_could_not_run_keeps_its_errno_to_the_cli() {
+        let failed = |errno| {
+            Cause::new(LaunchError::Setup {
+                name: "c".into(),
+                source: SetupError::sys("execute", Some("/bin/x"), errno),
+            })
+        };
+        let (what, errno) = failed(nix::errno::Errno::ENOENT).setup_failure().unwrap();
+        assert_eq!(errno, libc::ENOENT);
+        assert!(what.starts_with("execute /bin/x: "), "{what}");
+        assert_eq!(
+            failed(nix::errno::Errno::EACCES).setup_failure().unwrap().1,
+            libc::EACCES
+        );
+        // A message that merely mentions ENOENT is not a failed setup.
+        assert_eq!(Cause::new("ENOENT somewhere").setup_failure(), None);
+    }
 }

@@ -76,6 +76,46 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     })
 }
 
+/// A memfd named `name`, filled by `fill`, then sealed against writing, growing and shrinking
+/// (and further sealing): an executable that no process can change (CVE-2019-5736).
+pub fn sealed_memfd(
+    name: &std::ffi::CStr,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::fs::File;
+    use std::os::fd::OwnedFd;
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // MFD_EXEC (6.3+) says so explicitly where memfds are not executable by default.
+    let fd = memfd_create(name, flags | MFdFlags::from_bits_retain(0x10))
+        .or_else(|_| memfd_create(name, flags))
+        .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut f = File::from(fd);
+    fill(&mut f).map_err(|e| format!("copy: {e}"))?;
+    let fd = OwnedFd::from(f);
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )
+    .map_err(|e| format!("seal: {e}"))?;
+    Ok(fd)
+}
+
+/// Unblocks every signal in this thread. For a child between fork and exec (async-signal-safe):
+/// a supervisor blocks its stop signals in every thread (reconcile::idle::stop_set), and a
+/// child inherits the mask through exec (std's `Command` leaves it as it is).
+pub fn unblock_all_signals() {
+    let empty = nix::sys::signal::SigSet::empty();
+    // SAFETY: sigprocmask reads one sigset_t and writes nothing (no old set asked for).
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut()) };
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

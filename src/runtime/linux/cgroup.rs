@@ -210,17 +210,7 @@ fn read(path: &Path) -> Result<String, CgroupError> {
     })
 }
 
-/// A cgroup's resource use at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    /// CPU time used since the cgroup was made, in nanoseconds.
-    pub cpu_ns: u64,
-    /// Memory in use (without inactive page cache), in bytes.
-    pub memory: u64,
-    /// The memory limit, if any.
-    pub memory_limit: Option<u64>,
-    pub pids: u64,
-}
+pub use crate::runtime::Usage;
 
 /// A container's cgroup: one directory per hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,36 +93,7 @@ fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, String> {
 /// A sealed memfd copy of `source`.
 fn memfd_copy(source: &std::path::Path) -> Result<OwnedFd, String> {
     let mut src = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
-    sealed_memfd(c"berth", |dst| std::io::copy(&mut src, dst).map(|_| ()))
-}
-
-/// A memfd named `name`, filled by `fill`, then sealed against writing, growing and shrinking
-/// (and further sealing): an executable that no process can change (CVE-2019-5736).
-pub fn sealed_memfd(
-    name: &std::ffi::CStr,
-    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> Result<OwnedFd, String> {
-    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-    // MFD_EXEC (6.3+) says so explicitly where memfds are not executable by default.
-    let fd = memfd_create(name, flags | MFdFlags::from_bits_retain(0x10))
-        .or_else(|_| memfd_create(name, flags))
-        .map_err(|e| format!("memfd_create: {e}"))?;
-    let mut f = File::from(fd);
-    fill(&mut f).map_err(|e| format!("copy: {e}"))?;
-    let fd = OwnedFd::from(f);
-    fcntl(
-        &fd,
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SEAL
-                | SealFlag::F_SEAL_SHRINK
-                | SealFlag::F_SEAL_GROW
-                | SealFlag::F_SEAL_WRITE,
-        ),
-    )
-    .map_err(|e| format!("seal: {e}"))?;
-    Ok(fd)
+    crate::sys::sealed_memfd(c"berth", |dst| std::io::copy(&mut src, dst).map(|_| ()))
 }
 
 /// The socket pair berth talks to a setup or exec helper over (one message per packet).
@@ -202,15 +173,6 @@ struct Zygote {
 
 static ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
 
-/// Unblocks every signal in this thread. For a child between fork and exec (async-signal-safe):
-/// a supervisor blocks its stop signals in every thread (reconcile::idle::stop_set), and a
-/// child inherits the mask through exec (std's `Command` leaves it as it is).
-pub fn unblock_all_signals() {
-    let empty = nix::sys::signal::SigSet::empty();
-    // SAFETY: sigprocmask reads one sigset_t and writes nothing (no old set asked for).
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut()) };
-}
-
 /// Ends this process's zygote, if it has one, and reaps it: before the process executes
 /// something else (an idle supervisor), which would leave it a zombie nobody reaps.
 pub fn stop_zygote() {
@@ -249,7 +211,7 @@ fn spawn_helper(
         cmd.pre_exec(move || {
             // The setup process, and so the container's service, must not start with the
             // supervisor's stop signals blocked.
-            unblock_all_signals();
+            crate::sys::unblock_all_signals();
             // dup2 onto itself would keep close-on-exec set: clear the flag instead.
             let r = if theirs_raw == SOCKET_FD {
                 libc::fcntl(SOCKET_FD, libc::F_SETFD, 0)
@@ -556,5 +518,27 @@ impl Exec {
         if let Some(mut c) = self.helper.take() {
             let _ = c.wait();
         }
+    }
+}
+
+impl crate::runtime::Started for Exec {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn take_terminal(&mut self) -> Option<OwnedFd> {
+        self.terminal.take()
+    }
+
+    fn status_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        Exec::status_fd(self)
+    }
+
+    fn wait(self) -> Result<i32, crate::runtime::RuntimeError> {
+        Exec::wait(self).map_err(|e| crate::runtime::RuntimeError::Step {
+            container: String::new(),
+            step: "exec",
+            cause: crate::runtime::Cause::new(e),
+        })
     }
 }

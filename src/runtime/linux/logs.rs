@@ -15,7 +15,7 @@ use super::error::SetupError;
 
 pub use crate::runtime::lower::config::LogSpec;
 
-pub const LOG_FILE: &str = "container.log";
+pub use crate::runtime::LOG_FILE;
 
 /// The record format, shared with berth-init (a `no_std` program built by build.rs).
 use crate::sys::record;

@@ -11,11 +11,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use super::error::SetupError;
 use super::spec::{LaunchSpec, Rootfs};
 
-/// The host's OS directories that `image: host` shows (DESIGN, "Images"). Everything else of the
-/// host (home directories, /root, /var, /srv, /opt, berth's state root...) is not there.
-const HOST_DIRS: [&str; 9] = [
-    "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "libexec",
-];
+use crate::image::host::HOST_DIRS;
 
 /// Files of the host's /etc that `image: host` hides (they are whited out in the container's
 /// upper layer, so the overlay shows them as absent).
@@ -381,23 +377,6 @@ fn host_skeleton(root: &Path, upper: &Path, work: &Path) -> Result<(), SetupErro
     let _ = fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777));
     let _ = fs::set_permissions(root.join("root"), fs::Permissions::from_mode(0o700));
     Ok(())
-}
-
-/// The host's OS directories that are symlinks (`bin -> usr/bin` on a merged-/usr host), as
-/// (name, target): a build's COPY into an image `FROM host` makes them first, so a copy to
-/// `/bin/x` lands in `usr/bin` as it would at run time.
-pub fn host_symlinked_dirs() -> Vec<(&'static str, PathBuf)> {
-    HOST_DIRS
-        .into_iter()
-        .filter_map(|name| {
-            let p = Path::new("/").join(name);
-            fs::symlink_metadata(&p)
-                .ok()
-                .filter(|m| m.file_type().is_symlink())
-                .and_then(|_| fs::read_link(&p).ok())
-                .map(|t| (name, t))
-        })
-        .collect()
 }
 
 /// The host OS directories (not symlinks) that a host-based root gets.

@@ -16,7 +16,9 @@ use super::spec::{LaunchSpec, Limits, Rootfs};
 use crate::image::ImageStore;
 use crate::plan::{Observed, ObservedContainer, State};
 use crate::runtime::lower::{self, Accounts, NetConfig, hosts_file, resolv_file};
-use crate::runtime::{ContainerSpec, HealthSpec, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerSpec, ExecOptions, HealthSpec, Info, Inspect, Runtime, RuntimeError, Stats,
+};
 
 /// What berth remembers about one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,22 +104,6 @@ impl LinuxRuntime {
             images,
         })
     }
-
-    pub fn images(&self) -> &ImageStore {
-        &self.images
-    }
-
-    /// The ids of the images that some container (of any project) is made from.
-    pub fn images_in_use(&self) -> std::collections::BTreeSet<String> {
-        let Ok(rd) = fs::read_dir(self.root.join("containers")) else {
-            return Default::default();
-        };
-        rd.flatten()
-            .filter_map(|e| self.read(&e.file_name().to_string_lossy()).ok())
-            .filter_map(|r| r.image_id)
-            .collect()
-    }
-
     fn event(&self, r: &Record, action: &str, attrs: &[(&str, String)]) {
         crate::state::append_event(&self.root, &r.project, action, &r.name, &r.service, attrs);
     }
@@ -316,19 +302,6 @@ fn signal_by_name(s: Option<&str>) -> nix::sys::signal::Signal {
     nix::sys::signal::Signal::from_str(&n).unwrap_or(nix::sys::signal::Signal::SIGTERM)
 }
 
-/// A container's resource use (`berth stats`).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Stats {
-    pub usage: super::cgroup::Usage,
-    pub net_rx: u64,
-    pub net_tx: u64,
-    /// The bandwidth limits the kernel enforces, in bytes per second (`bandwidth:`).
-    pub net_rx_limit: Option<u64>,
-    pub net_tx_limit: Option<u64>,
-    /// Bytes the writable layer takes on disk.
-    pub disk: u64,
-}
-
 /// Bytes the files under `dir` take on disk (allocated blocks; hard links counted once), not
 /// following symlinks or crossing into other file systems.
 fn disk_usage(dir: &Path) -> u64 {
@@ -359,29 +332,11 @@ fn disk_usage(dir: &Path) -> u64 {
     total
 }
 
-/// What `ps` shows about one container.
-#[derive(Debug, Clone, Serialize)]
-pub struct Info {
-    pub name: String,
-    pub project: String,
-    pub service: String,
-    pub index: u32,
-    pub image: String,
-    pub command: Vec<String>,
-    pub created_at: u64,
-    pub started_at: Option<u64>,
-    /// The init's host pid while it runs.
-    pub pid: Option<i32>,
-    pub state: State,
-    /// When the exit status was written (seconds since the epoch).
-    pub finished_at: Option<u64>,
-    /// The container's directory: its log files are there.
-    pub dir: PathBuf,
-}
+impl Inspect for LinuxRuntime {
+    type Process = super::launch::Exec;
 
-impl LinuxRuntime {
     /// Details of one container, for `ps`, `logs` and `exec`.
-    pub fn info(&self, name: &str) -> Result<Info, RuntimeError> {
+    fn info(&self, name: &str) -> Result<Info, RuntimeError> {
         let r = self.read(name)?;
         let state = self.state_of(&r);
         let dir = self.dir(name);
@@ -407,7 +362,7 @@ impl LinuxRuntime {
     }
 
     /// Sends `sig` to the container's init, which forwards it to the service (`berth kill`).
-    pub fn signal(&self, name: &str, sig: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
+    fn signal(&self, name: &str, sig: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
         let r = self.read(name)?;
         let pid = r
             .pid
@@ -420,7 +375,7 @@ impl LinuxRuntime {
     }
 
     /// Freezes or thaws every process of the container (`pause` / `unpause`).
-    pub fn freeze(&self, name: &str, frozen: bool) -> Result<(), RuntimeError> {
+    fn freeze(&self, name: &str, frozen: bool) -> Result<(), RuntimeError> {
         let r = self.read(name)?;
         if !Self::alive(&r) {
             return Err(step(name, "pause", "the container is not running"));
@@ -432,9 +387,87 @@ impl LinuxRuntime {
         Ok(())
     }
 
+    /// Starts a process in the running container `name` with these descriptors as its stdio.
+    fn exec(
+        &self,
+        name: &str,
+        opts: &ExecOptions,
+        stdio: [std::os::fd::OwnedFd; 3],
+    ) -> Result<super::launch::Exec, RuntimeError> {
+        let spec = self.exec_spec(name, opts)?;
+        if let Ok(r) = self.read(name) {
+            self.event(&r, "exec_start", &[("command", opts.argv.join(" "))]);
+        }
+        let [i, o, e] = stdio;
+        super::launch::exec(&spec, i, o, e).map_err(|e| step(name, "exec", e))
+    }
+
+    /// What the running container `name` uses now: its cgroup's counters, the bytes its
+    /// network interfaces moved (outside `lo`), and the size of its writable layer.
+    fn stats(&self, name: &str) -> Result<Stats, RuntimeError> {
+        let r = self.read(name)?;
+        let usage = Self::cgroup_of(&r).map(|c| c.usage()).unwrap_or_default();
+        let (mut rx, mut tx) = (0, 0);
+        if r.launch.own_network
+            && let Some(pid) = r.pid.filter(|_| Self::alive(&r))
+        {
+            // /proc/<pid>/net/dev is the device table of that process's network namespace.
+            let dev = fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+            for line in dev.lines().skip(2) {
+                let Some((ifname, rest)) = line.split_once(':') else {
+                    continue;
+                };
+                if ifname.trim() == "lo" {
+                    continue;
+                }
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                rx += f.first().copied().unwrap_or(0);
+                tx += f.get(8).copied().unwrap_or(0);
+            }
+        }
+        Ok(Stats {
+            usage,
+            net_rx: rx,
+            net_tx: tx,
+            net_rx_limit: r.net.ingress,
+            net_tx_limit: r.net.egress,
+            // The writable layer is `upper/`, plus, for `image: host`, what is written
+            // beside the OS overlays in the root directory itself (/tmp, /var, ...).
+            // With `storage_opt.size`, all of it is in `rw.img`.
+            disk: disk_usage(&r.launch.dir.join("upper"))
+                + disk_usage(&r.launch.dir.join("root"))
+                + disk_usage(&r.launch.dir.join("rw.img")),
+        })
+    }
+
+    /// The host pids of the container's processes.
+    fn processes(&self, name: &str) -> Result<Vec<u32>, RuntimeError> {
+        let r = self.read(name)?;
+        Ok(Self::cgroup_of(&r).map(|cg| cg.procs()).unwrap_or_default())
+    }
+
+    fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    fn images_in_use(&self) -> std::collections::BTreeSet<String> {
+        let Ok(rd) = fs::read_dir(self.root.join("containers")) else {
+            return Default::default();
+        };
+        rd.flatten()
+            .filter_map(|e| self.read(&e.file_name().to_string_lossy()).ok())
+            .filter_map(|r| r.image_id)
+            .collect()
+    }
+}
+
+impl LinuxRuntime {
     /// What a process started in the running container `name` gets: the service's process
     /// with `opts` applied.
-    pub fn exec_spec(
+    pub(crate) fn exec_spec(
         &self,
         name: &str,
         opts: &ExecOptions,
@@ -496,68 +529,6 @@ impl LinuxRuntime {
             own_network: r.launch.own_network,
             process: p,
         })
-    }
-
-    /// Starts a process in the running container `name` with these descriptors as its stdio.
-    pub fn exec(
-        &self,
-        name: &str,
-        opts: &ExecOptions,
-        stdio: [std::os::fd::OwnedFd; 3],
-    ) -> Result<super::launch::Exec, RuntimeError> {
-        let spec = self.exec_spec(name, opts)?;
-        if let Ok(r) = self.read(name) {
-            self.event(&r, "exec_start", &[("command", opts.argv.join(" "))]);
-        }
-        let [i, o, e] = stdio;
-        super::launch::exec(&spec, i, o, e).map_err(|e| step(name, "exec", e))
-    }
-
-    /// What the running container `name` uses now: its cgroup's counters, the bytes its
-    /// network interfaces moved (outside `lo`), and the size of its writable layer.
-    pub fn stats(&self, name: &str) -> Result<Stats, RuntimeError> {
-        let r = self.read(name)?;
-        let usage = Self::cgroup_of(&r).map(|c| c.usage()).unwrap_or_default();
-        let (mut rx, mut tx) = (0, 0);
-        if r.launch.own_network
-            && let Some(pid) = r.pid.filter(|_| Self::alive(&r))
-        {
-            // /proc/<pid>/net/dev is the device table of that process's network namespace.
-            let dev = fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
-            for line in dev.lines().skip(2) {
-                let Some((ifname, rest)) = line.split_once(':') else {
-                    continue;
-                };
-                if ifname.trim() == "lo" {
-                    continue;
-                }
-                let f: Vec<u64> = rest
-                    .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                rx += f.first().copied().unwrap_or(0);
-                tx += f.get(8).copied().unwrap_or(0);
-            }
-        }
-        Ok(Stats {
-            usage,
-            net_rx: rx,
-            net_tx: tx,
-            net_rx_limit: r.net.ingress,
-            net_tx_limit: r.net.egress,
-            // The writable layer is `upper/`, plus, for `image: host`, what is written
-            // beside the OS overlays in the root directory itself (/tmp, /var, ...).
-            // With `storage_opt.size`, all of it is in `rw.img`.
-            disk: disk_usage(&r.launch.dir.join("upper"))
-                + disk_usage(&r.launch.dir.join("root"))
-                + disk_usage(&r.launch.dir.join("rw.img")),
-        })
-    }
-
-    /// The host pids of the container's processes.
-    pub fn processes(&self, name: &str) -> Result<Vec<u32>, RuntimeError> {
-        let r = self.read(name)?;
-        Ok(Self::cgroup_of(&r).map(|cg| cg.procs()).unwrap_or_default())
     }
 
     /// The state a container's record and the kernel show.
@@ -858,22 +829,6 @@ impl LinuxRuntime {
         );
         Ok(())
     }
-}
-
-/// How `berth exec` (or a health probe) changes the service's process.
-#[derive(Debug, Clone, Default)]
-pub struct ExecOptions {
-    pub argv: Vec<String>,
-    /// `-e KEY=VALUE`, over the container's environment.
-    pub env: Vec<String>,
-    /// `-u`: name or uid[:gid], resolved in the container's files.
-    pub user: Option<String>,
-    /// `-w`: working directory inside the container.
-    pub workdir: Option<String>,
-    /// Run on a terminal of the container's devpts.
-    pub tty: bool,
-    /// `--privileged`: every capability, no seccomp filter.
-    pub privileged: bool,
 }
 
 /// Most of a probe's output that is kept (Docker keeps 4 KiB).

@@ -603,10 +603,9 @@ pub(super) fn berth_init_exe() -> Option<std::os::fd::BorrowedFd<'static>> {
     static FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
     FD.get_or_init(|| {
         use nix::fcntl::{FcntlArg, fcntl};
-        let fd = super::launch::sealed_memfd(c"berth-init", |f| {
-            std::io::Write::write_all(f, BERTH_INIT)
-        })
-        .ok()?;
+        let fd =
+            crate::sys::sealed_memfd(c"berth-init", |f| std::io::Write::write_all(f, BERTH_INIT))
+                .ok()?;
         // Away from the low descriptors that setup places (0-3).
         let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64)).ok()?;
         // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nothing else owns.

@@ -22,8 +22,7 @@ pub enum Rootfs {
     HostLayers(Vec<PathBuf>),
 }
 
-/// The image label that marks an image built `FROM host`.
-pub const HOST_BASE_LABEL: &str = "org.berth.base";
+pub use crate::image::host::HOST_BASE_LABEL;
 
 impl Rootfs {
     /// Whether the host's OS directories are part of this root.
