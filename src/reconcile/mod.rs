@@ -6,6 +6,7 @@
 
 pub mod decide;
 pub mod health;
+pub mod host;
 pub mod idle;
 pub mod restart;
 pub mod supervisor;

@@ -6,7 +6,6 @@
 //! it waits on the containers' pidfds, it never starts a second copy.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::health::{Status as Health, Tracker};
+use super::host::{Change, Host};
 use super::idle::{self, Handoff, HealthState, IdleError, Sleep, WatchState};
 use super::restart::Policy;
 use super::{Event, Options, Sink, Target, apply};
@@ -118,6 +118,8 @@ const MIN_IDLE_SPELLS: u32 = 2;
 
 pub struct Supervisor<R> {
     rt: Arc<R>,
+    /// The project files and memory (`host::System`; a fake in the unit tests).
+    host: Arc<dyn Host>,
     state: ProjectState,
     record: ProjectRecord,
     target: Arc<Target>,
@@ -318,6 +320,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
         status.invalid = None;
         Supervisor {
             rt,
+            host: Arc::new(super::host::System),
             state,
             record,
             target,
@@ -339,6 +342,12 @@ impl<R: Runtime + 'static> Supervisor<R> {
             idle_not_before: Instant::now(),
             worked: true,
         }
+    }
+
+    /// What it loads and watches the project files with, and gives memory back through.
+    pub fn with_host(mut self, host: Arc<dyn Host>) -> Self {
+        self.host = host;
+        self
     }
 
     /// The fingerprint (`idle::fingerprint`) of the project files read for `target`.
@@ -395,7 +404,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let _watcher = self.watch_files();
         if let Some(before) = self.resumed_files.take()
-            && idle::fingerprint(&self.record.watched()) != before
+            && self.host.fingerprint(&self.record.watched()) != before
         {
             // Saved while it was idle: berth-idle woke it for this.
             let _ = self.tx.send(Trigger::FileChanged);
@@ -461,7 +470,7 @@ impl<R: Runtime + 'static> Supervisor<R> {
                         self.idle = None;
                     }
                     if busy_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3)) {
-                        release_cold_code();
+                        self.host.release_memory();
                         busy_since = None;
                     }
                     continue;
@@ -578,46 +587,21 @@ impl<R: Runtime + 'static> Supervisor<R> {
         })
     }
 
-    fn watch_files(&self) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let files = self.record.watched();
-        let tx = self.tx.clone();
-        let wanted = files.clone();
+    fn watch_files(&self) -> Option<Box<dyn std::any::Any + Send>> {
         // Every berth process that acts on a container appends to the project's events file:
         // watching it tells the supervisor when to look again, instead of polling.
         let events = crate::state::events_path(&self.state.root(), &self.target.project.name);
-        let activity = events.clone();
-        let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            let Ok(ev) = ev else { return };
-            if ev.kind.is_access() {
-                return;
-            }
-            if ev.paths.iter().any(|p| wanted.contains(p)) {
-                let _ = tx.send(Trigger::FileChanged);
-            } else if ev.paths.contains(&activity) {
-                let _ = tx.send(Trigger::Activity);
-            }
-        })
-        .map_err(|e| log(format!("cannot watch the project files: {e}")))
-        .ok()?;
-        // Editors save by writing a new file and renaming it over the old one: watch the
-        // directories, and pick the files out of their events.
-        let mut dirs: Vec<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(|p| p.to_path_buf()))
-            .collect();
-        if let Some(d) = events.parent() {
-            let _ = std::fs::create_dir_all(d);
-            dirs.push(d.to_path_buf());
-        }
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
-                log(format!("cannot watch {}: {e}", d.display()));
-            }
-        }
-        Some(w)
+        let tx = self.tx.clone();
+        self.host.watch(
+            &self.record.watched(),
+            &events,
+            Box::new(move |c| {
+                let _ = tx.send(match c {
+                    Change::Files => Trigger::FileChanged,
+                    Change::Activity => Trigger::Activity,
+                });
+            }),
+        )
     }
 
     /// Watches every container of the project afresh (after start and after each re-plan).
@@ -1062,8 +1046,8 @@ impl<R: Runtime + 'static> Supervisor<R> {
                 break;
             }
         }
-        self.files_read = idle::fingerprint(&self.record.watched());
-        let target = match load_in_supervisor(&self.record) {
+        self.files_read = self.host.fingerprint(&self.record.watched());
+        let target = match self.host.load(&self.record) {
             Ok(t) => Arc::new(t),
             Err(msg) => {
                 log(format!(
@@ -1164,3 +1148,7 @@ mod tests {
         assert_eq!(m[2].1, None);
     }
 }
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod supervisor_tests;
