@@ -38,8 +38,8 @@ pub enum IdleError {
     },
     #[error("the handed-over state does not read back: {0}")]
     Handoff(#[from] serde_json::Error),
-    #[error("{0}")]
-    Memfd(String),
+    #[error(transparent)]
+    Memfd(#[from] crate::sys::SysError),
     #[error("berth-idle waits on at most {IDLE_MAX_FDS} descriptors of a kind, not {0}")]
     TooMany(usize),
 }

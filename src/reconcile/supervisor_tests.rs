@@ -411,7 +411,7 @@ async fn an_idle_spell_hands_over_a_pending_restart_and_the_woken_supervisor_kee
         Box::new(move |sleep| {
             // berth-idle would take over here; the test keeps what it is handed.
             *s.lock().unwrap() = Some(sleep.handoff);
-            IdleError::Memfd("not in a test".into())
+            IdleError::TooMany(0)
         }),
     );
     let began = Instant::now();

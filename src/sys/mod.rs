@@ -6,6 +6,26 @@ use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A system call that failed: what was asked, of which file, and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}{}: {source}", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+pub struct SysError {
+    pub what: &'static str,
+    pub path: Option<std::path::PathBuf>,
+    #[source]
+    pub source: io::Error,
+}
+
+impl SysError {
+    pub fn new(what: &'static str, path: Option<&Path>, source: impl Into<io::Error>) -> SysError {
+        SysError {
+            what,
+            path: path.map(Path::to_path_buf),
+            source: source.into(),
+        }
+    }
+}
+
 /// berth-init's log record format (no_std, no allocation): the containers' logs are written
 /// with it, and the supervisor's and the events' timestamps come from it too.
 #[path = "../../init/record.rs"]
@@ -81,7 +101,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn sealed_memfd(
     name: &std::ffi::CStr,
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> Result<std::os::fd::OwnedFd, String> {
+) -> Result<std::os::fd::OwnedFd, SysError> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
     use std::fs::File;
@@ -90,9 +110,9 @@ pub fn sealed_memfd(
     // MFD_EXEC (6.3+) says so explicitly where memfds are not executable by default.
     let fd = memfd_create(name, flags | MFdFlags::from_bits_retain(0x10))
         .or_else(|_| memfd_create(name, flags))
-        .map_err(|e| format!("memfd_create: {e}"))?;
+        .map_err(|e| SysError::new("memfd_create", None, e))?;
     let mut f = File::from(fd);
-    fill(&mut f).map_err(|e| format!("copy: {e}"))?;
+    fill(&mut f).map_err(|e| SysError::new("fill the memfd", None, e))?;
     let fd = OwnedFd::from(f);
     fcntl(
         &fd,
@@ -103,7 +123,7 @@ pub fn sealed_memfd(
                 | SealFlag::F_SEAL_WRITE,
         ),
     )
-    .map_err(|e| format!("seal: {e}"))?;
+    .map_err(|e| SysError::new("seal the memfd", None, e))?;
     Ok(fd)
 }
 

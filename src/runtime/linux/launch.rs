@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -14,11 +14,12 @@ use nix::unistd::Pid;
 use super::error::SetupError;
 use super::setup::{Message, SOCKET_FD};
 use super::spec::LaunchSpec;
+use crate::sys::SysError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("cannot make the sealed copy of berth: {0}")]
-    Seal(String),
+    Seal(#[source] std::sync::Arc<crate::sys::SysError>),
     #[error("cannot start the setup process: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("talking to the setup process: {0}")]
@@ -49,19 +50,21 @@ pub fn set_setup_exe(exe: std::path::PathBuf) {
 /// without the new mount API (before 5.12) get a sealed memfd copy, which costs the size of
 /// the binary in RAM per berth process that starts containers.
 fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
-    static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+    static SEALED: OnceLock<Result<OwnedFd, Arc<SysError>>> = OnceLock::new();
     let source = SETUP_EXE
         .get()
         .cloned()
         .unwrap_or_else(|| std::path::PathBuf::from("/proc/self/exe"));
     SEALED
         .get_or_init(|| {
-            let fd = readonly_mount(&source).or_else(|_| memfd_copy(&source))?;
+            let fd = readonly_mount(&source)
+                .or_else(|_| memfd_copy(&source))
+                .map_err(Arc::new)?;
             // Keep it away from the low descriptors: the setup process gets its socket at
             // fd 3, which must not be where the executable is found.
             use nix::fcntl::{FcntlArg, fcntl};
-            let high =
-                fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64)).map_err(|e| format!("dup: {e}"))?;
+            let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64))
+                .map_err(|e| Arc::new(SysError::new("dup", None, e)))?;
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
             Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
         })
@@ -72,27 +75,27 @@ fn sealed_self() -> Result<&'static OwnedFd, LaunchError> {
 use super::mounts::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MountAttr, set_attr};
 
 /// A detached, read-only bind mount of `source` (a file), as an O_PATH descriptor.
-fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, String> {
+fn readonly_mount(source: &std::path::Path) -> Result<OwnedFd, SysError> {
     use rustix::mount::{OpenTreeFlags, open_tree};
     let fd = open_tree(
         rustix::fs::CWD,
         source,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
-    .map_err(|e| format!("open_tree {}: {e}", source.display()))?;
+    .map_err(|e| SysError::new("open_tree", Some(source), e))?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    set_attr(&fd, &attr, false).map_err(|e| format!("mount_setattr: {e}"))?;
+    set_attr(&fd, &attr, false).map_err(|e| SysError::new("mount_setattr", Some(source), e))?;
     Ok(fd)
 }
 
 /// A sealed memfd copy of `source`.
-fn memfd_copy(source: &std::path::Path) -> Result<OwnedFd, String> {
-    let mut src = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
+fn memfd_copy(source: &std::path::Path) -> Result<OwnedFd, SysError> {
+    let mut src = File::open(source).map_err(|e| SysError::new("open", Some(source), e))?;
     crate::sys::sealed_memfd(c"berth", |dst| std::io::copy(&mut src, dst).map(|_| ()))
 }
 

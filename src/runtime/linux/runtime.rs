@@ -253,9 +253,9 @@ fn accounts(roots: &[PathBuf]) -> Accounts {
 struct HostDevices;
 
 impl lower::DeviceNodes for HostDevices {
-    fn node(&self, path: &str) -> Result<lower::Node, String> {
+    fn node(&self, path: &str) -> std::io::Result<lower::Node> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let md = fs::metadata(path).map_err(|e| e.to_string())?;
+        let md = fs::metadata(path)?;
         let t = md.file_type();
         let kind = if t.is_block_device() {
             Some(super::devices::Kind::Block)

@@ -87,7 +87,12 @@ impl Rule {
 }
 
 /// Parses permissions as Compose and Docker write them (`r`, `rw`, `rwm`, any order).
-pub fn parse_access(s: &str) -> Result<u8, String> {
+/// A device permission or rule that does not parse: what is wrong, with an example.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RuleError(String);
+
+pub fn parse_access(s: &str) -> Result<u8, RuleError> {
     let mut acc = 0;
     for c in s.chars() {
         acc |= match c {
@@ -95,22 +100,28 @@ pub fn parse_access(s: &str) -> Result<u8, String> {
             'w' => WRITE,
             'm' => MKNOD,
             _ => {
-                return Err(format!(
+                return Err(RuleError(format!(
                     "`{s}` is not a set of device permissions (letters r, w and m)"
-                ));
+                )));
             }
         };
     }
     if acc == 0 {
-        return Err("empty device permissions (use r, w and m)".into());
+        return Err(RuleError(
+            "empty device permissions (use r, w and m)".into(),
+        ));
     }
     Ok(acc)
 }
 
 /// Parses one `device_cgroup_rules` entry: `TYPE MAJOR:MINOR ACCESS`, as in `c 1:3 mr` or
 /// `a 7:* rmw` (Docker's syntax, which is cgroup v1's).
-pub fn parse_rule(s: &str) -> Result<Rule, String> {
-    let bad = |why: &str| format!("`{s}` is not a device cgroup rule ({why}; e.g. `c 1:3 rwm`)");
+pub fn parse_rule(s: &str) -> Result<Rule, RuleError> {
+    let bad = |why: &str| {
+        RuleError(format!(
+            "`{s}` is not a device cgroup rule ({why}; e.g. `c 1:3 rwm`)"
+        ))
+    };
     let mut parts = s.split_whitespace();
     let kind = match parts.next() {
         Some("a") => Kind::All,
@@ -121,7 +132,7 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
     let Some((maj, min)) = parts.next().and_then(|n| n.split_once(':')) else {
         return Err(bad("expected MAJOR:MINOR"));
     };
-    let num = |n: &str| -> Result<Option<u32>, String> {
+    let num = |n: &str| -> Result<Option<u32>, RuleError> {
         if n == "*" {
             Ok(None)
         } else {
@@ -131,7 +142,7 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
         }
     };
     let access = match parts.next() {
-        Some(a) => parse_access(a).map_err(|e| bad(&e))?,
+        Some(a) => parse_access(a).map_err(|e| bad(&e.0))?,
         None => return Err(bad("expected the permissions")),
     };
     if parts.next().is_some() {

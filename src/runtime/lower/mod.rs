@@ -79,7 +79,18 @@ pub struct Node {
 
 /// Looks device paths up on the host (the runtime's `stat`; a table in tests).
 pub trait DeviceNodes {
-    fn node(&self, path: &str) -> Result<Node, String>;
+    fn node(&self, path: &str) -> std::io::Result<Node>;
+}
+
+/// A user or group the image's accounts do not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("no user `{0}` in the image's /etc/passwd")]
+    NoUser(String),
+    #[error("no group `{0}` in the image's /etc/group")]
+    NoGroup(String),
+    #[error("bad /etc/passwd entry for `{0}`")]
+    BadEntry(String),
 }
 
 /// A key of the file that cannot become a container: the step, and why.
@@ -295,7 +306,7 @@ pub fn resolv_file(ours: &[std::net::Ipv4Addr], n: &NetConfig) -> String {
 
 /// `uid[:gid]`, numeric or by name, resolved in the container's own /etc/passwd and /etc/group,
 /// with the user's supplementary groups.
-pub fn resolve_user(user: &str, accounts: &Accounts) -> Result<(u32, u32, Vec<u32>), String> {
+pub fn resolve_user(user: &str, accounts: &Accounts) -> Result<(u32, u32, Vec<u32>), UserError> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -316,12 +327,12 @@ pub fn resolve_user(user: &str, accounts: &Accounts) -> Result<(u32, u32, Vec<u3
             let entry = passwd
                 .lines()
                 .find(|l| l.split(':').next() == Some(u))
-                .ok_or_else(|| format!("no user `{u}` in the image's /etc/passwd"))?;
+                .ok_or_else(|| UserError::NoUser(u.to_string()))?;
             let f: Vec<&str> = entry.split(':').collect();
             (
                 f.get(2)
                     .and_then(|v| v.parse().ok())
-                    .ok_or("bad /etc/passwd entry")?,
+                    .ok_or_else(|| UserError::BadEntry(u.to_string()))?,
                 Some(u.to_string()),
                 f.get(3).and_then(|v| v.parse().ok()),
             )
@@ -331,8 +342,7 @@ pub fn resolve_user(user: &str, accounts: &Accounts) -> Result<(u32, u32, Vec<u3
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => group_id(group, g)
-                .ok_or_else(|| format!("no group `{g}` in the image's /etc/group"))?,
+            Err(_) => group_id(group, g).ok_or_else(|| UserError::NoGroup(g.to_string()))?,
         },
         None => primary.unwrap_or(0),
     };
@@ -398,7 +408,7 @@ fn process(
         .or(config.user.clone())
         .filter(|u| !u.is_empty());
     let (uid, gid, mut groups) = match &user {
-        Some(u) => resolve_user(u, accounts).map_err(|e| err("resolve user", e))?,
+        Some(u) => resolve_user(u, accounts).map_err(|e| err("resolve user", e.to_string()))?,
         None => (0, 0, Vec::new()),
     };
     // `group_add`: more supplementary groups, by number or by name in the image's /etc/group.
@@ -413,7 +423,7 @@ fn process(
             None => {
                 return Err(err(
                     "resolve group_add",
-                    format!("no group `{gname}` in the image's /etc/group"),
+                    UserError::NoGroup(gname.clone()).to_string(),
                 ));
             }
         }
@@ -506,7 +516,9 @@ fn devices_of(svc: &Service, nodes: &dyn DeviceNodes) -> Result<DevicesOf, Lower
 fn device_policy(svc: &Service, device_rules: Vec<Rule>) -> Result<Policy, LowerError> {
     let mut extra = device_rules;
     for text in &svc.device_cgroup_rules {
-        extra.push(devices::parse_rule(text).map_err(|e| err("device_cgroup_rules", e))?);
+        extra.push(
+            devices::parse_rule(text).map_err(|e| err("device_cgroup_rules", e.to_string()))?,
+        );
     }
     Ok(Policy {
         allow_all: svc.privileged.unwrap_or(false),
@@ -633,12 +645,12 @@ mod tests {
     struct Table(Vec<(&'static str, Node)>);
 
     impl DeviceNodes for Table {
-        fn node(&self, path: &str) -> Result<Node, String> {
+        fn node(&self, path: &str) -> std::io::Result<Node> {
             self.0
                 .iter()
                 .find(|(p, _)| *p == path)
                 .map(|(_, n)| n.clone())
-                .ok_or_else(|| "No such file or directory (os error 2)".to_string())
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into())
         }
     }
 
@@ -737,6 +749,7 @@ mod tests {
         assert!(
             resolve_user("ghost", roots)
                 .unwrap_err()
+                .to_string()
                 .contains("no user `ghost`")
         );
         // `group_add` by name and number, after the user's own groups, each once.
