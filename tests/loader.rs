@@ -411,3 +411,23 @@ fn all_errors_of_a_file_at_once_with_positions() {
         "{e}"
     );
 }
+
+#[test]
+fn an_empty_override_file_adds_nothing_and_compose_restart_conditions_load() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(
+        d,
+        "compose.yaml",
+        "services:\n  a:\n    image: busybox\n    deploy:\n      restart_policy:\n        condition: unless-stopped\n  b:\n    image: busybox\n    deploy:\n      restart_policy:\n        condition: always\n",
+    );
+    write(d, "compose.override.yaml", "");
+    let p = load(&opts(d));
+    let policy =
+        |s: &str| berth::reconcile::restart::Policy::of(&p.loaded.project.services[s]).when;
+    assert_eq!(policy("a"), berth::reconcile::restart::When::UnlessStopped);
+    assert_eq!(policy("b"), berth::reconcile::restart::When::Always);
+    // An empty first file is still an error.
+    write(d, "compose.yaml", "");
+    assert!(load_err(&opts(d)).contains("the file is empty"));
+}

@@ -44,9 +44,12 @@ impl Policy {
             .map(|v| !matches!(v.as_str(), "false" | "0" | "no"))
             .unwrap_or(true);
         if let Some(rp) = svc.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()) {
+            // Swarm's values (none, on-failure, any) and the `restart:` ones Compose maps to
+            // them (no, always, unless-stopped).
             let when = match rp.condition.as_deref() {
-                Some("none") => When::Never,
+                Some("none" | "no") => When::Never,
                 Some("on-failure") => When::OnFailure,
+                Some("unless-stopped") => When::UnlessStopped,
                 _ => When::Always,
             };
             return Policy {

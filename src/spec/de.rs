@@ -317,6 +317,17 @@ pub fn dict_opt<'de, D: Deserializer<'de>>(
                     D::Error::custom(format!("expected `KEY=VALUE`, found {}", kind(&i)))
                 })?;
                 match t.split_once('=') {
+                    // `DEBUG = true` would set `DEBUG ` to ` true`: refused, as Compose does.
+                    Some((k, v))
+                        if k.ends_with(char::is_whitespace)
+                            || v.starts_with(char::is_whitespace) =>
+                    {
+                        return Err(D::Error::custom(format!(
+                            "`{t}`: no spaces around `=` (write `{}={}`)",
+                            k.trim_end(),
+                            v.trim_start()
+                        )));
+                    }
                     Some((k, v)) => out.insert(k.to_string(), Some(v.to_string())),
                     None => out.insert(t, None),
                 };

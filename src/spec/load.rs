@@ -266,8 +266,9 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
     }
 
     let mut merged: Option<Node> = None;
-    for f in &files {
-        let Some(root) = ctx.load_file(f, &vars, &project_dir)? else {
+    for (i, f) in files.iter().enumerate() {
+        // An empty override file adds nothing, as in Compose; an empty first file is an error.
+        let Some(root) = ctx.load_file(f, &vars, &project_dir, i > 0)? else {
             continue;
         };
         merged = Some(match merged {
@@ -361,6 +362,7 @@ impl Ctx<'_> {
         path: &Path,
         vars: &Vars,
         base_dir: &Path,
+        empty_ok: bool,
     ) -> Result<Option<Node>, LoadError> {
         if self.stack.iter().any(|p| p == path) {
             let chain: Vec<String> = self
@@ -378,7 +380,7 @@ impl Ctx<'_> {
                 ),
             )])));
         }
-        let mut root = match self.parse_file(path)? {
+        let mut root = match self.parse_file(path, empty_ok)? {
             Some(r) => r,
             None => return Ok(None),
         };
@@ -398,7 +400,7 @@ impl Ctx<'_> {
         Ok(Some(root))
     }
 
-    fn parse_file(&mut self, path: &Path) -> Result<Option<Node>, LoadError> {
+    fn parse_file(&mut self, path: &Path, empty_ok: bool) -> Result<Option<Node>, LoadError> {
         let name = display_name(path, &self.opts.cwd);
         let meta = std::fs::metadata(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
@@ -422,6 +424,9 @@ impl Ctx<'_> {
         let root = super::node::parse(&name, &text)
             .map_err(|d| LoadError::Invalid(Diagnostics(vec![d])))?;
         let Some(root) = root else {
+            if empty_ok {
+                return Ok(None);
+            }
             return Err(LoadError::Invalid(Diagnostics(vec![Diagnostic::new(
                 Pos::new(&name, 1, 1),
                 "",
@@ -542,7 +547,7 @@ impl Ctx<'_> {
                     return Ok(Some(svc));
                 }
                 let dir = fp.parent().map(Path::to_path_buf).unwrap_or_default();
-                let mut r = match self.parse_file(&fp)? {
+                let mut r = match self.parse_file(&fp, false)? {
                     Some(r) => r,
                     None => return Ok(Some(svc)),
                 };
@@ -684,7 +689,7 @@ impl Ctx<'_> {
                     ));
                     continue;
                 }
-                if let Some(r) = self.load_file(&fp, &vars, &inc_dir)? {
+                if let Some(r) = self.load_file(&fp, &vars, &inc_dir, false)? {
                     merged = Some(match merged {
                         None => untag(r),
                         Some(b) => merge_project(b, r),

@@ -488,8 +488,57 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
                 ),
             );
         }
+        // `ipc: service:x` and `pid: service:x` name another service of the project.
+        let pid = svc.extra.get("pid").and_then(|v| v.as_str());
+        for (key, mode) in [("ipc", svc.ipc.as_deref()), ("pid", pid)] {
+            if let Some(other) = mode.and_then(|m| m.strip_prefix("service:"))
+                && !project.services.contains_key(other)
+            {
+                push(
+                    loc.find(name, key, None),
+                    format!(
+                        "`{key}: service:{other}`: {}",
+                        undefined("service", other, services.clone())
+                    ),
+                );
+            }
+        }
+        for (i, m) in svc.volumes.iter().enumerate() {
+            if m.kind == "bind" && m.source.as_deref().is_none_or(str::is_empty) {
+                let (pos, _) = loc.find(name, "volumes", Some(&m.target));
+                push(
+                    (pos, format!("services.{}.volumes[{i}]", quote_key(name))),
+                    format!(
+                        "the bind mount on `{}` has no `source:` (the host path to mount)",
+                        m.target
+                    ),
+                );
+            }
+        }
+        // A build for several platforms must include the one the service runs on.
+        if let (Some(platform), Some(b)) = (
+            svc.extra.get("platform").and_then(|v| v.as_str()),
+            &svc.build,
+        ) && let Some(list) = b.extra.get("platforms").and_then(|v| v.as_array())
+            && !list.is_empty()
+            && !list.iter().any(|p| p.as_str() == Some(platform))
+        {
+            let listed: Vec<&str> = list.iter().filter_map(|p| p.as_str()).collect();
+            push(
+                loc.find(name, "build", None),
+                format!(
+                    "`platform: {platform}` is not among `build.platforms` ({}): the image would not be built for it",
+                    listed.join(", ")
+                ),
+            );
+        }
         for (key, mode) in [("ipc", &svc.ipc), ("uts", &svc.uts)] {
+            let undefined_service = mode
+                .as_deref()
+                .and_then(|m| m.strip_prefix("service:"))
+                .is_some_and(|o| !project.services.contains_key(o));
             if let Some(m) = mode
+                && !undefined_service
                 && !matches!(m.as_str(), "" | "private" | "shareable" | "host")
             {
                 push(
