@@ -196,14 +196,6 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             bail!("no such service: {s}");
         }
     }
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!(
-            "berth runs containers with the kernel's namespaces and cgroups, which needs root: run `sudo berth up`"
-        );
-    }
-    let rt = runtime()?;
-    let tk = tokio()?;
-
     // Which services this `up` is about: the named ones and, unless --no-deps, what they need.
     let scope: Option<BTreeSet<String>> = (!a.services.is_empty()).then(|| {
         if a.no_deps {
@@ -213,6 +205,27 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         }
     });
     let in_scope = |s: &str| scope.as_ref().is_none_or(|sc| sc.contains(s));
+
+    // A provider's service (`provider:`) is a plugin's to run, and berth has none: said before
+    // anything changes, with where the file asks for it.
+    let loc = crate::spec::validate::Locator { root: &l.tree };
+    for (name, svc) in &l.target.project.services {
+        if let Some(p) = svc.provider.as_ref().filter(|_| in_scope(name)) {
+            let (pos, path) = loc.find(name, "provider", None);
+            bail!(
+                "{pos}: {path}: `{name}` is run by the provider `{}`, and berth runs no providers (Compose runs them with a plugin); start the other services by name (`berth up SERVICE...`) or move `{name}` to a profile",
+                p.kind
+            );
+        }
+    }
+
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!(
+            "berth runs containers with the kernel's namespaces and cgroups, which needs root: run `sudo berth up`"
+        );
+    }
+    let rt = runtime()?;
+    let tk = tokio()?;
 
     // Published ports are bound before anything else happens, so a port that is taken fails
     // `up` with nothing changed. Those the running supervisor serves are bound again once it

@@ -339,6 +339,9 @@ pub struct Service {
     pub privileged: Option<bool>,
     #[serde(default, skip_serializing_if = "skip_strings")]
     pub profiles: Vec<String>,
+    /// `provider:` (Compose's provider services): berth loads it and runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
     #[serde(default, skip_serializing_if = "skip_opt_string")]
     pub pull_policy: Option<String>,
     #[serde(
@@ -440,6 +443,10 @@ pub struct Service {
 impl Service {
     /// How many containers this service runs: `scale`, else `deploy.replicas`, else 1.
     pub fn replicas(&self) -> u32 {
+        // A provider's service has no containers (berth runs no providers; `up` says so).
+        if self.provider.is_some() {
+            return 0;
+        }
         self.scale
             .or_else(|| self.deploy.as_ref().and_then(|d| d.replicas))
             .unwrap_or(1)
@@ -571,6 +578,17 @@ impl<'de> Deserialize<'de> for Build {
             )),
         }
     }
+}
+
+/// A service run by a provider plugin (`provider: {type, options}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Provider {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, Value>,
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// One file a service's environment is read from.

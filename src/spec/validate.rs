@@ -192,7 +192,7 @@ pub fn validate(project: &Project, inactive: &Inactive, root: &Node, diags: &mut
     let order = loc.service_order(project.services.keys());
     for name in order.iter().copied() {
         let svc = &project.services[name];
-        if svc.image.is_none() && svc.build.is_none() {
+        if svc.image.is_none() && svc.build.is_none() && svc.provider.is_none() {
             push(
                 (loc.service(name), format!("services.{name}")),
                 "a service needs `image:` (an image name, or `host`) or `build:`".into(),
