@@ -118,13 +118,7 @@ fn base_url(registry: &str, insecure: &[String]) -> String {
     }
 }
 
-/// berth's configuration file: `$BERTH_CONFIG`, else `/etc/berth/config.json` (berth has no
-/// daemon, so no `daemon.json`; the keys are the same as there).
-pub fn config_path() -> PathBuf {
-    std::env::var_os("BERTH_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/berth/config.json"))
-}
+pub use crate::sys::config_path;
 
 /// The registries to reach over plain HTTP: the config file's `insecure-registries` (as in
 /// Docker's daemon.json) and `BERTH_INSECURE_REGISTRIES` (comma-separated).
@@ -136,19 +130,14 @@ pub fn insecure_registries() -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    let path = config_path();
-    if let Ok(bytes) = fs::read(&path) {
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(v) => out.extend(
-                v.get("insecure-registries")
-                    .and_then(|l| l.as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str().map(str::to_string)),
-            ),
-            Err(e) => tracing::warn!("{}: not JSON, ignored: {e}", path.display()),
-        }
-    }
+    out.extend(
+        crate::sys::config()
+            .get("insecure-registries")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string)),
+    );
     out
 }
 

@@ -112,12 +112,63 @@ pub fn lock() -> Result<Lock, NetError> {
         .map_err(|(_, e)| step("-", "lock the networks", e))
 }
 
-/// The subnet of a new network: the file's, or the first free /24 of 10.213.0.0/16 that
-/// overlaps neither a route of the host (`routes`) nor another berth network.
+/// A range new networks take their subnets from: `base` cut into subnets of prefix `size`
+/// (Docker's `default-address-pools`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub base: Subnet,
+    pub size: u8,
+}
+
+/// The default: /22 networks (1,022 addresses each) from 10.213.0.0/16, 64 of them.
+pub const DEFAULT_POOL: Pool = Pool {
+    base: Subnet {
+        addr: Ipv4Addr::new(10, 213, 0, 0),
+        prefix: 16,
+    },
+    size: 22,
+};
+
+/// The pools of the configuration file's `default-address-pools`
+/// (`[{"base": "10.213.0.0/16", "size": 22}]`), else `DEFAULT_POOL`. An entry that does not
+/// read is said and skipped.
+pub fn pools() -> Vec<Pool> {
+    let config = crate::sys::config();
+    let Some(list) = config
+        .get("default-address-pools")
+        .and_then(|v| v.as_array())
+    else {
+        return vec![DEFAULT_POOL];
+    };
+    let mut out = Vec::new();
+    for p in list {
+        let base = p.get("base").and_then(|b| b.as_str()).map(Subnet::parse);
+        let size = p.get("size").and_then(|s| s.as_u64());
+        match (base, size) {
+            (Some(Ok(base)), Some(size)) if (u64::from(base.prefix)..=30).contains(&size) => out
+                .push(Pool {
+                    base,
+                    size: size as u8,
+                }),
+            _ => tracing::warn!(
+                "{}: default-address-pools: `{p}` is not {{\"base\": \"A.B.C.D/N\", \"size\": M}} with N <= M <= 30; skipped",
+                crate::sys::config_path().display()
+            ),
+        }
+    }
+    if out.is_empty() {
+        out.push(DEFAULT_POOL);
+    }
+    out
+}
+
+/// The subnet of a new network: the file's, or the first subnet of the pools that overlaps
+/// neither a route of the host (`routes`) nor another berth network.
 pub fn pick_subnet(
     att: &Attachment,
     routes: &[Subnet],
     taken: &[Subnet],
+    pools: &[Pool],
 ) -> Result<Subnet, NetError> {
     if let Some(s) = att.subnet {
         if let Some(r) = routes.iter().chain(taken).find(|r| r.overlaps(&s)) {
@@ -129,16 +180,28 @@ pub fn pick_subnet(
         }
         return Ok(s);
     }
-    for third in 0..=255u8 {
-        let s = Subnet {
-            addr: Ipv4Addr::new(10, 213, third, 0),
-            prefix: 24,
-        };
-        if !routes.iter().chain(taken).any(|r| r.overlaps(&s)) {
-            return Ok(s);
+    for pool in pools {
+        let step = 1u32 << (32 - u32::from(pool.size));
+        let count = 1u32 << (pool.size - pool.base.prefix);
+        let first = u32::from(pool.base.addr) & pool.base.mask();
+        for i in 0..count {
+            let s = Subnet {
+                addr: Ipv4Addr::from(first + i * step),
+                prefix: pool.size,
+            };
+            if !routes.iter().chain(taken).any(|r| r.overlaps(&s)) {
+                return Ok(s);
+            }
         }
     }
-    Err(NetError::NoSubnet(att.network.clone()))
+    Err(NetError::NoSubnet {
+        network: att.network.clone(),
+        pools: pools
+            .iter()
+            .map(|p| format!("{} in /{}s", p.base, p.size))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// The address of `container` on `st`: the one it already has, the one the file asks for, or
@@ -316,17 +379,51 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let routes = [Subnet::parse("10.213.0.0/23").unwrap()];
-        let taken = [Subnet::parse("10.213.2.0/24").unwrap()];
+        let taken = [Subnet::parse("10.213.4.0/24").unwrap()];
+        // The default: /22s, the first clear of the route and the other network.
         assert_eq!(
-            pick_subnet(&att, &routes, &taken).unwrap().to_string(),
-            "10.213.3.0/24"
+            pick_subnet(&att, &routes, &taken, &[DEFAULT_POOL])
+                .unwrap()
+                .to_string(),
+            "10.213.8.0/22"
         );
+        assert!(
+            pick_subnet(&att, &routes, &taken, &[DEFAULT_POOL])
+                .unwrap()
+                .hosts()
+                >= 1000
+        );
+        let small = Pool {
+            base: Subnet::parse("10.213.0.0/16").unwrap(),
+            size: 24,
+        };
+        assert_eq!(
+            pick_subnet(&att, &routes, &taken, &[small])
+                .unwrap()
+                .to_string(),
+            "10.213.2.0/24"
+        );
+        // A pool with nothing free: the next one; none: the error names them.
+        let full = Pool {
+            base: Subnet::parse("10.213.0.0/23").unwrap(),
+            size: 24,
+        };
+        assert_eq!(
+            pick_subnet(&att, &routes, &taken, &[full, small])
+                .unwrap()
+                .to_string(),
+            "10.213.2.0/24"
+        );
+        let e = pick_subnet(&att, &routes, &taken, &[full])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10.213.0.0/23 in /24s"), "{e}");
         let fixed = Attachment {
             subnet: Some(Subnet::parse("10.213.1.0/24").unwrap()),
             ..att
         };
         assert!(matches!(
-            pick_subnet(&fixed, &routes, &taken),
+            pick_subnet(&fixed, &routes, &taken, &[DEFAULT_POOL]),
             Err(NetError::Overlap { .. })
         ));
     }

@@ -45,10 +45,11 @@ pub enum NetError {
         message: String,
     },
     #[error(
-        "network {0}: no free /24 subnet left in 10.213.0.0/16 (every one overlaps a route of \
-         this host or another berth network); give the network an ipam subnet"
+        "network {network}: no free subnet left in the address pools ({pools}): every one \
+         overlaps a route of this host or another berth network; give the network an ipam \
+         subnet, or more pools under default-address-pools in berth's config file"
     )]
-    NoSubnet(String),
+    NoSubnet { network: String, pools: String },
     #[error(
         "network {network}: subnet {subnet} overlaps a route of this host ({route}); choose \
          another under ipam.config"
@@ -634,7 +635,7 @@ fn ensure_network(root: &std::path::Path, att: &Attachment) -> Result<NetState, 
     }
     let routes = link::routes()?;
     let taken: Vec<Subnet> = ipam::all(root).iter().map(|n| n.subnet).collect();
-    let subnet = ipam::pick_subnet(att, &routes, &taken)?;
+    let subnet = ipam::pick_subnet(att, &routes, &taken, &ipam::pools())?;
     let gateway = att.gateway.unwrap_or_else(|| subnet.host(1));
     let mut st = NetState {
         name: att.network.clone(),

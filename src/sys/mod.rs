@@ -136,6 +136,27 @@ pub fn unblock_all_signals() {
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut()) };
 }
 
+/// berth's configuration file: `$BERTH_CONFIG`, else `/etc/berth/config.json` (berth has no
+/// daemon, so no `daemon.json`; the keys it reads are named as there).
+pub fn config_path() -> std::path::PathBuf {
+    std::env::var_os("BERTH_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/etc/berth/config.json"))
+}
+
+/// The configuration file's JSON (null when there is none; a file that is not JSON is said
+/// once per read and ignored).
+pub fn config() -> serde_json::Value {
+    let path = config_path();
+    let Ok(bytes) = fs::read(&path) else {
+        return serde_json::Value::Null;
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::warn!("{}: not JSON, ignored: {e}", path.display());
+        serde_json::Value::Null
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
