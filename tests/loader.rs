@@ -431,3 +431,33 @@ fn an_empty_override_file_adds_nothing_and_compose_restart_conditions_load() {
     write(d, "compose.yaml", "");
     assert!(load_err(&opts(d)).contains("the file is empty"));
 }
+
+#[test]
+fn berth_keys_written_as_extensions_load_as_the_plain_keys() {
+    let plain = "name: p\nservices:\n  db:\n    image: busybox\n    bandwidth:\n      egress: 10mbit\n    disks:\n      - data:/var/lib/db\ndisks:\n  data:\n    kind: private\n    size: 1g\n";
+    let ext = "name: p\nservices:\n  db:\n    image: busybox\n    x-berth-bandwidth:\n      egress: 10mbit\n    x-berth-disks:\n      - data:/var/lib/db\nx-berth-disks:\n  data:\n    kind: private\n    size: 1g\n";
+    let load_text = |text: &str| {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "compose.yaml", text);
+        let p = load(&opts(t.path()));
+        let svc = p.loaded.project.services["db"].clone();
+        (
+            svc.bandwidth.clone(),
+            svc.disks.clone(),
+            p.loaded.project.disks.clone(),
+            config_hash(&svc, Path::new("/p")),
+        )
+    };
+    let (a, b) = (load_text(plain), load_text(ext));
+    assert!(a.0.is_some() && !a.1.is_empty() && !a.2.is_empty());
+    assert_eq!(a, b);
+    // Both forms of one key: an error that names the extension.
+    let t = tempfile::tempdir().unwrap();
+    write(
+        t.path(),
+        "compose.yaml",
+        "services:\n  db:\n    image: busybox\n    bandwidth: {egress: 1mbit}\n    x-berth-bandwidth: {egress: 2mbit}\n",
+    );
+    let e = load_err(&opts(t.path()));
+    assert!(e.contains("compose.yaml:5:5: services.db.x-berth-bandwidth: `x-berth-bandwidth` and `bandwidth` are the same key"), "{e}");
+}

@@ -384,6 +384,7 @@ impl Ctx<'_> {
             Some(r) => r,
             None => return Ok(None),
         };
+        berth_extensions(&mut root, &mut self.diags);
         if !self.opts.no_interpolate {
             let mut errs = Vec::new();
             interpolate_tree(&mut root, vars, "", &mut errs);
@@ -870,6 +871,44 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
             if let Some(p) = item.get_mut("path") {
                 resolve_str(p, base, home);
             }
+        }
+    }
+}
+
+/// berth's own keys may also be written as Compose extensions, so that one file serves both
+/// tools (`docker compose` refuses keys it does not know, and ignores `x-` ones):
+/// `x-berth-disks` at the top level, `x-berth-disks` and `x-berth-bandwidth` in a service. They
+/// are read as the plain keys, before anything else, so they mean and are checked the same, and
+/// give the same configuration hash. Both forms of one key in one place is an error.
+pub const BERTH_KEYS: [(&str, &[&str]); 2] =
+    [("", &["disks"]), ("service", &["disks", "bandwidth"])];
+
+fn berth_extensions(root: &mut Node, diags: &mut Diagnostics) {
+    fn rename(map: &mut Node, keys: &[&str], at: &str, diags: &mut Diagnostics) {
+        let Some(entries) = map.as_map_mut() else {
+            return;
+        };
+        for key in keys {
+            let ext = format!("x-berth-{key}");
+            let Some(i) = entries.iter().position(|(k, _)| k.name == ext) else {
+                continue;
+            };
+            if entries.iter().any(|(k, _)| k.name == *key) {
+                diags.push(Diagnostic::new(
+                    entries[i].0.pos.clone(),
+                    format!("{at}{ext}"),
+                    format!("`{ext}` and `{key}` are the same key; keep one"),
+                ));
+                continue;
+            }
+            entries[i].0.name = key.to_string();
+        }
+    }
+    rename(root, BERTH_KEYS[0].1, "", diags);
+    if let Some(services) = root.get_mut("services").and_then(Node::as_map_mut) {
+        for (name, svc) in services.iter_mut() {
+            let at = format!("services.{}.", super::validate::quote_key(&name.name));
+            rename(svc, BERTH_KEYS[1].1, &at, diags);
         }
     }
 }
