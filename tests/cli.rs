@@ -224,3 +224,40 @@ fn a_provider_service_loads_and_up_refuses_it_before_changing_anything() {
     );
     assert!(!root.exists(), "up changed nothing: no state root");
 }
+
+#[test]
+fn a_project_file_is_read_from_standard_input_with_dash() {
+    use std::io::Write;
+    let t = tempfile::tempdir().expect("tempdir");
+    let run = |text: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["-f", "-", "config", "--format", "json"])
+            .current_dir(t.path())
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run berth");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("wait")
+    };
+    let out = run("name: piped\nservices:\n  a:\n    image: busybox\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["name"], "piped");
+    assert_eq!(v["services"]["a"]["image"], "busybox");
+    // Its errors point into it as `-`.
+    let out = run("services:\n  a:\n    imag: busybox\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("-:3:5: services.a.imag: unknown key"), "{err}");
+}

@@ -78,6 +78,8 @@ struct Ctx<'a> {
     warnings: Vec<String>,
     /// Files being loaded through include/extends, to stop cycles.
     stack: Vec<PathBuf>,
+    /// `-f -`: the file is read from standard input (once; its path is `<cwd>/-`).
+    stdin: Option<(PathBuf, Option<String>)>,
 }
 
 fn abs(base: &Path, p: &Path) -> PathBuf {
@@ -225,6 +227,11 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
         diags: Diagnostics::default(),
         warnings: Vec::new(),
         stack: Vec::new(),
+        stdin: opts
+            .files
+            .iter()
+            .any(|f| f == Path::new("-"))
+            .then(|| (abs(&opts.cwd, Path::new("-")), None)),
     };
     let cwd = &opts.cwd;
     let env_files: Vec<PathBuf> = opts.env_files.iter().map(|p| abs(cwd, p)).collect();
@@ -403,6 +410,27 @@ impl Ctx<'_> {
 
     fn parse_file(&mut self, path: &Path, empty_ok: bool) -> Result<Option<Node>, LoadError> {
         let name = display_name(path, &self.opts.cwd);
+        if let Some((p, text)) = &mut self.stdin
+            && p == path
+        {
+            if text.is_none() {
+                let mut t = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(
+                        std::io::stdin(),
+                        super::node::MAX_FILE_BYTES as u64 + 1,
+                    ),
+                    &mut t,
+                )
+                .map_err(|e| LoadError::Read {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
+                *text = Some(t);
+            }
+            let text = text.clone().unwrap_or_default();
+            return self.parse_text(&name, &text, empty_ok, text.len() as u64);
+        }
         let meta = std::fs::metadata(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
             source: e,
@@ -422,7 +450,29 @@ impl Ctx<'_> {
             path: path.to_path_buf(),
             source: e,
         })?;
-        let root = super::node::parse(&name, &text)
+        self.parse_text(&name, &text, empty_ok, meta.len())
+    }
+
+    /// Parses one file's text (`len`: its size, checked against the bound).
+    fn parse_text(
+        &mut self,
+        name: &Arc<str>,
+        text: &str,
+        empty_ok: bool,
+        len: u64,
+    ) -> Result<Option<Node>, LoadError> {
+        if len > super::node::MAX_FILE_BYTES as u64 {
+            return Err(LoadError::Invalid(Diagnostics(vec![Diagnostic::new(
+                Pos::new(name, 1, 1),
+                "",
+                format!(
+                    "file is {len} bytes or more; berth reads project files of at most {} bytes",
+                    super::node::MAX_FILE_BYTES
+                ),
+            )])));
+        }
+        let name = name.clone();
+        let root = super::node::parse(&name, text)
             .map_err(|d| LoadError::Invalid(Diagnostics(vec![d])))?;
         let Some(root) = root else {
             if empty_ok {
