@@ -431,6 +431,8 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     let st = l.state.clone();
     let project = target.project.name.clone();
     tk.block_on(async {
+        // Its lines go between the services' output: bare, in Compose's shape.
+        crate::reconcile::supervisor::log_bare();
         let sup = Supervisor::new(rt.clone(), st.clone(), record, target.clone()).with_ports(bound);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut r1 = stop_rx.clone();

@@ -42,8 +42,21 @@ enum Trigger {
     Activity,
 }
 
+/// Whether log lines go out bare, between the services' own lines (a foreground `berth up`),
+/// rather than stamped with the time (the detached supervisor's log file).
+static BARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints the supervisor's lines bare, as Compose prints its own among the services' output.
+pub fn log_bare() {
+    BARE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Prints one line of the supervisor's log (stderr: the log file when detached).
 pub fn log(msg: impl std::fmt::Display) {
+    if BARE.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{msg}");
+        return;
+    }
     let t = crate::sys::timestamp(std::time::SystemTime::now());
     eprintln!("{} {msg}", &t[..23.min(t.len())]);
 }
@@ -960,11 +973,12 @@ impl<R: Runtime + 'static> Supervisor<R> {
         w.attempts = decision.attempts;
         let code = self.record_end(name, state, decision.restart_after.is_some());
         let Some(delay) = decision.restart_after else {
-            log(format!("{name}: exited with {code}; not restarted"));
+            // Compose's line for an exit.
+            log(format!("{name} exited with code {code}"));
             return;
         };
         log(format!(
-            "{name}: exited with {code}; restart {} in {delay:?}",
+            "{name} exited with code {code}; restart {} in {delay:?}",
             decision.attempts + 1
         ));
         self.schedule_restart(name, Instant::now() + delay);
