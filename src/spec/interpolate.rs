@@ -267,6 +267,8 @@ pub fn parse_dotenv(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, Option<String>)>, DotenvError> {
     let mut out: Vec<(String, Option<String>)> = Vec::new();
+    // A byte-order mark, as editors on some systems write one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     while i < lines.len() {
@@ -276,19 +278,32 @@ pub fn parse_dotenv(
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let (key, rest) = match line.find('=') {
-            Some(eq) => (line[..eq].trim(), Some(&line[eq + 1..])),
+        // `export KEY=...`, with a space or a tab after `export`.
+        let line = match line.strip_prefix("export") {
+            Some(r) if r.starts_with([' ', '\t']) => r.trim_start(),
+            _ => line,
+        };
+        // `KEY=VALUE`, or `KEY: VALUE` as compose-go also reads.
+        let (key, rest) = match line.find(['=', ':']) {
+            Some(at) if line[at..].starts_with('=') => (line[..at].trim(), Some(&line[at + 1..])),
+            Some(at) => (
+                line[..at].trim(),
+                Some(line[at + 1..].strip_prefix(' ').unwrap_or(&line[at + 1..])),
+            ),
             None => (line.trim(), None),
         };
-        if key.is_empty() || !key.chars().all(|c| is_name(c) || c == '.' || c == '-') {
+        let key_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '[' | ']');
+        if key.is_empty() || !key.chars().all(key_char) {
             return Err(DotenvError {
                 line: lineno,
                 message: format!("expected KEY=VALUE, found `{}`", lines[lineno - 1]),
             });
         }
         let Some(rest) = rest else {
-            out.push((key.to_string(), lookup(key)));
+            // Named alone: its value from the environment, or left out when it has none.
+            if let Some(v) = lookup(key) {
+                out.push((key.to_string(), Some(v)));
+            }
             continue;
         };
         if raw {
@@ -297,12 +312,12 @@ pub fn parse_dotenv(
         }
         let rest = rest.trim_start();
         let value = if let Some(body) = rest.strip_prefix('\'') {
-            // Single quotes: literal, may span lines.
+            // Single quotes: literal but for `\'`, may span lines.
             let mut acc = body.to_string();
             loop {
-                if let Some(end) = acc.find('\'') {
+                if let Some(end) = find_unescaped(&acc, '\'') {
                     acc.truncate(end);
-                    break acc;
+                    break acc.replace("\\'", "'");
                 }
                 match lines.get(i) {
                     Some(next) => {
@@ -321,7 +336,7 @@ pub fn parse_dotenv(
         } else if let Some(body) = rest.strip_prefix('"') {
             let mut acc = body.to_string();
             loop {
-                if let Some(end) = find_unescaped_quote(&acc) {
+                if let Some(end) = find_unescaped(&acc, '"') {
                     acc.truncate(end);
                     break;
                 }
@@ -359,12 +374,12 @@ pub fn parse_dotenv(
     Ok(out)
 }
 
-fn find_unescaped_quote(s: &str) -> Option<usize> {
+fn find_unescaped(s: &str, quote: char) -> Option<usize> {
     let mut escaped = false;
     for (i, c) in s.char_indices() {
         match c {
             '\\' if !escaped => escaped = true,
-            '"' if !escaped => return Some(i),
+            c if c == quote && !escaped => return Some(i),
             _ => escaped = false,
         }
     }
@@ -385,6 +400,24 @@ fn unescape(s: &str) -> String {
             Some('r') => out.push('\r'),
             Some('"') => out.push('"'),
             Some('\\') => out.push('\\'),
+            Some('a') => out.push('\u{7}'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            // `\0NNN`: an octal byte (up to three digits after the 0).
+            Some('0') => {
+                let mut n: u32 = 0;
+                for _ in 0..3 {
+                    match it.clone().next().and_then(|d| d.to_digit(8)) {
+                        Some(d) => {
+                            n = n * 8 + d;
+                            it.next();
+                        }
+                        None => break,
+                    }
+                }
+                out.push(char::from_u32(n).unwrap_or('\u{fffd}'));
+            }
             Some('$') => out.push_str("$$"),
             Some(o) => {
                 out.push('\\');
@@ -509,5 +542,33 @@ mod tests {
         let raw = parse_dotenv("A='x' # y\n", true, &look).unwrap();
         assert_eq!(raw[0].1.as_deref(), Some("'x' # y"));
         assert!(parse_dotenv("not a line\n", false, &look).is_err());
+    }
+
+    #[test]
+    fn dotenv_reads_what_compose_go_reads() {
+        let look = |k: &str| (k == "SET").then(|| "shell".to_string());
+        let text = "\u{feff}A='it\\'s'\nB: colon value\nexport\tC=tab\nx.y-z[0]=odd\nGRÜN=ja\nD=\"\\a\\b\\f\\v\\0101\"\nUNSET\nSET\nURL=http://h:1/p\n";
+        let m: BTreeMap<_, _> = parse_dotenv(text, false, &look)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(m["A"].as_deref(), Some("it's"));
+        assert_eq!(m["B"].as_deref(), Some("colon value"));
+        assert_eq!(m["C"].as_deref(), Some("tab"));
+        assert_eq!(m["x.y-z[0]"].as_deref(), Some("odd"));
+        assert_eq!(m["GRÜN"].as_deref(), Some("ja"));
+        assert_eq!(m["D"].as_deref(), Some("\u{7}\u{8}\u{c}\u{b}A"));
+        assert_eq!(m["URL"].as_deref(), Some("http://h:1/p"));
+        // Named without a value: from the environment, or not there at all.
+        assert_eq!(m["SET"].as_deref(), Some("shell"));
+        assert!(!m.contains_key("UNSET"));
+        // An unterminated quote names its line.
+        let e = parse_dotenv("A=1\nB=\"open\nC=2\n", false, &look).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(
+            e.message.contains("unterminated double quote"),
+            "{}",
+            e.message
+        );
     }
 }
