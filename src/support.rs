@@ -19,7 +19,6 @@ pub enum Support {
 }
 
 const RUNTIME: &str = "the runtime";
-const RECONCILE: &str = "the reconciler";
 const NET: &str = "networking";
 const PULL: &str = "registry pulls";
 
@@ -32,7 +31,6 @@ pub fn service_key(key: &str) -> Support {
         // Read by the loader itself, which resolves them before the model is made.
         "extends" | "label_file" => Acted,
         "annotations" | "pid" | "oom_kill_disable" | "attach" => Planned(RUNTIME),
-        "post_start" | "pre_stop" => Planned(RECONCILE),
         "external_links" => Planned(NET),
         "platform" | "pull_refresh_after" => Planned(PULL),
         "gpus" => Ignored("berth does not manage GPUs"),

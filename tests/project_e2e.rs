@@ -1584,3 +1584,59 @@ fn each_limit_reaches_the_cgroup_file_of_the_hosts_version_and_blkio_holds() {
     }
     env.ok(&w, &["down", "-t", "0"]);
 }
+
+#[test]
+fn lifecycle_hooks_run_in_the_container() {
+    if !root() {
+        return;
+    }
+    let env = Env::new();
+    let p = env.project(
+        "hooks",
+        r#"name: e2e-hooks
+services:
+  app:
+    image: host
+    network_mode: none
+    command: [sh, -c, 'trap "echo got-term; exit 0" TERM; while [ ! -f /tmp/started ]; do sleep 0.1; done; echo "saw $(cat /tmp/started)"; while true; do sleep 0.1; done']
+    post_start:
+      - command: [sh, -c, 'echo "$$GREETING as $(id -u)" > /tmp/started']
+        environment: {GREETING: hello-from-hook}
+        user: "1234"
+    pre_stop:
+      - command: echo pre-stop-ran
+  broken:
+    image: host
+    network_mode: none
+    command: [sleep, '1000']
+    post_start:
+      - command: [sh, -c, 'exit 3']
+"#,
+    );
+    let _d = Down(&env, p.clone());
+    // The failing hook fails the start, naming the container, the hook and the command.
+    let out = env.berth(&p, &["up", "-d", "--progress", "plain"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "broken (e2e-hooks-broken-1): post_start: hook 1 (`sh -c exit 3`) exited with status 3"
+        ),
+        "{err}"
+    );
+    // The one whose hook worked saw what its hook wrote, as the hook's user.
+    assert!(
+        eventually(scaled(Duration::from_secs(5)), || env
+            .ok(&p, &["logs", "app"])
+            .contains("saw hello-from-hook as 1234")),
+        "{}",
+        env.ok(&p, &["logs", "app"])
+    );
+    // pre_stop runs before the stop signal: its output is in the log, ahead of the service's
+    // answer to SIGTERM.
+    env.ok(&p, &["stop", "app"]);
+    let logs = env.ok(&p, &["logs", "app"]);
+    let (hook, term) = (logs.find("pre-stop-ran"), logs.find("got-term"));
+    assert!(hook.is_some() && term.is_some() && hook < term, "{logs}");
+    env.ok(&p, &["down"]);
+}

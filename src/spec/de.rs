@@ -228,6 +228,14 @@ pub fn opt_command<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
     }
 }
 
+/// A command that must be there (a hook's): a string (split shell-style) or a list.
+pub fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match opt_command(d)? {
+        Some(c) if !c.is_empty() => Ok(c),
+        _ => Err(D::Error::custom("expected a command to run, found nothing")),
+    }
+}
+
 /// Splits a command line the way a POSIX shell splits words (quotes and backslashes), without
 /// expanding anything.
 pub fn shell_split(s: &str) -> Result<Vec<String>, String> {

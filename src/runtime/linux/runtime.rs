@@ -65,6 +65,9 @@ struct Record {
     /// `storage_opt.size`: the size of its writable layer's own file system.
     #[serde(default)]
     storage: Option<u64>,
+    /// `post_start` and `pre_stop`.
+    #[serde(default)]
+    hooks: crate::runtime::lower::config::Hooks,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +233,7 @@ impl LinuxRuntime {
             net: c.net,
             mounts: c.mounts,
             storage: c.storage,
+            hooks: c.hooks,
         })
     }
 }
@@ -763,7 +767,80 @@ impl LinuxRuntime {
         r.started_at = Some(now_unix());
         self.write(&r)?;
         self.event(&r, "start", &[]);
+        self.run_hooks(&r, "post_start", &r.hooks.post_start)
+    }
+
+    /// Runs lifecycle hooks in the running container, in order, each as `exec` runs a command;
+    /// their output goes where the service's does (into its log). The first that cannot run or
+    /// exits non-zero ends the run: its error names the hook and the command.
+    fn run_hooks(
+        &self,
+        r: &Record,
+        which: &'static str,
+        hooks: &[crate::runtime::lower::config::Hook],
+    ) -> Result<(), RuntimeError> {
+        for (i, h) in hooks.iter().enumerate() {
+            let opts = ExecOptions {
+                argv: h.argv.clone(),
+                env: h.env.clone(),
+                user: h.user.clone(),
+                workdir: h.workdir.clone(),
+                tty: false,
+                privileged: h.privileged,
+            };
+            let spec = self.exec_spec(&r.name, &opts)?;
+            let [i_, o, e] = self.hook_stdio(r)?;
+            self.event(r, "exec_start", &[("command", h.argv.join(" "))]);
+            let code = super::launch::exec(&spec, i_, o, e)
+                .and_then(|ex| ex.wait())
+                .map_err(|e| step(&r.name, which, e))?;
+            self.event(r, "exec_die", &[("exitCode", code.to_string())]);
+            if code != 0 {
+                return Err(step(
+                    &r.name,
+                    which,
+                    format!(
+                        "hook {} (`{}`) exited with status {code}",
+                        i + 1,
+                        h.argv.join(" ")
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// A hook's stdio: nothing to read; its output to the service's own stdout and stderr (the
+    /// pipes, or terminal, that init logs), found through the service process (init's child).
+    fn hook_stdio(&self, r: &Record) -> Result<[std::os::fd::OwnedFd; 3], RuntimeError> {
+        let null = || -> Result<std::os::fd::OwnedFd, RuntimeError> {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(Into::into)
+                .map_err(|e| step(&r.name, "open /dev/null", e))
+        };
+        let service = r.pid.and_then(|p| {
+            fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<i32>()
+                .ok()
+        });
+        let out = |fd: u32| -> Result<std::os::fd::OwnedFd, RuntimeError> {
+            match service.and_then(|s| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(format!("/proc/{s}/fd/{fd}"))
+                    .ok()
+            }) {
+                Some(f) => Ok(f.into()),
+                None => null(),
+            }
+        };
+        Ok([null()?, out(1)?, out(2)?])
     }
 
     fn remove_sync(&self, name: &str) -> Result<(), RuntimeError> {
@@ -951,6 +1028,17 @@ impl Runtime for LinuxRuntime {
             && cg.frozen()
         {
             let _ = cg.freeze(false);
+        }
+        // `pre_stop` hooks, before the stop signal (not with `-t 0`: no grace for anything).
+        if !grace.is_zero() && !r.hooks.pre_stop.is_empty() {
+            let (rt, rec) = (self.clone(), r.clone());
+            let ran = tokio::task::spawn_blocking(move || {
+                rt.run_hooks(&rec, "pre_stop", &rec.hooks.pre_stop)
+            })
+            .await;
+            if let Ok(Err(e)) = ran {
+                self.event(&r, "hook_failed", &[("error", e.to_string())]);
+            }
         }
         // No grace (`-t 0`): the stop signal could not be acted on anyway, so SIGKILL alone.
         let sig = if grace.is_zero() {

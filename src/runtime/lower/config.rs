@@ -112,6 +112,27 @@ impl Default for LogSpec {
     }
 }
 
+/// A command run inside the container at a point of its life (Compose's `post_start`,
+/// `pre_stop`), as `exec` runs one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hook {
+    pub argv: Vec<String>,
+    /// `KEY=VALUE`, over the container's environment.
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub privileged: bool,
+}
+
+/// The container's lifecycle hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hooks {
+    /// Run once its process has started, in order; a failing one fails the start.
+    pub post_start: Vec<Hook>,
+    /// Run before its stop signal, in order; a failing one is recorded and the stop goes on.
+    pub pre_stop: Vec<Hook>,
+}
+
 /// Seccomp programs as hex strings (16 digits per BPF instruction).
 mod hex_programs {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use self::config::{Blkio, Limits, LogSpec, Process};
+use self::config::{Blkio, Hook, Hooks, Limits, LogSpec, Process};
 use self::devices::{Kind, Policy, Rule};
 use crate::runtime::{ContainerSpec, HealthSpec};
 use crate::spec::model::Service;
@@ -48,6 +48,7 @@ pub struct Container {
     pub mounts: Vec<crate::disk::MountSpec>,
     /// `storage_opt.size`: the size of its writable layer's own file system.
     pub storage: Option<u64>,
+    pub hooks: Hooks,
 }
 
 /// What `security_opt` asks of the kernel's confinement.
@@ -156,7 +157,26 @@ pub fn container(
         net: net_config(spec)?,
         mounts: with_image_volumes(spec, &image.volumes),
         storage: svc.storage_opt.as_ref().and_then(|s| s.size),
+        hooks: Hooks {
+            post_start: svc.post_start.iter().map(hook).collect(),
+            pre_stop: svc.pre_stop.iter().map(hook).collect(),
+        },
     })
+}
+
+/// A hook of the file, as the runtime runs it.
+fn hook(h: &crate::spec::model::Hook) -> Hook {
+    Hook {
+        argv: h.command.clone(),
+        env: h
+            .environment
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect(),
+        user: h.user.clone().filter(|u| !u.is_empty()),
+        workdir: h.working_dir.clone().filter(|w| !w.is_empty()),
+        privileged: h.privileged.unwrap_or(false),
+    }
 }
 
 /// `security_opt` entries with Docker's `key=value` written as `key:value`.
