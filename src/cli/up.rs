@@ -344,6 +344,41 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             inner(e)
         })
     };
+    let pname = target.project.name.clone();
+    let width = target
+        .project
+        .services
+        .iter()
+        .flat_map(|(s, d)| {
+            let pname = pname.clone();
+            (1..=d.replicas()).map(move |i| crate::plan::container_name(&pname, s, d, i).len())
+        })
+        .max()
+        .unwrap_or(0);
+    let style = Style {
+        color: !a.no_color
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none(),
+        prefix: true,
+        timestamps: false,
+        width,
+    };
+    // In the foreground, each container's output streams from its first byte, as Compose
+    // attaches to each container as it starts: a job's output or a crash at start is on the
+    // screen, not only what comes once everything is up.
+    let (logs_stop, logs_rx) = tokio::sync::watch::channel(false);
+    let logs = (!detach && !a.no_start).then(|| {
+        let mut r = logs_rx.clone();
+        tk.spawn(follow(
+            rt.clone(),
+            target.project.name.clone(),
+            Vec::new(),
+            style,
+            async move {
+                let _ = r.wait_for(|s| *s).await;
+            },
+        ))
+    });
     let converge = apply(
         rt.clone(),
         target.clone(),
@@ -409,25 +444,6 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
 
     // Foreground: the supervisor runs in this process, the logs stream, Ctrl-C stops it all.
     let record = l.state.record()?;
-    let pname = target.project.name.clone();
-    let width = target
-        .project
-        .services
-        .iter()
-        .flat_map(|(s, d)| {
-            let pname = pname.clone();
-            (1..=d.replicas()).map(move |i| crate::plan::container_name(&pname, s, d, i).len())
-        })
-        .max()
-        .unwrap_or(0);
-    let style = Style {
-        color: !a.no_color
-            && std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none(),
-        prefix: true,
-        timestamps: false,
-        width,
-    };
     let st = l.state.clone();
     let project = target.project.name.clone();
     tk.block_on(async {
@@ -436,18 +452,17 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         let sup = Supervisor::new(rt.clone(), st.clone(), record, target.clone()).with_ports(bound);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut r1 = stop_rx.clone();
-        let mut r2 = stop_rx.clone();
         let sup_task = tokio::spawn(sup.run(async move {
             let _ = r1.wait_for(|s| *s).await;
-        }));
-        let logs = tokio::spawn(follow(rt.clone(), project.clone(), Vec::new(), style, async move {
-            let _ = r2.wait_for(|s| *s).await;
         }));
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
         let _ = stop_tx.send(true);
+        let _ = logs_stop.send(true);
         let _ = sup_task.await;
-        let _ = logs.await;
+        if let Some(logs) = logs {
+            let _ = logs.await;
+        }
         let containers = rt.observe(&project).await.map(|o| o.containers).unwrap_or_default();
         let display = Display::new(a.progress);
         let stopping = teardown(
