@@ -461,3 +461,31 @@ fn berth_keys_written_as_extensions_load_as_the_plain_keys() {
     let e = load_err(&opts(t.path()));
     assert!(e.contains("compose.yaml:5:5: services.db.x-berth-bandwidth: `x-berth-bandwidth` and `bandwidth` are the same key"), "{e}");
 }
+
+#[test]
+fn paths_resolve_against_the_declaring_file_as_compose_resolves_them() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(
+        d,
+        "sub/base.yaml",
+        "services:\n  b:\n    build:\n      dockerfile: Dockerfile.x\n      additional_contexts:\n        extra: ./ctx\n        img: docker-image://busybox\nvolumes:\n  v:\n    driver_opts:\n      type: none\n      o: bind\n      device: ./data\n",
+    );
+    write(
+        d,
+        "compose.yaml",
+        "include:\n  - sub/base.yaml\nservices:\n  a:\n    extends:\n      file: sub/base.yaml\n      service: b\n",
+    );
+    let p = load(&opts(d)).loaded.project;
+    let sub = d.join("sub");
+    for s in ["a", "b"] {
+        // A build without a context: the directory of the file that declares it, absolute.
+        let b = p.services[s].build.as_ref().expect("build");
+        assert_eq!(Path::new(&b.context), sub, "{s}");
+        let extra = &b.extra["additional_contexts"];
+        assert_eq!(extra["extra"], sub.join("ctx").to_string_lossy().as_ref());
+        assert_eq!(extra["img"], "docker-image://busybox");
+    }
+    let device = &p.volumes["v"].extra["driver_opts"]["device"];
+    assert_eq!(device, sub.join("data").to_string_lossy().as_ref());
+}

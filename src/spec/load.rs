@@ -862,6 +862,18 @@ pub fn resolve_paths(root: &mut Node, base: &Path, home: Option<&str>) {
             }
         }
     }
+    // A local volume bound to a host directory (`driver_opts: {o: bind, device: ./data}`):
+    // relative to the declaring file, as compose-go resolves it.
+    if let Some(m) = root.get_mut("volumes").and_then(Node::as_map_mut) {
+        for (_, v) in m.iter_mut() {
+            if let Some(d) = v.get_mut("driver_opts").and_then(|o| o.get_mut("device"))
+                && d.as_str()
+                    .is_some_and(|t| t.starts_with('.') || t.starts_with('~'))
+            {
+                resolve_str(d, base, home);
+            }
+        }
+    }
     // `include` paths are resolved by resolve_include against the same base.
 }
 
@@ -870,8 +882,36 @@ fn resolve_service_paths(svc: &mut Node, base: &Path, home: Option<&str>) {
         match &mut b.kind {
             Kind::Str(_) => resolve_str(b, base, home),
             Kind::Map(_) => {
-                if let Some(c) = b.get_mut("context") {
-                    resolve_str(c, base, home);
+                match b.get_mut("context") {
+                    Some(c) => resolve_str(c, base, home),
+                    // No context: the declaring file's directory, as Compose makes it (also
+                    // when the service comes to another file through extends or include).
+                    None => {
+                        let pos = b.pos.clone();
+                        if let Some(m) = b.as_map_mut() {
+                            m.push((
+                                super::node::Key {
+                                    name: "context".into(),
+                                    pos: pos.clone(),
+                                },
+                                Node::new(Kind::Str(base.to_string_lossy().into_owned()), pos),
+                            ));
+                        }
+                    }
+                }
+                // Local directories among the additional contexts (not an image, a URL or
+                // another build's stage).
+                if let Some(m) = b.get_mut("additional_contexts").and_then(Node::as_map_mut) {
+                    for (_, v) in m.iter_mut() {
+                        let local = v.as_str().is_some_and(|t| {
+                            !t.contains("://")
+                                && !t.starts_with("service:")
+                                && !t.starts_with("target:")
+                        });
+                        if local {
+                            resolve_str(v, base, home);
+                        }
+                    }
                 }
             }
             _ => {}
