@@ -261,3 +261,33 @@ fn a_project_file_is_read_from_standard_input_with_dash() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("-:3:5: services.a.imag: unknown key"), "{err}");
 }
+
+#[test]
+fn config_no_interpolate_prints_the_variables_as_written() {
+    let t = project(
+        "services:\n  a:\n    image: busybox:${TAG:-1}\n    mem_limit: ${MEM}\n    ports:\n      - target: 80\n        published: \"${PORT}\"\n        x-note: kept\n    environment:\n      X: $${LIT}\n",
+    );
+    let out = berth(
+        t.path(),
+        &["config", "--no-interpolate", "--format", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let a = &v["services"]["a"];
+    assert_eq!(a["image"], "busybox:${TAG:-1}");
+    assert_eq!(a["mem_limit"], "${MEM}");
+    assert_eq!(a["ports"][0]["published"], "${PORT}");
+    assert_eq!(a["ports"][0]["x-note"], "kept");
+    assert_eq!(a["environment"]["X"], "$${LIT}");
+    // What holds no variable is still checked.
+    let t = project("services:\n  a:\n    image: busybox\n    mem_limit: [1]\n");
+    let out = berth(t.path(), &["config", "--no-interpolate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("compose.yaml:4:16: services.a.mem_limit")
+    );
+}

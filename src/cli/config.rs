@@ -50,6 +50,32 @@ pub struct ConfigArgs {
 pub fn run(g: &Global, a: &ConfigArgs) -> anyhow::Result<i32> {
     let mut opts = g.load_options();
     opts.no_interpolate = a.no_interpolate;
+    let listing = a.services
+        || a.volumes
+        || a.networks
+        || a.list_profiles
+        || a.images
+        || a.hash.is_some()
+        || a.unsupported;
+    if a.no_interpolate && !listing {
+        // The file as written: a `${VAR}` is neither typed nor checked beyond the schema.
+        let v = spec::load_uninterpolated(&opts)?;
+        if a.quiet {
+            return Ok(0);
+        }
+        let out = if a.format == "json" {
+            serde_json::to_string_pretty(&v)? + "\n"
+        } else {
+            serde_yaml::to_string(&v)?
+        };
+        match &a.output {
+            Some(f) => {
+                std::fs::write(f, out).with_context(|| format!("cannot write {}", f.display()))?
+            }
+            None => std::io::stdout().write_all(out.as_bytes())?,
+        }
+        return Ok(0);
+    }
     let p = crate::load_project(&opts)?;
     for w in &p.loaded.warnings {
         eprintln!("berth: warning: {w}");

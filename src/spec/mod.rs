@@ -144,6 +144,21 @@ pub fn rendered(project: &Project) -> serde_json::Value {
     v
 }
 
+/// The project as written, for `config --no-interpolate`: its files merged (with `extends`,
+/// `include` and relative paths resolved) and checked against the schema, which lets any value
+/// holding a `${...}` through; nothing is interpolated, typed or normalized, so each `${VAR}`
+/// (and each `$$`) prints as the file has it.
+pub fn load_uninterpolated(opts: &LoadOptions) -> Result<serde_json::Value, LoadError> {
+    let mut opts = opts.clone();
+    opts.no_interpolate = true;
+    let raw = load::load_raw(&opts)?;
+    let diags = schema::validate(&raw.root);
+    if !diags.is_empty() {
+        return Err(LoadError::Invalid(diags.finish()));
+    }
+    Ok(raw.root.to_json())
+}
+
 /// `rendered` as YAML text.
 pub fn to_yaml(project: &Project) -> String {
     serde_yaml::to_string(&rendered(project)).unwrap_or_default()
