@@ -489,3 +489,31 @@ fn paths_resolve_against_the_declaring_file_as_compose_resolves_them() {
     let device = &p.volumes["v"].extra["driver_opts"]["device"];
     assert_eq!(device, sub.join("data").to_string_lossy().as_ref());
 }
+
+#[test]
+fn env_files_in_order_compose_env_files_and_the_project_name_for_interpolation() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(
+        d,
+        "compose.yaml",
+        "name: proj\nservices:\n  a:\n    image: busybox\n    environment:\n      P: ${COMPOSE_PROJECT_NAME}\n      A: ${A}\n",
+    );
+    write(d, "e1", "A=one\n");
+    write(d, "e2", "A=two\n");
+    let env = |p: &berth::Project| p.loaded.project.services["a"].environment.clone();
+    // Several --env-file: the later wins.
+    let mut o = opts(d);
+    o.env_files = vec!["e1".into(), "e2".into()];
+    let e = env(&load(&o));
+    assert_eq!(e["A"].as_deref(), Some("two"));
+    // The name: from `name:`, then -p; interpolation sees it.
+    assert_eq!(e["P"].as_deref(), Some("proj"));
+    let mut o = opts(d);
+    o.project_name = Some("other".into());
+    assert_eq!(env(&load(&o))["P"].as_deref(), Some("other"));
+    // COMPOSE_ENV_FILES, when no --env-file is given.
+    let mut o = opts(d);
+    o.environ.insert("COMPOSE_ENV_FILES".into(), "e2,e1".into());
+    assert_eq!(env(&load(&o))["A"].as_deref(), Some("one"));
+}

@@ -181,6 +181,32 @@ fn env_for(dir: &Path, env_files: &[PathBuf], opts: &LoadOptions, diags: &mut Di
     vars
 }
 
+/// The project name the files declare (`name:` at the top of the last file that has one),
+/// read ahead of the files' load so that they can use it as `${COMPOSE_PROJECT_NAME}`.
+fn declared_name(files: &[PathBuf], vars: &Vars, stdin: Option<&PathBuf>) -> Option<String> {
+    let mut name = None;
+    for f in files.iter().filter(|f| Some(*f) != stdin) {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("name:") {
+                let v = v.split(" #").next().unwrap_or_default().trim();
+                let v = v.trim_matches(|c| c == '"' || c == '\'');
+                let v = if v.contains('$') {
+                    super::interpolate::interpolate(v, vars).ok()?
+                } else {
+                    v.to_string()
+                };
+                if !v.is_empty() {
+                    name = Some(v);
+                }
+            }
+        }
+    }
+    name
+}
+
 /// Turns a directory name into a valid project name (lowercase letters, digits, `-`, `_`).
 pub fn normalize_project_name(s: &str) -> String {
     let n: String = s
@@ -234,7 +260,21 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
             .then(|| (abs(&opts.cwd, Path::new("-")), None)),
     };
     let cwd = &opts.cwd;
-    let env_files: Vec<PathBuf> = opts.env_files.iter().map(|p| abs(cwd, p)).collect();
+    // --env-file, in order (the later wins), else COMPOSE_ENV_FILES (comma-separated).
+    let env_files: Vec<PathBuf> = if opts.env_files.is_empty() {
+        opts.environ
+            .get("COMPOSE_ENV_FILES")
+            .map(|l| {
+                l.split(',')
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .map(|f| abs(cwd, Path::new(f)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        opts.env_files.iter().map(|p| abs(cwd, p)).collect()
+    };
     let pre_dir = match (&opts.project_directory, opts.files.first()) {
         (Some(d), _) => abs(cwd, d),
         (None, Some(f)) => abs(cwd, f)
@@ -271,6 +311,25 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
     if project_dir != pre_dir && env_files.is_empty() {
         vars = env_for(&project_dir, &env_files, opts, &mut ctx.diags);
     }
+    // COMPOSE_PROJECT_NAME is there for the files to use, as in Compose: -p, else the
+    // environment's, else the files' `name:`, else the directory's (checked below).
+    // What the environment (or a .env) said, for the name's own precedence below.
+    let env_name = vars.get("COMPOSE_PROJECT_NAME").cloned();
+    if env_name.is_none() || opts.project_name.is_some() {
+        let name = opts
+            .project_name
+            .clone()
+            .or_else(|| declared_name(&files, &vars, ctx.stdin.as_ref().map(|(p, _)| p)))
+            .unwrap_or_else(|| {
+                normalize_project_name(
+                    &project_dir
+                        .file_name()
+                        .map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or_default(),
+                )
+            });
+        vars.insert("COMPOSE_PROJECT_NAME".into(), name);
+    }
 
     let mut merged: Option<Node> = None;
     for (i, f) in files.iter().enumerate() {
@@ -301,7 +360,7 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
             return Err(LoadError::BadProjectName(n.clone()));
         }
         n.clone()
-    } else if let Some(n) = vars.get("COMPOSE_PROJECT_NAME").filter(|s| !s.is_empty()) {
+    } else if let Some(n) = env_name.as_ref().filter(|s| !s.is_empty()) {
         if !valid_project_name(n) {
             return Err(LoadError::BadProjectName(n.clone()));
         }
