@@ -517,3 +517,29 @@ fn env_files_in_order_compose_env_files_and_the_project_name_for_interpolation()
     o.environ.insert("COMPOSE_ENV_FILES".into(), "e2,e1".into());
     assert_eq!(env(&load(&o))["A"].as_deref(), Some("one"));
 }
+
+#[test]
+fn an_included_files_env_file_fills_its_services_pass_through_variables() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(d, "sub/inc.env", "TOKEN=from-include\nW=w-value\n");
+    write(
+        d,
+        "sub/compose.yaml",
+        "services:\n  api:\n    image: busybox\n    environment:\n      - TOKEN\n      - OTHER\n  web:\n    image: busybox\n    environment:\n      W:\n",
+    );
+    write(
+        d,
+        "compose.yaml",
+        "include:\n  - path: sub/compose.yaml\n    env_file: sub/inc.env\nservices:\n  a:\n    image: busybox\n",
+    );
+    let p = load(&opts(d)).loaded.project;
+    let api = &p.services["api"].environment;
+    assert_eq!(api["TOKEN"].as_deref(), Some("from-include"));
+    // Not in the include's variables nor the shell's: left unset.
+    assert_eq!(api.get("OTHER").cloned().flatten(), None);
+    assert_eq!(
+        p.services["web"].environment["W"].as_deref(),
+        Some("w-value")
+    );
+}

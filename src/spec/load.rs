@@ -181,6 +181,33 @@ fn env_for(dir: &Path, env_files: &[PathBuf], opts: &LoadOptions, diags: &mut Di
     vars
 }
 
+/// Gives `VAR` (a list item without `=`, or a mapping key with no value) the value `vars`
+/// has for it; leaves the others alone.
+fn fill_pass_through(env: &mut Node, vars: &Vars) {
+    match &mut env.kind {
+        Kind::Seq(items) => {
+            for it in items {
+                if let Kind::Str(t) = &mut it.kind
+                    && !t.contains('=')
+                    && let Some(v) = vars.get(t.as_str())
+                {
+                    *t = format!("{t}={v}");
+                }
+            }
+        }
+        Kind::Map(m) => {
+            for (k, v) in m.iter_mut() {
+                if matches!(v.kind, Kind::Null)
+                    && let Some(val) = vars.get(&k.name)
+                {
+                    v.kind = Kind::Str(val.clone());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The project name the files declare (`name:` at the top of the last file that has one),
 /// read ahead of the files' load so that they can use it as `${COMPOSE_PROJECT_NAME}`.
 fn declared_name(files: &[PathBuf], vars: &Vars, stdin: Option<&PathBuf>) -> Option<String> {
@@ -806,7 +833,16 @@ impl Ctx<'_> {
                     });
                 }
             }
-            let Some(sub) = merged else { continue };
+            let Some(mut sub) = merged else { continue };
+            // A service's pass-through variables (`environment: [VAR]`) take their values from
+            // what the include reads (its env_file, then the shell), as compose-go does.
+            if let Some(services) = sub.get_mut("services").and_then(Node::as_map_mut) {
+                for (_, svc) in services.iter_mut() {
+                    if let Some(env) = svc.get_mut("environment") {
+                        fill_pass_through(env, &vars);
+                    }
+                }
+            }
             for section in [
                 "services", "networks", "volumes", "secrets", "configs", "disks",
             ] {
