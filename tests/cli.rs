@@ -291,3 +291,30 @@ fn config_no_interpolate_prints_the_variables_as_written() {
         String::from_utf8_lossy(&out.stderr).contains("compose.yaml:4:16: services.a.mem_limit")
     );
 }
+
+#[test]
+fn a_missing_env_file_stops_only_what_needs_it() {
+    let t = project(
+        "services:\n  a:\n    image: busybox\n    depends_on: [c]\n  b:\n    image: busybox\n    env_file: missing.env\n  c:\n    image: busybox\n",
+    );
+    // A command about `a` (and `c`, which it needs) loads without `b`'s file, as Compose does.
+    let out = berth(t.path(), &["config", "--hash", "a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("a "));
+    // What needs `b` says which file is missing, and where.
+    for args in [&["config", "--hash", "b"][..], &["config"][..]] {
+        let out = berth(t.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "compose.yaml:7:15: services.b.env_file: env file missing.env does not exist"
+            ),
+            "{err}"
+        );
+    }
+}

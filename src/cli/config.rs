@@ -76,6 +76,10 @@ pub fn run(g: &Global, a: &ConfigArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    // `--hash A,B`: only their env files (and their dependencies') need be there.
+    if let Some(which) = a.hash.as_ref().filter(|w| *w != "*") {
+        opts.env_for = Some(which.split(',').map(|n| n.trim().to_string()).collect());
+    }
     let p = crate::load_project(&opts)?;
     for w in &p.loaded.warnings {
         eprintln!("berth: warning: {w}");

@@ -48,6 +48,16 @@ pub fn load(g: &Global) -> anyhow::Result<Loaded> {
     load_with(g, g.load_options())
 }
 
+/// As `load`, for a command about `services` only (none named: all): the env files of the
+/// others (and of what they do not depend on) may be missing, as Compose loads lazily.
+pub fn load_for(g: &Global, services: &[String]) -> anyhow::Result<Loaded> {
+    let opts = crate::spec::LoadOptions {
+        env_for: (!services.is_empty()).then(|| services.to_vec()),
+        ..g.load_options()
+    };
+    load_with(g, opts)
+}
+
 fn load_with(g: &Global, opts: crate::spec::LoadOptions) -> anyhow::Result<Loaded> {
     let mut p = crate::load_project(&opts)?;
     crate::disk::shared::stamp(&mut p.loaded.project, &p.loaded.project_dir);
@@ -82,7 +92,12 @@ fn load_with(g: &Global, opts: crate::spec::LoadOptions) -> anyhow::Result<Loade
 /// The project's name for verbs that can work without the file (`ps`, `logs`, `down`): from
 /// the file when it loads, else `-p`, else the state of the only project whose directory this is.
 pub fn name_only(g: &Global) -> anyhow::Result<(String, Option<Loaded>)> {
-    name_from(g, load(g))
+    // Their containers exist already: no service's env files are needed.
+    let opts = crate::spec::LoadOptions {
+        env_for: Some(Vec::new()),
+        ..g.load_options()
+    };
+    name_from(g, load_with(g, opts))
 }
 
 /// As `name_only`, without the schema check: for `down`, which takes from the file only its
@@ -90,6 +105,7 @@ pub fn name_only(g: &Global) -> anyhow::Result<(String, Option<Loaded>)> {
 pub fn name_only_unchecked(g: &Global) -> anyhow::Result<(String, Option<Loaded>)> {
     let opts = crate::spec::LoadOptions {
         skip_schema: true,
+        env_for: Some(Vec::new()),
         ..g.load_options()
     };
     name_from(g, load_with(g, opts))

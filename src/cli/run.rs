@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::Global;
-use super::project::{Display, Progress, load, runtime, tokio};
+use super::project::{Display, Progress, load_for, runtime, tokio};
 use crate::plan::{State, diff};
 use crate::reconcile::{Options, apply};
 use crate::runtime::Inspect;
@@ -61,7 +61,7 @@ fn suffix() -> String {
 }
 
 pub fn run(g: &Global, a: &RunArgs) -> anyhow::Result<i32> {
-    let l = load(g)?;
+    let l = load_for(g, std::slice::from_ref(&a.service))?;
     let Some(base) = l.target.project.services.get(&a.service).cloned() else {
         bail!("no such service: {}", a.service);
     };

@@ -14,7 +14,7 @@ use clap::Args;
 
 use super::Global;
 use super::logs::{Style, follow};
-use super::project::{Display, Progress, load, runtime, stop_supervisor, tokio};
+use super::project::{Display, Progress, load_for, runtime, stop_supervisor, tokio};
 use crate::net::ports;
 use crate::plan::{Action, State, diff};
 use crate::reconcile::idle;
@@ -189,7 +189,7 @@ pub fn run(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             },
         );
     }
-    let mut l = load(g)?;
+    let mut l = load_for(g, &a.services)?;
     apply_scale(&mut l.target, &a.scale)?;
     for s in &a.services {
         if !l.target.project.services.contains_key(s) {

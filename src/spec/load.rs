@@ -46,6 +46,11 @@ pub struct LoadOptions {
     /// run). For the long-lived supervisor, which has the file checked in a short-lived process
     /// first: the compiled schema is most of the memory a load costs, and would stay.
     pub skip_schema: bool,
+    /// The services whose `env_file`s the command needs (with what they depend on): None for
+    /// all of them. The others' files are read if they are there and not required otherwise,
+    /// as Compose loads lazily: a missing env file of one service does not stop `up`,
+    /// `logs` or `exec` of another.
+    pub env_for: Option<Vec<String>>,
 }
 
 impl LoadOptions {
@@ -70,6 +75,8 @@ pub struct Raw {
     pub name: String,
     pub profiles: Vec<String>,
     pub warnings: Vec<String>,
+    /// `LoadOptions::env_for`.
+    pub env_for: Option<Vec<String>>,
 }
 
 struct Ctx<'a> {
@@ -443,6 +450,7 @@ pub fn load_raw(opts: &LoadOptions) -> Result<Raw, LoadError> {
         name,
         profiles,
         warnings: ctx.warnings,
+        env_for: opts.env_for.clone(),
     })
 }
 

@@ -166,8 +166,23 @@ pub fn normalize(raw: &Raw, diags: &mut Diagnostics) -> (Project, Inactive) {
         }
     }
 
+    // The services whose env files must be there: those the command is about, and what they
+    // depend on.
+    let needed: Option<std::collections::BTreeSet<String>> = raw.env_for.as_ref().map(|named| {
+        let mut set = std::collections::BTreeSet::new();
+        let mut todo: Vec<String> = named.clone();
+        while let Some(n) = todo.pop() {
+            if set.insert(n.clone())
+                && let Some(s) = project.services.get(&n)
+            {
+                todo.extend(s.depends_on.keys().cloned());
+            }
+        }
+        set
+    });
     for (name, svc) in project.services.iter_mut() {
-        resolve_environment(name, svc, &raw.vars, &raw.cwd, root, diags);
+        let lenient = needed.as_ref().is_some_and(|n| !n.contains(name));
+        resolve_environment(name, svc, &raw.vars, &raw.cwd, root, lenient, diags);
         if svc.networks.is_empty() && svc.network_mode.is_none() {
             svc.networks.insert("default".into(), None);
         }
@@ -232,6 +247,7 @@ fn resolve_environment(
     vars: &Vars,
     cwd: &Path,
     root: &Node,
+    lenient: bool,
     diags: &mut Diagnostics,
 ) {
     let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -249,7 +265,9 @@ fn resolve_environment(
     for (i, ef) in svc.env_file.iter().enumerate() {
         let text = match std::fs::read_to_string(Path::new(&ef.path)) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ef.required => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && (!ef.required || lenient) => {
+                continue;
+            }
             Err(e) => {
                 let shown = super::load::shown(Path::new(&ef.path), cwd);
                 let (pos, path) = env_node_at(i);
