@@ -68,13 +68,7 @@ pub fn run(g: &Global, a: &ConfigArgs) -> anyhow::Result<i32> {
         } else {
             serde_yaml::to_string(&v)?
         };
-        match &a.output {
-            Some(f) => {
-                std::fs::write(f, out).with_context(|| format!("cannot write {}", f.display()))?
-            }
-            None => std::io::stdout().write_all(out.as_bytes())?,
-        }
-        return Ok(0);
+        return emit(&out, a.output.as_deref());
     }
     // `--hash A,B`: only their env files (and their dependencies') need be there.
     if let Some(which) = a.hash.as_ref().filter(|w| *w != "*") {
@@ -150,7 +144,12 @@ pub fn run(g: &Global, a: &ConfigArgs) -> anyhow::Result<i32> {
     } else {
         out = spec::to_yaml(project);
     }
-    match &a.output {
+    emit(&out, a.output.as_deref())
+}
+
+/// Writes `config`'s output to `-o FILE`, or to standard output.
+fn emit(out: &str, file: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    match file {
         Some(f) => {
             std::fs::write(f, out).with_context(|| format!("cannot write {}", f.display()))?
         }

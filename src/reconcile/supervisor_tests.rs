@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::graph::Graph;
 use crate::plan::{Observed, diff};
 use crate::reconcile::host::{Change, Host, OnChange};
+use crate::reconcile::tests::target;
 use crate::runtime::fake::FakeRuntime;
-use crate::spec::model::{Healthcheck, Project, Restart, Service};
+use crate::spec::model::{Healthcheck, Restart, Service};
 use crate::spec::units::Duration as D;
 
 /// What the project file holds: its services, or the error it does not load with.
@@ -83,22 +83,6 @@ fn checked(mut s: Service) -> Service {
         ..Healthcheck::default()
     });
     s
-}
-
-fn target(services: Vec<(&str, Service)>) -> Arc<Target> {
-    let mut p = Project {
-        name: "t".into(),
-        ..Project::default()
-    };
-    for (n, s) in services {
-        p.services.insert(n.to_string(), s);
-    }
-    let graph = Graph::new(&p).expect("graph");
-    Arc::new(Target {
-        project: p,
-        dir: std::path::PathBuf::from("/proj"),
-        graph,
-    })
 }
 
 /// A project's state directory in a temporary root, and its record.

@@ -41,7 +41,8 @@ fn checked(mut s: Service) -> Service {
     s
 }
 
-fn target(services: Vec<(&str, Service)>) -> Arc<Target> {
+/// A project `t` of these services in `/proj` (the supervisor's tests use it too).
+pub(super) fn target(services: Vec<(&str, Service)>) -> Arc<Target> {
     let mut p = Project {
         name: "t".into(),
         ..Project::default()

@@ -264,11 +264,7 @@ impl Runtime for FakeRuntime {
         let service = match g.containers.get(name) {
             Some((_, c)) if c.state == State::Running => c.service.clone(),
             _ => {
-                return Err(RuntimeError::Step {
-                    container: name.to_string(),
-                    step: "probe",
-                    cause: super::Cause::new("the container is not running"),
-                });
+                return Err(not_running(name, "probe"));
             }
         };
         let code = g
@@ -413,6 +409,15 @@ mod tests {
     }
 }
 
+/// What a step on a container that does not run fails with.
+fn not_running(name: &str, step: &'static str) -> RuntimeError {
+    RuntimeError::Step {
+        container: name.to_string(),
+        step,
+        cause: super::Cause::new("the container is not running"),
+    }
+}
+
 /// The in-memory runtime starts no processes: `exec` is refused, so none of these exists.
 #[derive(Debug)]
 pub enum NoProcess {}
@@ -471,11 +476,7 @@ impl Inspect for FakeRuntime {
                 }
                 Ok(())
             }
-            Some(_) => Err(RuntimeError::Step {
-                container: name.to_string(),
-                step: "kill",
-                cause: super::Cause::new("the container is not running"),
-            }),
+            Some(_) => Err(not_running(name, "kill")),
             None => Err(RuntimeError::NotFound(name.to_string())),
         }
     }
@@ -495,11 +496,7 @@ impl Inspect for FakeRuntime {
                 };
                 Ok(())
             }
-            Some(_) => Err(RuntimeError::Step {
-                container: name.to_string(),
-                step: "pause",
-                cause: super::Cause::new("the container is not running"),
-            }),
+            Some(_) => Err(not_running(name, "pause")),
             None => Err(RuntimeError::NotFound(name.to_string())),
         }
     }

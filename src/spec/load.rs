@@ -188,6 +188,22 @@ fn env_for(dir: &Path, env_files: &[PathBuf], opts: &LoadOptions, diags: &mut Di
     vars
 }
 
+/// Refuses a project file over the size berth reads (`len`: its size, or for standard input
+/// what was read of it, which stops one byte past the bound).
+fn too_big(name: &Arc<str>, len: u64) -> Result<(), LoadError> {
+    if len <= super::node::MAX_FILE_BYTES as u64 {
+        return Ok(());
+    }
+    Err(LoadError::Invalid(Diagnostics(vec![Diagnostic::new(
+        Pos::new(name, 1, 1),
+        "",
+        format!(
+            "file is {len} bytes; berth reads project files of at most {} bytes",
+            super::node::MAX_FILE_BYTES
+        ),
+    )])))
+}
+
 /// Gives `VAR` (a list item without `=`, or a mapping key with no value) the value `vars`
 /// has for it; leaves the others alone.
 fn fill_pass_through(env: &mut Node, vars: &Vars) {
@@ -523,48 +539,29 @@ impl Ctx<'_> {
                 *text = Some(t);
             }
             let text = text.clone().unwrap_or_default();
-            return self.parse_text(&name, &text, empty_ok, text.len() as u64);
+            too_big(&name, text.len() as u64)?;
+            return self.parse_text(&name, &text, empty_ok);
         }
         let meta = std::fs::metadata(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
             source: e,
         })?;
-        if meta.len() > super::node::MAX_FILE_BYTES as u64 {
-            return Err(LoadError::Invalid(Diagnostics(vec![Diagnostic::new(
-                Pos::new(&name, 1, 1),
-                "",
-                format!(
-                    "file is {} bytes; berth reads project files of at most {} bytes",
-                    meta.len(),
-                    super::node::MAX_FILE_BYTES
-                ),
-            )])));
-        }
+        // Checked before it is read: a huge file is refused without reading it.
+        too_big(&name, meta.len())?;
         let text = std::fs::read_to_string(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
             source: e,
         })?;
-        self.parse_text(&name, &text, empty_ok, meta.len())
+        self.parse_text(&name, &text, empty_ok)
     }
 
-    /// Parses one file's text (`len`: its size, checked against the bound).
+    /// Parses one file's text.
     fn parse_text(
         &mut self,
         name: &Arc<str>,
         text: &str,
         empty_ok: bool,
-        len: u64,
     ) -> Result<Option<Node>, LoadError> {
-        if len > super::node::MAX_FILE_BYTES as u64 {
-            return Err(LoadError::Invalid(Diagnostics(vec![Diagnostic::new(
-                Pos::new(name, 1, 1),
-                "",
-                format!(
-                    "file is {len} bytes or more; berth reads project files of at most {} bytes",
-                    super::node::MAX_FILE_BYTES
-                ),
-            )])));
-        }
         let name = name.clone();
         let root = super::node::parse(&name, text)
             .map_err(|d| LoadError::Invalid(Diagnostics(vec![d])))?;
